@@ -1,0 +1,84 @@
+"""What the relay loop and a protocol layer (SMTP, later IMAP and POP3) say to each other.
+
+The relay (relay.py) owns every socket, buffer and timer; a protocol layer owns
+none. It is fed bytes and answers with actions, in order:
+
+    feed_client(data)   bytes that came from the client, the side TLS faces
+                        (plaintext: before StartTls they are raw network bytes,
+                        after it they are what TLS decrypted); b"" means EOF
+    feed_backend(data)  bytes from the plaintext side (qmail-smtpd on -F 3, a
+                        -l program, a -r service); b"" means EOF
+    tls_started(info)   the handshake asked for by StartTls has completed
+    start()             the session begins (before any byte is read)
+
+and returns a list of `Action`s that the relay carries out in order. After
+StartTls, every ToClient goes through TLS (queued until the handshake is done).
+In client mode (-c) "client" still means the side TLS faces: the remote server.
+ToClient(b"") and ToBackend(b"") mean EOF: once what is queued for that side is
+written, the relay half-closes it (close_notify, or shutdown(SHUT_WR)). The
+session ends when both directions are closed, or at Close.
+
+Without -n, `Passthrough` is the layer: every byte goes straight across.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ToClient:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ToBackend:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StartTls:
+    """Begin the TLS handshake on the client side now.
+
+    `early` holds bytes the layer had already taken from the client that belong
+    to the TLS stream (implicit TLS: a ClientHello sent before the greeting).
+    """
+
+    early: bytes = b""
+
+
+@dataclass(frozen=True)
+class Close:
+    """End the session once what is queued for either side has been written."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Log:
+    level: int  # syslog level, 0 emerg .. 7 debug
+    text: str
+
+
+Action = ToClient | ToBackend | StartTls | Close | Log
+
+
+@dataclass(frozen=True)
+class TlsInfo:
+    version: str  # "TLSv1.3"
+    cipher: str  # "TLS_AES_256_GCM_SHA384"
+    bits: int
+
+
+class Passthrough:
+    """No protocol: a byte-transparent relay, TLS from the first byte (3.22 without -n)."""
+
+    def start(self) -> list[Action]:
+        return [StartTls()]
+
+    def feed_client(self, data: bytes) -> list[Action]:
+        return [ToBackend(data)]
+
+    def feed_backend(self, data: bytes) -> list[Action]:
+        return [ToClient(data)]
+
+    def tls_started(self, info: TlsInfo) -> list[Action]:
+        return []
