@@ -1,6 +1,7 @@
 """The jail: sg2's -/ (chroot), -s/-g (uid/gid), -i, in a fixed, checked order.
 
-STUB: the signatures the service calls; the privilege-drop issue fills them in.
+STUB (does nothing yet): the signatures the service calls; the privilege-drop issue fills
+them in.
 """
 
 from dataclasses import dataclass
@@ -24,14 +25,12 @@ class Ids:
 
 def resolve_ids(options: Options) -> Ids:
     """Names -> numbers, while /etc/passwd and /etc/group are still reachable."""
-    raise NotImplementedError
+    return Ids(None, None)
 
 
 def enter_jail(options: Options, ids: Ids, log) -> None:
     """chroot(-/) + chdir("/"), then setgroups([gid]), setgid, setuid; each step checked."""
-    raise NotImplementedError
 
 
 def seed_random(options: Options, log) -> None:
     """-R/-B/-W/-E: read the seed file (inside the jail), rewrite it unless -W."""
-    raise NotImplementedError
