@@ -27,7 +27,8 @@ class Address:
 class SocketOption:
     where: str  # "a" accept, "l" local, "r" remote
     name: str  # "SO_KEEPALIVE", "TCP_NODELAY", ...
-    value: tuple[int, ...]
+    value: tuple[int, ...]  # flag/int: (v,); SO_LINGER: (onoff, linger); *TIMEO: (sec, usec)
+    text: str | None = None  # SO_BINDTODEVICE: the interface name (3.22's TYPE_STRING)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,361 @@ class Options:
     plaintext_fd: int | None = None  # -F (sg2)
 
 
+# 3.22's getopt string, then sg2's additions.
+OPTSTRING = "A:a:cp:v:d:fTl:L:r:s:g:t:u:n:N:hC:D:O:E:R:WB:VP:S:o:I:" + "/:iF:"
+
+PROTOCOLS = ("smtp", "pop3", "nntp", "smtp-", "pop3-", "imap-")  # 3.22's, then sg2's
+LEVEL_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+# 3.22's -D facility names (authpriv and ftp: the ones Linux adds).
+FACILITY_NAMES = (
+    "auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news", "syslog",
+    "user", "uucp", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
+    "local7",
+)  # fmt: skip
+# 3.22's -O table: name -> value kind (flag and int take one number; linger and
+# timeval a number and an optional second; string an interface name).
+SOCKET_OPTIONS = {
+    "SO_DEBUG": "flag",
+    "SO_DONTROUTE": "flag",
+    "SO_KEEPALIVE": "flag",
+    "SO_LINGER": "linger",
+    "SO_OOBINLINE": "flag",
+    "SO_RCVBUF": "int",
+    "SO_SNDBUF": "int",
+    "SO_RCVLOWAT": "int",
+    "SO_SNDLOWAT": "int",
+    "SO_RCVTIMEO": "timeval",
+    "SO_SNDTIMEO": "timeval",
+    "SO_REUSEADDR": "flag",
+    "SO_BINDTODEVICE": "string",
+    "IP_TOS": "int",
+    "IP_TTL": "int",
+    "TCP_MAXSEG": "int",
+    "TCP_NODELAY": "flag",
+}
+DEFAULT_PID_DIR = "/var/run/"  # 3.22's PIDDIR: -P dir/ names stunnel.<service>.pid in it
+USAGE_HINT = "Try 'stunnel -h' for more information."
+
+
+def _takes_argument(optstring: str) -> dict[str, bool]:
+    return {c: optstring[i + 1 : i + 2] == ":" for i, c in enumerate(optstring) if c != ":"}
+
+
+_WITH_ARGUMENT = _takes_argument(OPTSTRING)
+
+
+def scan(argv: list[str], operands: list[str], optstring: str = OPTSTRING):
+    """C getopt, one option at a time: yields (letter, argument or ""); at the end
+    `operands` holds what follows the options.
+
+    POSIX getopt, as 3.22 called it (opterr=0): a cluster `-fiF3` is -f -i -F 3;
+    an option that takes an argument takes the rest of its word, else the next
+    word whatever it looks like (`-n -`, `-n --`); scanning stops at the first
+    word that is not an option (`-` alone is one) and after `--`, which is
+    dropped. An unknown letter (':' included) or a missing argument raises
+    "Illegal option: 'x'": getopt returned '?' with optopt for both. Options
+    are yielded as they are met, so that an error or -h/-V earlier on the line
+    wins, as in 3.22's switch inside the getopt loop. (glibc would move
+    operands behind the options unless POSIXLY_CORRECT; our users put none
+    before `--`, and stopping is what POSIX and the spec say.)
+    """
+    table = _WITH_ARGUMENT if optstring == OPTSTRING else _takes_argument(optstring)
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            i += 1
+            break
+        if not word.startswith("-") or word == "-":
+            break
+        for j in range(1, len(word)):
+            letter = word[j]
+            if letter not in table:
+                raise OptionError(f"Illegal option: '{letter}'", usage_hint=True)
+            if not table[letter]:
+                yield letter, ""
+            elif j + 1 < len(word):
+                yield letter, word[j + 1 :]
+                break
+            elif i + 1 < len(argv):
+                i += 1
+                yield letter, argv[i]
+            else:
+                raise OptionError(f"Illegal option: '{letter}'", usage_hint=True)
+        i += 1
+    operands[:] = argv[i:]
+
+
+def getopt(argv: list[str], optstring: str = OPTSTRING) -> tuple[list[tuple[str, str]], list[str]]:
+    """All of scan() at once: ([(letter, argument)], operands)."""
+    operands: list[str] = []
+    found = list(scan(argv, operands, optstring))
+    return found, operands
+
+
+def atoi(text: str) -> int:
+    """C atoi: leading blanks, a sign, digits up to the first non-digit; else 0.
+
+    3.22 read -v, -S, -t, -B and -O values with atoi, so `-v x` is level 0.
+    (No `re` here: it would add milliseconds to every connection's start.)
+    """
+    rest = text.lstrip(" \t\n\v\f\r")
+    sign = 1
+    if rest[:1] in ("+", "-"):
+        sign = -1 if rest[0] == "-" else 1
+        rest = rest[1:]
+    digits = 0
+    while digits < len(rest) and "0" <= rest[digits] <= "9":
+        digits += 1
+    return sign * int(rest[:digits]) if digits else 0
+
+
+def parse_debug(text: str) -> tuple[str | None, int]:
+    """-D [facility.]level -> (facility or None, level); names in any case.
+
+    Like 3.22's strtok: empty pieces between dots are skipped, and what follows
+    the level is ignored (`mail..info.x` is mail.info).
+    """
+    facility = None
+    level_text = text
+    if "." in text:
+        pieces = [piece for piece in text.split(".") if piece]
+        if len(pieces) < 2 or pieces[0].lower() not in FACILITY_NAMES:
+            raise OptionError(f"Illegal debug argument: {text}", usage_hint=True)
+        facility, level_text = pieces[0].lower(), pieces[1]
+    if len(level_text) == 1 and "0" <= level_text <= "7":
+        return facility, int(level_text)
+    if level_text.lower() in LEVEL_NAMES:
+        return facility, LEVEL_NAMES.index(level_text.lower())
+    raise OptionError(f"Illegal debug argument: {text}", usage_hint=True)
+
+
+def parse_socket_option(text: str) -> SocketOption:
+    """-O a|l|r:NAME=value[:value2], with 3.22's names and atoi values."""
+    bad = OptionError(f"Illegal socket option: {text}", usage_hint=True)
+    if len(text) < 2 or text[1] != ":" or text[0] not in "alr":
+        raise bad
+    name, equals, value = text[2:].partition("=")
+    kind = SOCKET_OPTIONS.get(name)
+    if not equals or kind is None:
+        raise bad
+    if kind in ("flag", "int"):
+        return SocketOption(text[0], name, (atoi(value),))
+    if kind == "string":
+        if len(value.encode()) + 1 > 16:  # 3.22 kept it in a 16-byte union
+            raise bad
+        return SocketOption(text[0], name, (), value)
+    first, _, second = value.partition(":")
+    return SocketOption(text[0], name, (atoi(first), atoi(second)))
+
+
+def parse_address(text: str, status_on_bad_port: int = 2) -> Address:
+    """-d/-r [host:]port; the host may be `[v6]` or a bare v6 address (`::1:25`).
+
+    3.22 split at the last ':' and took the port from /etc/services or atoi;
+    a zero port logged `Invalid port: <port>` and exited 2. We take only
+    1..65535 (3.22's u_short let 65561 wrap to 25). Host names stay names: the
+    engine resolves them.
+    """
+    host, colon, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = _port_number(port_text)
+    if port is None:
+        raise OptionError(f"Invalid port: {port_text}", status=status_on_bad_port)
+    return Address(host if colon else None, port)
+
+
+def _port_number(text: str) -> int | None:
+    if text.isascii() and text.isdigit():
+        number = int(text)
+        return number if 0 < number < 65536 else None
+    if not text:
+        return None
+    import socket  # only for a service name such as `smtp`: numbers cost nothing
+
+    try:
+        return socket.getservbyname(text, "tcp")
+    except (OSError, UnicodeError):
+        return None
+
+
 def parse(argv: list[str]) -> Options:
-    """argv without the program name -> Options (C getopt semantics)."""
-    raise NotImplementedError
+    """argv without the program name -> Options (C getopt semantics, 3.22's checks)."""
+    found: dict = {}
+    operands: list[str] = []
+    for letter, argument in scan(argv, operands):
+        if letter in "hV":  # 3.22 printed and exited inside the getopt loop
+            return Options(show="help" if letter == "h" else "version")
+        _HANDLERS[letter](found, argument)
+    return _finish(found, operands)
+
+
+def _finish(found: dict, operands: list[str]) -> Options:
+    """3.22's checks after the loop, then the service name and the program's argv."""
+    ends = [key for key in ("remote", "local_program", "plaintext_fd") if key in found]
+    if not ends:
+        raise OptionError("Either -r, -l (or -L) option must be used", usage_hint=True)
+    if "daemon" in found and "remote" in found and "local_program" in found:
+        raise OptionError("-d, -r and -l (or -L) options are not allowed together", usage_hint=True)
+    if len(ends) > 1:
+        # 3.22 let -r and -l be given together outside daemon mode; one plaintext
+        # end is what the spec asks, and -F (sg2) is one more.
+        raise OptionError("Only one of -r, -l (or -L) and -F may be used", usage_hint=True)
+    # 3.22: operands are the -l program's argv, and their first word (argv[0])
+    # names the service; without operands the program gets [service name].
+    found["program_args"] = tuple(operands)
+    name = found.pop("named", None)
+    if name is None and operands:
+        name = operands[0]
+    if name is None:
+        name = found.pop("derived_name", None)
+    found.pop("derived_name", None)
+    found["service_name"] = name if name is not None else "stunnel"
+    return Options(**found)
+
+
+def service_name(options: Options) -> str:
+    """The name in log lines, the pid file and TCP wrappers (-N, else derived)."""
+    return options.service_name or "stunnel"
+
+
+def program_argv(options: Options) -> list[str]:
+    """What the -l/-L program is exec'd with: the operands, else [service name]."""
+    return list(options.program_args) or [service_name(options)]
+
+
+def pid_path(options: Options) -> str | None:
+    """-P: None for `none`; `dir/` -> dir/stunnel.<service>.pid; else the file."""
+    where = options.pid_file if options.pid_file is not None else DEFAULT_PID_DIR
+    if where == "none":
+        return None
+    if where.endswith("/"):
+        return f"{where}stunnel.{service_name(options)}.pid"
+    return where
+
+
+def _once(found: dict, key: str, message: str) -> None:
+    if key in found:
+        raise OptionError(message, usage_hint=True)
+
+
+def _range(text: str, low: int, high: int, message: str) -> int:
+    value = atoi(text)
+    if not low <= value <= high:
+        raise OptionError(message, usage_hint=True)
+    return value
+
+
+def _verify(found: dict, text: str) -> None:
+    found["verify_level"] = _range(text, 0, 3, "Bad verify level")
+
+
+def _sources(found: dict, text: str) -> None:
+    found["cert_defaults"] = _range(text, 0, 3, f"Bad -S value '{atoi(text)}'")
+
+
+def _timeout(found: dict, text: str) -> None:
+    # 3.22 refused only 0; a negative cache timeout makes no sense either
+    found["session_timeout"] = _range(text, 1, 2**31 - 1, f"Illegal session timeout: {text}")
+
+
+def _rand_bytes(found: dict, text: str) -> None:
+    found["rand_bytes"] = _range(text, 0, 2**31 - 1, f"Illegal number of random bytes: {text}")
+
+
+def _daemon(found: dict, text: str) -> None:
+    _once(found, "daemon", "Multiple -d not allowed")
+    found["daemon"] = parse_address(text)
+
+
+def _remote(found: dict, text: str) -> None:
+    _once(found, "remote", "Multiple -r not allowed")
+    found["remote"] = parse_address(text)
+    if "local_program" not in found:  # 3.22: -l's name wins over -r's
+        found["derived_name"] = text.replace(":", ".")
+
+
+def _program(found: dict, text: str, pty: bool) -> None:
+    _once(found, "local_program", "Multiple -l or -L not allowed")
+    found["local_program"] = text
+    found["local_pty"] = pty
+    found["derived_name"] = text.rsplit("/", 1)[-1]
+
+
+def _debug(found: dict, text: str) -> None:
+    facility, found["debug_level"] = parse_debug(text)
+    if facility is not None:
+        found["debug_facility"] = facility
+
+
+def _protocol(found: dict, text: str) -> None:
+    if text not in PROTOCOLS:
+        raise OptionError(f"Unsupported protocol: {text}", usage_hint=True)
+    found["protocol"] = text
+
+
+def _fd(found: dict, text: str) -> None:
+    if not (text.isascii() and text.isdigit()):
+        raise OptionError(f"Illegal file descriptor: {text}", usage_hint=True)
+    found["plaintext_fd"] = int(text)
+
+
+def _pid(found: dict, text: str) -> None:
+    if not text:
+        raise OptionError("Illegal pid file: (empty)", usage_hint=True)
+    found["pid_file"] = text
+
+
+def _local_ip(found: dict, text: str) -> None:
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if not text:
+        raise OptionError("Illegal local address: (empty)", usage_hint=True)
+    found["local_ip"] = text
+
+
+def _store(key: str, value=None):
+    def handler(found: dict, text: str) -> None:
+        found[key] = text if value is None else value
+
+    return handler
+
+
+def _add_socket_option(found: dict, text: str) -> None:
+    found["socket_options"] = found.get("socket_options", ()) + (parse_socket_option(text),)
+
+
+_HANDLERS = {
+    "A": _store("ca_file"),
+    "a": _store("ca_dir"),
+    "c": _store("client", True),
+    "p": _store("pem"),
+    "v": _verify,
+    "d": _daemon,
+    "f": _store("foreground", True),
+    "T": _store("transparent", True),
+    "l": lambda found, text: _program(found, text, pty=False),
+    "L": lambda found, text: _program(found, text, pty=True),
+    "r": _remote,
+    "s": _store("setuid_user"),
+    "g": _store("setgid_group"),
+    "t": _timeout,
+    "u": _store("ident_user"),
+    "n": _protocol,
+    "N": _store("named"),
+    "C": _store("cipher_list"),
+    "D": _debug,
+    "O": _add_socket_option,
+    "E": _store("egd_socket"),
+    "R": _store("rand_file"),
+    "W": _store("rand_no_write", True),
+    "B": _rand_bytes,
+    "P": _pid,
+    "S": _sources,
+    "o": _store("output_file"),
+    "I": _local_ip,
+    "/": _store("chroot_dir"),
+    "i": _store("switch_ids_now", True),
+    "F": _fd,
+}

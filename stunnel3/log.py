@@ -1,0 +1,192 @@
+"""stunnel 3.22's log: one line per event, to stderr, an -o file, or syslog.
+
+The line is what 3.22's log.c printed to a file or to stderr:
+
+    YYYY.MM.DD HH:MM:SS LOG<level>[<pid>:<tid>]: <text>
+
+in local time. Syslog gets the text alone (syslog adds its own stamp), with
+ident `stunnel`, the pid, the -D facility, and LOG_NDELAY so that the socket to
+/dev/log is opened now, before a chroot makes /dev/log unreachable.
+
+Where lines go (3.22's log_open): the -o file if it was given; else stderr
+with -f; else syslog. While options are parsed there is no Log yet and the
+main writes to stderr (see `stderr_line`).
+
+Security: a line is written as given. The log never carries secrets: callers
+must not pass an AUTH argument, a password, a DATA line or key material, at any
+level, -D 7 included. Non-printable characters become '.' so that a peer's
+bytes cannot forge lines or drive a terminal.
+
+Only light stdlib modules are imported here (a process starts per connection).
+"""
+
+import os
+import sys
+import time
+from _thread import get_native_id
+from typing import TextIO
+
+LOG_EMERG = 0
+LOG_ALERT = 1
+LOG_CRIT = 2
+LOG_ERR = 3
+LOG_WARNING = 4
+LOG_NOTICE = 5
+LOG_INFO = 6
+LOG_DEBUG = 7
+
+LEVEL_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+# 3.22's -D facility names; the numbers are syslog.h's (facility << 3).
+FACILITIES = {
+    "auth": 4 << 3,
+    "cron": 9 << 3,
+    "daemon": 3 << 3,
+    "kern": 0 << 3,
+    "lpr": 6 << 3,
+    "mail": 2 << 3,
+    "news": 7 << 3,
+    "syslog": 5 << 3,
+    "user": 1 << 3,
+    "uucp": 8 << 3,
+    **{f"local{n}": (16 + n) << 3 for n in range(8)},
+}
+
+
+class LogOpenError(Exception):
+    """The -o file cannot be opened: `text` is 3.22's line, exit status 1."""
+
+    def __init__(self, text: str, status: int = 1):
+        super().__init__(text)
+        self.text = text
+        self.status = status
+
+
+def printable(text: str) -> str:
+    """Every character that is not printable becomes '.' (3.22's safestring idea)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else "." for c in text)
+
+
+def format_line(level: int, text: str, when: float | None = None) -> str:
+    """One line as 3.22 wrote it to a file or stderr, without the newline."""
+    t = time.localtime(when)
+    stamp = (
+        f"{t.tm_year:04d}.{t.tm_mon:02d}.{t.tm_mday:02d} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    )
+    return f"{stamp} LOG{level}[{os.getpid()}:{get_native_id()}]: {printable(text)}"
+
+
+def stderr_line(level: int, text: str) -> None:
+    """A line to stderr before any Log exists (option errors)."""
+    _write(sys.stderr, format_line(level, text))
+
+
+def _write(stream: TextIO, line: str) -> None:
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass  # nowhere left to say it; never let logging end a session
+
+
+class Log:
+    """Level-filtered lines to stderr, a file (append) and/or syslog."""
+
+    def __init__(
+        self,
+        level: int = LOG_NOTICE,
+        facility: str = "daemon",
+        stderr: bool = True,
+        output_file: str | None = None,
+        use_syslog: bool = False,
+    ):
+        self.level = level
+        self.facility = facility
+        self._stderr = stderr
+        self._file: TextIO | None = None
+        self._syslog = None
+        if output_file is not None:
+            # line-buffered append: each line reaches the file as it is written
+            self._file = open(output_file, "a", buffering=1, encoding="utf-8", errors="replace")
+        if use_syslog:
+            import syslog
+
+            syslog.openlog(
+                "stunnel",
+                syslog.LOG_PID | syslog.LOG_CONS | syslog.LOG_NDELAY,
+                FACILITIES.get(facility, FACILITIES["daemon"]),
+            )
+            self._syslog = syslog
+        self.prepare_for_jail()
+
+    @classmethod
+    def from_options(cls, options) -> "Log":
+        """3.22's log_open: the -o file if given, else stderr with -f, else syslog.
+
+        A -o file that cannot be opened raises LogOpenError ("Unable to open output
+        file: <file>", exit 1). 3.22 logged that line and fell back to syslog;
+        we stop instead, so that a typo never silently loses the log.
+        """
+        output = options.output_file
+        try:
+            return cls(
+                level=options.debug_level,
+                facility=options.debug_facility,
+                stderr=output is None and options.foreground,
+                output_file=output,
+                use_syslog=output is None and not options.foreground,
+            )
+        except OSError:
+            raise LogOpenError(f"Unable to open output file: {output}") from None
+
+    def prepare_for_jail(self) -> None:
+        """Load the time zone now: after chroot /etc/localtime is out of reach.
+
+        glibc reads the zone on the first localtime() and keeps it, so one call
+        before the chroot keeps later lines in local time. Called at creation;
+        calling it again right before chroot is harmless.
+        """
+        time.localtime()
+
+    def log(self, level: int, text: str) -> None:
+        if level > self.level:
+            return
+        if self._file is not None or self._stderr:
+            line = format_line(level, text)
+            if self._file is not None:
+                _write(self._file, line)
+            if self._stderr:
+                _write(sys.stderr, line)
+        if self._syslog is not None:
+            try:
+                self._syslog.syslog(level, printable(text))
+            except OSError:
+                pass
+
+    def err(self, text: str) -> None:
+        self.log(LOG_ERR, text)
+
+    def warning(self, text: str) -> None:
+        self.log(LOG_WARNING, text)
+
+    def notice(self, text: str) -> None:
+        self.log(LOG_NOTICE, text)
+
+    def info(self, text: str) -> None:
+        self.log(LOG_INFO, text)
+
+    def debug(self, text: str) -> None:
+        self.log(LOG_DEBUG, text)
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+        if self._syslog is not None:
+            self._syslog.closelog()
+            self._syslog = None
