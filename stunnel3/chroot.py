@@ -1,12 +1,47 @@
-"""The jail: sg2's -/ (chroot), -s/-g (uid/gid), -i, in a fixed, checked order.
+"""The jail: sg2's -/ (chroot), -s/-g (uid/gid), -i, and the -R/-B/-W/-E seed.
 
-STUB (does nothing yet): the signatures the service calls; the privilege-drop issue fills
-them in.
+Rules of this file (SPEC §2, "Order of operations"; docs/jail.md):
+
+- `resolve_ids` runs first, while /etc/passwd and /etc/group are reachable: the
+  jail holds neither. A name is looked up first and a string of digits is then
+  taken as a number, as 3.22 did (`-s 451 -g 451` needs no account).
+- -s without -g takes the account's primary group. 3.22 kept gid 0 and root's
+  supplementary groups in that case; we never do. A number with no account and
+  no -g is refused: there is no group to take.
+- -s/-g apply in daemon mode, and in inetd mode only with -i (sg2); otherwise
+  they are ignored with a notice. -/ applies in every mode.
+- `enter_jail` runs in one fixed order, each step checked: chroot(dir),
+  chdir("/"), setgroups([gid]), setgid(gid), setuid(uid); then the result is
+  verified (the root directory, getresuid, getresgid, getgroups, no way back to
+  uid 0). Any failure is a SetupError `<what>: <strerror> (<errno>)`; the
+  caller exits 1 before it serves a byte.
+- Nothing is imported after the chroot: the jail holds no Python. Everything
+  this module needs is imported here, at the top.
+- `seed_random` runs inside the jail, as the unprivileged user: the seed file
+  is fed to OpenSSL's generator (the one pyOpenSSL uses: cryptography's
+  binding, RAND_add), then rewritten in place with fresh bytes unless -W.
 """
 
+import errno
+import grp
+import os
+import pwd
+import stat
 from dataclasses import dataclass
 
 from stunnel3.options import Options
+
+try:  # the libcrypto pyOpenSSL runs on; its generator is the one that must get the seed
+    from cryptography.hazmat.bindings.openssl.binding import Binding
+
+    _libcrypto = Binding.lib
+except ImportError:  # pragma: no cover - cryptography is a dependency of pyOpenSSL
+    _libcrypto = None
+
+# OpenSSL 0.9's RAND_write_file wrote 1024 bytes; more is never needed to reseed.
+SEED_WRITE_MAX = 1024
+# -B below 0 meant "the whole file" to RAND_load_file; bound it all the same.
+SEED_READ_MAX = 1 << 20
 
 
 class SetupError(Exception):
@@ -20,17 +55,227 @@ class SetupError(Exception):
 @dataclass(frozen=True)
 class Ids:
     uid: int | None  # -s, resolved to a number before the jail
-    gid: int | None  # -g
+    gid: int | None  # -g, or the primary group of the -s account
+
+
+def os_error(what: str, error: OSError) -> SetupError:
+    """3.22's ioerror(): `<what>: <strerror> (<errno>)`."""
+    code = error.errno if error.errno is not None else 0
+    return SetupError(f"{what}: {os.strerror(code)} ({code})")
+
+
+def ids_apply(options: Options) -> bool:
+    """sg2: -s/-g are applied in daemon mode (after bind), in inetd mode only with -i."""
+    return options.daemon is not None or options.switch_ids_now
+
+
+def _number(text: str) -> int | None:
+    # "digits only": 3.22's atoi() read "45abc" as 45; a typo must not become a uid
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _user(name: str) -> tuple[int, int | None]:
+    """-s -> (uid, primary gid or None when the number has no account)."""
+    try:
+        account = pwd.getpwnam(name)
+        return account.pw_uid, account.pw_gid
+    except KeyError:
+        pass
+    uid = _number(name)
+    if uid is None:
+        raise SetupError(f"Failed to get UID for user {name}")
+    try:
+        return uid, pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid, None
+
+
+def _group(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        pass
+    gid = _number(name)
+    if gid is None:
+        raise SetupError(f"Failed to get GID for group {name}")
+    return gid
 
 
 def resolve_ids(options: Options) -> Ids:
     """Names -> numbers, while /etc/passwd and /etc/group are still reachable."""
-    return Ids(None, None)
+    if not ids_apply(options):
+        return Ids(None, None)  # enter_jail says they are ignored
+    uid = primary = gid = None
+    if options.setuid_user is not None:
+        uid, primary = _user(options.setuid_user)
+    if options.setgid_group is not None:
+        gid = _group(options.setgid_group)
+    elif uid is not None:
+        if primary is None:
+            raise SetupError(
+                f"Failed to get GID for user {options.setuid_user}: no such account, use -g"
+            )
+        gid = primary
+    return Ids(uid, gid)
+
+
+def _step(what: str, call, *args) -> None:
+    try:
+        call(*args)
+    except OSError as error:
+        raise os_error(what, error) from None
 
 
 def enter_jail(options: Options, ids: Ids, log) -> None:
     """chroot(-/) + chdir("/"), then setgroups([gid]), setgid, setuid; each step checked."""
+    if not ids_apply(options) and (options.setuid_user or options.setgid_group):
+        log.notice("-s and -g are ignored in inetd mode without -i")
+    jail = options.chroot_dir
+    if jail is not None:
+        before = _root_identity(jail)
+        prepare = getattr(log, "prepare_for_jail", None)
+        if prepare is not None:
+            prepare()  # the time zone, while /etc/localtime is reachable
+        _step(f"chroot {jail}", os.chroot, jail)
+        _step("chdir /", os.chdir, "/")
+        if _root_identity("/") != before:
+            raise SetupError(f"chroot {jail}: / is not the jail after chroot")
+    if ids.gid is not None:
+        _step("setgroups", os.setgroups, [ids.gid])
+        _step("setgid", os.setgid, ids.gid)
+    if ids.uid is not None:
+        _step("setuid", os.setuid, ids.uid)
+    _verify(ids)
+    if jail is not None or ids.uid is not None or ids.gid is not None:
+        log.debug(_describe(jail, ids))
+    if ids.uid == 0:
+        log.warning(f"Running as root (-s {options.setuid_user}): the jail does not hold root")
+
+
+def _root_identity(path: str) -> tuple[int, int]:
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise os_error(f"chroot {path}", error) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise os_error(f"chroot {path}", OSError(errno.ENOTDIR, ""))
+    return info.st_dev, info.st_ino
+
+
+def _verify(ids: Ids) -> None:
+    """Read the ids back from the kernel: a step that 'worked' but did not is still fatal."""
+    if ids.gid is not None:
+        if os.getresgid() != (ids.gid,) * 3:
+            raise SetupError(f"setgid: gids are {os.getresgid()}, not {ids.gid}")
+        if os.getgroups() != [ids.gid]:
+            raise SetupError(f"setgroups: groups are {os.getgroups()}, not [{ids.gid}]")
+    if ids.uid is not None:
+        if os.getresuid() != (ids.uid,) * 3:
+            raise SetupError(f"setuid: uids are {os.getresuid()}, not {ids.uid}")
+        if ids.uid != 0 and _can_regain_root():
+            raise SetupError(f"setuid: uid {ids.uid} can still become root")
+
+
+def _can_regain_root() -> bool:
+    try:
+        os.setreuid(-1, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _describe(jail: str | None, ids: Ids) -> str:
+    said = []
+    if jail is not None:
+        said.append(f"chroot to {jail}")
+    if ids.gid is not None:
+        said.append(f"gid {ids.gid} (groups [{ids.gid}])")
+    if ids.uid is not None:
+        said.append(f"uid {ids.uid}")
+    return "Entered the jail: " + ", ".join(said)
 
 
 def seed_random(options: Options, log) -> None:
     """-R/-B/-W/-E: read the seed file (inside the jail), rewrite it unless -W."""
+    if options.rand_file is not None:
+        _add_rand_file(options.rand_file, options.rand_bytes, not options.rand_no_write, log)
+    if options.egd_socket is not None:
+        # OpenSSL 3 seeds itself from the kernel (getrandom); an EGD adds nothing.
+        log.info(f"EGD Socket {options.egd_socket} not used: OpenSSL seeds itself")
+    if _libcrypto is not None and not _libcrypto.RAND_status():
+        raise SetupError("PRNG was not seeded with enough random bytes")
+    log.debug("PRNG seeded successfully")
+
+
+def _add_rand_file(path: str, limit: int, rewrite: bool, log) -> None:
+    """3.22's add_rand_file(): RAND_load_file(path, -B), then RAND_write_file(path)."""
+    try:
+        seed = _read_seed(path, limit if limit >= 0 else SEED_READ_MAX)
+    except OSError as error:
+        log.info(f"Unable to retrieve any random data from {path}")
+        log.debug(str(os_error(path, error)))
+        if isinstance(error, FileNotFoundError):
+            return  # nothing there to rewrite, and no O_CREAT in a read-only jail
+        seed = b""
+    else:
+        if not seed:
+            log.info(f"Unable to retrieve any random data from {path}")
+    if seed:
+        if _libcrypto is not None:
+            # entropy = bytes: the seed was written by a strong generator (ours or dd)
+            _libcrypto.RAND_add(seed, len(seed), float(len(seed)))
+        log.debug(f"Snagged {len(seed)} random bytes from {path}")
+    if rewrite and _is_regular(path):
+        _rewrite_seed(path, _size(path), limit, log)
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _read_seed(path: str, limit: int) -> bytes:
+    # O_NONBLOCK: a FIFO named by -R must not hang the session
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _rewrite_seed(path: str, size: int, limit: int, log) -> None:
+    """Fresh bytes in place: the jail is root's and read-only, so no temp file and rename."""
+    count = min(max(size, limit), SEED_WRITE_MAX)
+    try:
+        # no O_CREAT: only a seed that is there is rewritten (the jail is read-only)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            fresh = os.urandom(count)
+            written = os.pwrite(fd, fresh, 0)
+            os.ftruncate(fd, written)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        log.warning(
+            f"Failed to write strong random data to {path} - "
+            "may be a permissions or seeding problem"
+        )
+        log.debug(str(os_error(path, error)))
+        return
+    log.debug(f"Wrote {written} new random bytes to {path}")

@@ -1,0 +1,486 @@
+"""stunnel3.chroot: ids resolved before the jail, the jail entered in a checked order, the seed.
+
+Every test that chroots or drops privileges does it in a forked child, so this
+process keeps root and its root directory; the child sends back what it saw.
+"""
+
+import errno
+import grp
+import os
+import pickle
+import pwd
+import select
+import signal
+import sys
+import time
+
+import pytest
+
+from stunnel3 import chroot
+from stunnel3.chroot import Ids, SetupError
+from stunnel3.options import Address, Options
+
+
+class RecordingLog:
+    def __init__(self):
+        self.lines: list[tuple[int, str]] = []
+
+    def log(self, level, text):
+        self.lines.append((level, text))
+
+    def err(self, text):
+        self.log(3, text)
+
+    def warning(self, text):
+        self.log(4, text)
+
+    def notice(self, text):
+        self.log(5, text)
+
+    def info(self, text):
+        self.log(6, text)
+
+    def debug(self, text):
+        self.log(7, text)
+
+
+def in_child(work, timeout=10.0):
+    """Run work() in a forked child; its return value, or ("raised", type, text)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read_end)
+        try:
+            result = work()
+        except BaseException as error:  # noqa: B036 - everything goes back to the parent
+            result = ("raised", type(error).__name__, getattr(error, "text", str(error)))
+        try:
+            os.write(write_end, pickle.dumps(result))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    data, deadline = b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([read_end], [], [], deadline - time.monotonic())[0]:
+                chunk = os.read(read_end, 65536)
+                if not chunk:
+                    break
+                data += chunk
+    finally:
+        os.close(read_end)
+        if not data:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert data, "the child sent nothing back"
+    return pickle.loads(data)
+
+
+def free_id() -> int:
+    """A number that is neither a uid nor a gid on this machine."""
+    for number in range(45123, 46000):
+        try:
+            pwd.getpwuid(number)
+            continue
+        except KeyError:
+            pass
+        try:
+            grp.getgrgid(number)
+        except KeyError:
+            return number
+    raise AssertionError("no free id")
+
+
+def inetd(**fields) -> Options:
+    return Options(switch_ids_now=True, **fields)
+
+
+def identity():
+    return os.getresuid(), os.getresgid(), os.getgroups()
+
+
+# --- resolve_ids: names and numbers, before the jail -------------------------------------
+
+
+def test_names_resolve_to_the_account_numbers():
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrgid(nobody.pw_gid).gr_name
+    assert chroot.resolve_ids(inetd(setuid_user="nobody", setgid_group=group)) == Ids(
+        nobody.pw_uid, nobody.pw_gid
+    )
+
+
+def test_user_without_group_takes_the_primary_group():
+    nobody = pwd.getpwnam("nobody")
+    assert chroot.resolve_ids(inetd(setuid_user="nobody")) == Ids(nobody.pw_uid, nobody.pw_gid)
+    assert chroot.resolve_ids(inetd(setuid_user=str(nobody.pw_uid))).gid == nobody.pw_gid
+
+
+def test_numbers_without_an_account_are_taken_as_they_are():
+    number = free_id()
+    options = inetd(setuid_user=str(number), setgid_group=str(number))
+    assert chroot.resolve_ids(options) == Ids(number, number)
+
+
+def test_number_without_account_and_without_group_is_refused():
+    number = free_id()
+    with pytest.raises(SetupError) as raised:
+        chroot.resolve_ids(inetd(setuid_user=str(number)))
+    assert raised.value.text == f"Failed to get GID for user {number}: no such account, use -g"
+
+
+@pytest.mark.parametrize(
+    ("fields", "text"),
+    [
+        ({"setuid_user": "no-such-user-x7"}, "Failed to get UID for user no-such-user-x7"),
+        ({"setuid_user": "45abc"}, "Failed to get UID for user 45abc"),
+        (
+            {"setuid_user": "nobody", "setgid_group": "no-such-group-x7"},
+            "Failed to get GID for group no-such-group-x7",
+        ),
+        ({"setgid_group": "-1"}, "Failed to get GID for group -1"),
+    ],
+)
+def test_unknown_names_are_refused_in_3_22_words(fields, text):
+    with pytest.raises(SetupError) as raised:
+        chroot.resolve_ids(inetd(**fields))
+    assert raised.value.text == text
+
+
+def test_group_alone_is_resolved():
+    assert chroot.resolve_ids(inetd(setgid_group="0")) == Ids(None, 0)
+
+
+def test_ids_are_not_resolved_in_inetd_mode_without_i():
+    options = Options(setuid_user="no-such-user-x7", setgid_group="no-such-group-x7")
+    assert chroot.resolve_ids(options) == Ids(None, None)
+
+
+def test_ids_apply_in_daemon_mode_without_i():
+    options = Options(daemon=Address(None, 8443), setuid_user="nobody")
+    assert chroot.resolve_ids(options).uid == pwd.getpwnam("nobody").pw_uid
+
+
+# --- enter_jail: the order, the checks, the failures -----------------------------------
+
+
+@pytest.fixture
+def jail(tmp_path):
+    root = tmp_path / "jail"
+    root.mkdir()
+    (root / "stunnel.pem").write_text("pem\n")
+    (root / "seed").write_bytes(b"s" * 100)
+    return root
+
+
+def test_enter_jail_chroots_and_drops_in_order(jail):
+    number = free_id()
+    options = inetd(chroot_dir=str(jail), setuid_user=str(number), setgid_group=str(number))
+    log = RecordingLog()
+
+    def work():
+        steps = []
+        for name in ("chroot", "chdir", "setgroups", "setgid", "setuid"):
+            real = getattr(os, name)
+
+            def record(*args, _name=name, _real=real):
+                steps.append((_name, args))
+                return _real(*args)
+
+            setattr(os, name, record)
+        chroot.enter_jail(options, chroot.resolve_ids(options), log)
+        return steps, identity(), sorted(os.listdir("/")), os.getcwd(), log.lines
+
+    steps, ids, listing, cwd, lines = in_child(work)
+    assert steps == [
+        ("chroot", (str(jail),)),
+        ("chdir", ("/",)),
+        ("setgroups", ([number],)),
+        ("setgid", (number,)),
+        ("setuid", (number,)),
+    ]
+    assert ids == ((number,) * 3, (number,) * 3, [number])
+    assert listing == ["seed", "stunnel.pem"]
+    assert cwd == "/"
+    assert (
+        7,
+        f"Entered the jail: chroot to {jail}, gid {number} (groups [{number}]), uid {number}",
+    ) in lines
+
+
+def test_a_relative_jail_is_relative_to_the_working_directory(jail):
+    options = inetd(chroot_dir="jail")
+
+    def work():
+        os.chdir(jail.parent)
+        chroot.enter_jail(options, Ids(None, None), RecordingLog())
+        return sorted(os.listdir("/"))
+
+    assert in_child(work) == ["seed", "stunnel.pem"]
+
+
+def test_without_i_in_inetd_mode_ids_are_ignored_with_a_notice(jail):
+    options = Options(chroot_dir=str(jail), setuid_user="nobody", setgid_group="nogroup")
+    log = RecordingLog()
+
+    def work():
+        chroot.enter_jail(options, chroot.resolve_ids(options), log)
+        return identity(), sorted(os.listdir("/")), log.lines
+
+    ids, listing, lines = in_child(work)
+    assert ids[0] == (0, 0, 0)  # still root: 3.22 applied -s/-g in inetd mode only with -i
+    assert listing == ["seed", "stunnel.pem"]  # -/ applies all the same
+    assert (5, "-s and -g are ignored in inetd mode without -i") in lines
+
+
+def test_no_notice_when_no_ids_were_asked_for(jail):
+    log = RecordingLog()
+    assert in_child(lambda: chroot.enter_jail(Options(), Ids(None, None), log) or log.lines) == []
+
+
+def test_an_explicit_root_user_is_allowed_with_a_warning(jail):
+    options = inetd(chroot_dir=str(jail), setuid_user="root")
+    log = RecordingLog()
+
+    def work():
+        chroot.enter_jail(options, chroot.resolve_ids(options), log)
+        return identity(), log.lines
+
+    ids, lines = in_child(work)
+    assert ids == ((0, 0, 0), (0, 0, 0), [0])
+    assert (4, "Running as root (-s root): the jail does not hold root") in lines
+
+
+def failing(name, code):
+    def fail(*args):
+        raise OSError(code, os.strerror(code))
+
+    return name, fail
+
+
+STEPS = ["chroot", "chdir", "setgroups", "setgid", "setuid"]
+
+
+@pytest.mark.parametrize(
+    ("patch", "text", "reached"),
+    [
+        (None, "chroot {jail}/missing: No such file or directory (2)", 0),
+        (failing("chroot", errno.EPERM), "chroot {jail}: Operation not permitted (1)", 1),
+        (failing("chdir", errno.EACCES), "chdir /: Permission denied (13)", 2),
+        (failing("setgroups", errno.EPERM), "setgroups: Operation not permitted (1)", 3),
+        (failing("setgid", errno.EINVAL), "setgid: Invalid argument (22)", 4),
+        (failing("setuid", errno.EAGAIN), "setuid: Resource temporarily unavailable (11)", 5),
+    ],
+)
+def test_a_failing_step_stops_everything_after_it(jail, patch, text, reached):
+    number = free_id()
+    directory = str(jail / "missing") if patch is None else str(jail)
+    options = inetd(chroot_dir=directory, setuid_user=str(number), setgid_group=str(number))
+
+    def work():
+        steps = []
+        for name in STEPS:
+            real = patch[1] if patch and patch[0] == name else getattr(os, name)
+
+            def record(*args, _name=name, _real=real):
+                steps.append(_name)
+                return _real(*args)
+
+            setattr(os, name, record)
+        try:
+            chroot.enter_jail(options, chroot.resolve_ids(options), RecordingLog())
+        except SetupError as error:
+            return "raised", error.text, steps, os.getresuid()
+        return "served", steps
+
+    assert in_child(work) == ("raised", text.format(jail=jail), STEPS[:reached], (0, 0, 0))
+
+
+def test_a_step_that_does_nothing_is_caught_by_the_check(jail):
+    number = free_id()
+    options = inetd(setuid_user=str(number), setgid_group=str(number))
+
+    def work():
+        os.setuid = lambda uid: None
+        try:
+            chroot.enter_jail(options, chroot.resolve_ids(options), RecordingLog())
+        except SetupError as error:
+            return error.text
+        return "served"
+
+    assert in_child(work) == f"setuid: uids are (0, 0, 0), not {number}"
+
+
+def test_a_file_is_not_a_jail(jail):
+    options = inetd(chroot_dir=str(jail / "seed"))
+
+    def work():
+        try:
+            chroot.enter_jail(options, Ids(None, None), RecordingLog())
+        except SetupError as error:
+            return error.text
+        return "served"
+
+    assert in_child(work) == f"chroot {jail}/seed: Not a directory (20)"
+
+
+def test_nothing_is_imported_inside_the_jail(jail):
+    """The jail holds no Python: enter_jail and seed_random must import nothing."""
+    number = free_id()
+    os.chown(jail / "seed", 0, number)
+    os.chmod(jail / "seed", 0o660)
+    options = inetd(
+        chroot_dir=str(jail),
+        setuid_user=str(number),
+        setgid_group=str(number),
+        rand_file="seed",
+        egd_socket="/egd",
+    )
+
+    def work():
+        before = set(sys.modules)
+        log = RecordingLog()
+        chroot.enter_jail(options, chroot.resolve_ids(options), log)
+        chroot.seed_random(options, log)
+        return sorted(set(sys.modules) - before), os.stat("/seed").st_size
+
+    assert in_child(work) == ([], 100)
+
+
+# --- seed_random: -R, -B, -W, -E -----------------------------------------------------
+
+
+@pytest.fixture
+def seed(tmp_path):
+    path = tmp_path / "seed"
+    path.write_bytes(bytes(range(200)))
+    return path
+
+
+@pytest.fixture
+def rand_calls(monkeypatch):
+    """Wrap the real libcrypto: record what RAND_add is given, keep RAND_status real."""
+    calls = []
+    real = chroot._libcrypto
+
+    class Recorder:
+        def RAND_add(self, data, size, entropy):
+            calls.append((bytes(data), size, entropy))
+            real.RAND_add(data, size, entropy)
+
+        def RAND_status(self):
+            return real.RAND_status()
+
+    monkeypatch.setattr(chroot, "_libcrypto", Recorder())
+    return calls
+
+
+def test_seed_is_read_fed_to_openssl_and_rewritten(seed, rand_calls):
+    log = RecordingLog()
+    chroot.seed_random(Options(rand_file=str(seed)), log)
+    assert rand_calls == [(bytes(range(64)), 64, 64.0)]
+    fresh = seed.read_bytes()
+    assert len(fresh) == 200 and fresh != bytes(range(200))
+    assert log.lines == [
+        (7, f"Snagged 64 random bytes from {seed}"),
+        (7, f"Wrote 200 new random bytes to {seed}"),
+        (7, "PRNG seeded successfully"),
+    ]
+
+
+def test_rand_bytes_bounds_the_read(seed, rand_calls):
+    chroot.seed_random(Options(rand_file=str(seed), rand_bytes=16), RecordingLog())
+    assert rand_calls == [(bytes(range(16)), 16, 16.0)]
+    chroot.seed_random(Options(rand_file=str(seed), rand_bytes=500), RecordingLog())
+    assert len(rand_calls[1][0]) == 200
+
+
+def test_no_write_keeps_the_seed(seed, rand_calls):
+    log = RecordingLog()
+    chroot.seed_random(Options(rand_file=str(seed), rand_no_write=True), log)
+    assert seed.read_bytes() == bytes(range(200))
+    assert not any("Wrote" in text for _, text in log.lines)
+    assert len(rand_calls) == 1
+
+
+def test_a_big_seed_is_rewritten_to_1024_bytes_and_an_empty_one_to_b(tmp_path):
+    big, empty = tmp_path / "big", tmp_path / "empty"
+    big.write_bytes(b"x" * 5000)
+    empty.write_bytes(b"")
+    log = RecordingLog()
+    chroot.seed_random(Options(rand_file=str(big)), log)
+    chroot.seed_random(Options(rand_file=str(empty)), log)
+    assert len(big.read_bytes()) == 1024
+    assert len(empty.read_bytes()) == 64
+    assert (6, f"Unable to retrieve any random data from {empty}") in log.lines
+
+
+def test_a_missing_seed_is_said_and_not_created(tmp_path, rand_calls):
+    log = RecordingLog()
+    chroot.seed_random(Options(rand_file=str(tmp_path / "none")), log)
+    assert not (tmp_path / "none").exists()
+    assert rand_calls == []
+    assert log.lines[0] == (6, f"Unable to retrieve any random data from {tmp_path}/none")
+    assert log.lines[-1] == (7, "PRNG seeded successfully")
+
+
+def test_a_read_only_seed_warns_and_goes_on(jail):
+    """As the jail's user: the seed is group-readable (README 6e), not writable."""
+    number = free_id()
+    os.chown(jail / "seed", 0, number)
+    os.chmod(jail / "seed", 0o440)
+    options = inetd(chroot_dir=str(jail), setuid_user=str(number), setgid_group=str(number))
+    options_seed = Options(rand_file="seed")
+
+    def work():
+        log = RecordingLog()
+        chroot.enter_jail(options, chroot.resolve_ids(options), log)
+        chroot.seed_random(options_seed, log)
+        return log.lines[1:]
+
+    assert in_child(work) == [
+        (7, "Snagged 64 random bytes from seed"),
+        (4, "Failed to write strong random data to seed - may be a permissions or seeding problem"),
+        (7, "seed: Permission denied (13)"),
+        (7, "PRNG seeded successfully"),
+    ]
+    assert (jail / "seed").read_bytes() == b"s" * 100
+
+
+def test_an_unreadable_seed_is_said_and_the_session_goes_on(jail):
+    number = free_id()
+    os.chmod(jail / "seed", 0o600)  # root's alone
+    options = inetd(chroot_dir=str(jail), setuid_user=str(number), setgid_group=str(number))
+
+    def work():
+        log = RecordingLog()
+        chroot.enter_jail(options, chroot.resolve_ids(options), log)
+        chroot.seed_random(Options(rand_file="seed"), log)
+        return log.lines[1:]
+
+    lines = in_child(work)
+    assert lines[:2] == [
+        (6, "Unable to retrieve any random data from seed"),
+        (7, "seed: Permission denied (13)"),
+    ]
+    assert lines[2][0] == 4 and lines[-1] == (7, "PRNG seeded successfully")
+
+
+def test_egd_is_not_needed(rand_calls):
+    log = RecordingLog()
+    chroot.seed_random(Options(egd_socket="/var/run/egd-pool"), log)
+    assert log.lines == [
+        (6, "EGD Socket /var/run/egd-pool not used: OpenSSL seeds itself"),
+        (7, "PRNG seeded successfully"),
+    ]
+
+
+def test_an_unseeded_generator_is_a_setup_error(monkeypatch):
+    class Unseeded:
+        def RAND_status(self):
+            return 0
+
+    monkeypatch.setattr(chroot, "_libcrypto", Unseeded())
+    with pytest.raises(SetupError) as raised:
+        chroot.seed_random(Options(), RecordingLog())
+    assert raised.value.text == "PRNG was not seeded with enough random bytes"
