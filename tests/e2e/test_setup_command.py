@@ -1,0 +1,217 @@
+"""stunnel3-setup, run as installed, as root: README steps 3-7 for a service directory.
+
+Proves: the jail's ownership and modes are exactly step 6e's; the run file is
+compat/smtp-tls-run with only the administrator's variables set; a second run
+changes nothing; a key is never replaced without --force; a non-root caller is
+refused before anything is made; --no-accounts prints commands that work.
+"""
+
+import grp
+import os
+import pwd
+import re
+import shlex
+import stat
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from stunnel3.setup_service import RUN_SCRIPT, RUN_VARIABLES
+
+ROOT = Path(__file__).resolve().parents[2]
+SETUP = str(Path(sysconfig.get_path("scripts")) / "stunnel3-setup")
+
+
+def accounts() -> tuple[set[str], set[str]]:
+    return {u.pw_name for u in pwd.getpwall()}, {g.gr_name for g in grp.getgrall()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remove_made_accounts():
+    """The set-up command makes `stunnel` and `qmaild`: remove the ones this module made."""
+    users, groups = accounts()
+    yield
+    now_users, _ = accounts()
+    for name in sorted(now_users - users):
+        subprocess.run(["userdel", name], capture_output=True, timeout=60)
+    _, now_groups = accounts()
+    for name in sorted(now_groups - groups):
+        subprocess.run(["groupdel", name], capture_output=True, timeout=60)
+
+
+def setup(*args, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*prefix, SETUP, *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+def mode_owner(path: Path) -> tuple[int, str, str]:
+    info = path.lstat()
+    return (
+        stat.S_IMODE(info.st_mode),
+        pwd.getpwuid(info.st_uid).pw_name,
+        grp.getgrgid(info.st_gid).gr_name,
+    )
+
+
+def snapshot(service: Path) -> dict[str, tuple]:
+    """Every file's content, inode, mtime, mode and owner: a second run must change none."""
+    seen = {}
+    for path in sorted(service.rglob("*")):
+        info = path.lstat()
+        data = path.read_bytes() if path.is_file() else b""
+        seen[str(path)] = (data, info.st_ino, info.st_mtime_ns, info.st_mode, info.st_uid)
+    return seen
+
+
+def test_the_packaged_run_file_is_compat_smtp_tls_run():
+    assert (ROOT / "compat" / "smtp-tls-run").read_text() == RUN_SCRIPT
+
+
+def test_no_accounts_prints_commands_that_make_them(tmp_path):
+    first = setup("--no-accounts", tmp_path / "svc")
+    if first.returncode == 0:  # the accounts exist already: nothing to print
+        assert first.stdout.startswith("stunnel3-setup: ")
+    else:
+        assert first.returncode == 111, first.stderr
+        assert "accounts are missing" in first.stderr
+        assert not (tmp_path / "svc").exists()  # refused before making anything
+        for line in first.stdout.splitlines():
+            assert line.split()[0] in ("groupadd", "useradd")
+            subprocess.run(shlex.split(line), check=True, timeout=60)
+    assert pwd.getpwnam("stunnel").pw_gid == grp.getgrnam("stunnel").gr_gid
+    pwd.getpwnam("qmaild")
+    again = setup("--no-accounts", tmp_path / "svc")
+    assert again.returncode == 0, again.stderr
+
+
+def test_layout_modes_and_owners_are_step_6e(tmp_path):
+    service = tmp_path / "svc"
+    done = setup("--port", 2525, "--ip", "127.0.0.1", service)
+    assert done.returncode == 0, done.stderr
+    assert mode_owner(service / "ssl") == (0o750, "root", "stunnel")
+    assert mode_owner(service / "ssl" / "stunnel.pem") == (0o640, "root", "stunnel")
+    assert mode_owner(service / "ssl" / "seed") == (0o640, "root", "stunnel")
+    assert len((service / "ssl" / "seed").read_bytes()) >= 64  # what -B reads
+    assert sorted(p.name for p in (service / "ssl").iterdir()) == ["seed", "stunnel.pem"]
+    assert mode_owner(service / "run")[:2] == (0o755, "root")
+    assert mode_owner(service / "log" / "run")[:2] == (0o755, "root")
+    assert "multilog t ./main" in (service / "log" / "run").read_text()
+    pem = (service / "ssl" / "stunnel.pem").read_bytes()
+    assert isinstance(load_pem_private_key(pem, None), ec.EllipticCurvePrivateKey)
+    x509.load_pem_x509_certificate(pem[pem.index(b"-----BEGIN CERTIFICATE") :])
+
+
+def test_run_file_differs_from_compat_only_in_the_variables(tmp_path):
+    service = tmp_path / "svc"
+    done = setup("--port", 2525, "--ip", "127.0.0.1", "--smtpd", "/x/y smtpd", service)
+    assert done.returncode == 0, done.stderr
+    run = (service / "run").read_text().splitlines()
+    compat = RUN_SCRIPT.splitlines()
+    changed = [(a, b) for a, b in zip(compat, run, strict=True) if a != b]
+    assert {a.split("=")[0] for a, _ in changed} <= set(RUN_VARIABLES)
+    assert "PORT=2525" in run and "IP=127.0.0.1" in run and "SMTPD='/x/y smtpd'" in run
+    path = next(line for line in run if line.startswith("PATH="))
+    assert path.startswith(f"PATH={sysconfig.get_path('scripts')}:")  # README step 7
+    syntax = subprocess.run(["sh", "-n", service / "run"], capture_output=True, timeout=10)
+    assert syntax.returncode == 0
+
+
+def test_second_run_changes_nothing(tmp_path):
+    service = tmp_path / "svc"
+    assert setup("--port", 2525, service).returncode == 0
+    before = snapshot(service)
+    again = setup("--port", 2525, service)
+    assert again.returncode == 0, again.stderr
+    assert snapshot(service) == before
+    assert "wrote" not in again.stdout and "kept" in again.stdout
+
+
+def test_modes_are_repaired_on_a_second_run(tmp_path):
+    service = tmp_path / "svc"
+    assert setup(service).returncode == 0
+    (service / "ssl" / "stunnel.pem").chmod(0o644)
+    os.chown(service / "ssl" / "seed", 0, 0)
+    (service / "ssl" / "usr" / "share" / "ssl").mkdir(parents=True)  # README 6d/1
+    (service / "ssl" / "openssl.cnf").write_text("# 6b\n")
+    again = setup(service)
+    assert again.returncode == 0, again.stderr
+    for name in ("stunnel.pem", "seed", "openssl.cnf"):
+        assert mode_owner(service / "ssl" / name) == (0o640, "root", "stunnel")
+    for name in ("usr", "usr/share", "usr/share/ssl"):
+        assert mode_owner(service / "ssl" / name) == (0o750, "root", "stunnel")
+
+
+def test_a_key_is_never_replaced_without_force(tmp_path, pki):
+    service = tmp_path / "svc"
+    assert setup(service).returncode == 0
+    pem = service / "ssl" / "stunnel.pem"
+    made = pem.read_bytes()
+    refused = setup("--pem", pki["server"], service)
+    assert refused.returncode == 111
+    assert re.search(r"stunnel\.pem exists and differs: not replacing a key without --force$",
+                     refused.stderr.strip())  # fmt: skip
+    assert pem.read_bytes() == made
+    assert setup("--key-type", "rsa", service).returncode == 0  # no --pem: keeps the key
+    assert pem.read_bytes() == made
+    forced = setup("--pem", pki["server"], "--force", service)
+    assert forced.returncode == 0, forced.stderr
+    assert pem.read_bytes() == pki["server"].read_bytes()
+    assert mode_owner(pem) == (0o640, "root", "stunnel")
+
+
+def test_rsa_key_on_request(tmp_path):
+    service = tmp_path / "svc"
+    assert setup("--key-type", "rsa", "--hostname", "mail.example.org", service).returncode == 0
+    pem = (service / "ssl" / "stunnel.pem").read_bytes()
+    key = load_pem_private_key(pem, None)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    cert = x509.load_pem_x509_certificate(pem[pem.index(b"-----BEGIN CERTIFICATE") :])
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["mail.example.org"]
+
+
+def test_a_pem_without_a_key_is_refused(tmp_path, pki):
+    done = setup("--pem", pki["ca"], tmp_path / "svc")
+    assert done.returncode == 111
+    assert done.stderr.startswith("stunnel3-setup: fatal: unable to use ")
+    assert not (tmp_path / "svc").exists()
+
+
+def as_nobody() -> tuple[str, ...]:
+    """A way to run the installed command as a non-root user.
+
+    setuidgid nobody, where nobody can reach the interpreter (CI: /usr/local);
+    else (a Python under root's 0700 home) a user namespace, inside which the
+    program's uid is the overflow uid 65534 and it sees itself as nobody.
+    """
+    probe = subprocess.run(["setuidgid", "nobody", SETUP, "--help"], capture_output=True)
+    if probe.returncode == 0:
+        return ("setuidgid", "nobody")
+    return ("unshare", "--user")
+
+
+def test_refused_without_root(tmp_path):
+    tmp_path.chmod(0o777)
+    done = setup(tmp_path / "svc", prefix=as_nobody())
+    assert done.returncode == 111
+    assert done.stderr == (
+        "stunnel3-setup: fatal: must be run as root: it makes accounts and gives files"
+        " to root:stunnel\n"
+    )
+    assert not (tmp_path / "svc").exists()
+
+
+@pytest.mark.parametrize(
+    "args", [[], ["a", "b"], ["--bogus", "x"], ["--port"]], ids=["none", "two", "bogus", "noarg"]
+)
+def test_usage(args):
+    done = setup(*args)
+    assert done.returncode == 100
+    assert done.stderr.startswith("stunnel3-setup: usage: stunnel3-setup [options] SERVICE_DIR")
+    assert "Traceback" not in done.stderr
