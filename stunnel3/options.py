@@ -82,25 +82,13 @@ FACILITY_NAMES = (
 )  # fmt: skip
 # 3.22's -O table: name -> value kind (flag and int take one number; linger and
 # timeval a number and an optional second; string an interface name).
-SOCKET_OPTIONS = {
-    "SO_DEBUG": "flag",
-    "SO_DONTROUTE": "flag",
-    "SO_KEEPALIVE": "flag",
-    "SO_LINGER": "linger",
-    "SO_OOBINLINE": "flag",
-    "SO_RCVBUF": "int",
-    "SO_SNDBUF": "int",
-    "SO_RCVLOWAT": "int",
-    "SO_SNDLOWAT": "int",
-    "SO_RCVTIMEO": "timeval",
-    "SO_SNDTIMEO": "timeval",
-    "SO_REUSEADDR": "flag",
-    "SO_BINDTODEVICE": "string",
-    "IP_TOS": "int",
-    "IP_TTL": "int",
-    "TCP_MAXSEG": "int",
-    "TCP_NODELAY": "flag",
-}
+SOCKET_OPTIONS = dict(
+    entry.split("=")
+    for entry in """SO_DEBUG=flag SO_DONTROUTE=flag SO_KEEPALIVE=flag SO_LINGER=linger
+    SO_OOBINLINE=flag SO_RCVBUF=int SO_SNDBUF=int SO_RCVLOWAT=int SO_SNDLOWAT=int
+    SO_RCVTIMEO=timeval SO_SNDTIMEO=timeval SO_REUSEADDR=flag SO_BINDTODEVICE=string
+    IP_TOS=int IP_TTL=int TCP_MAXSEG=int TCP_NODELAY=flag""".split()
+)
 DEFAULT_PID_DIR = "/var/run/"  # 3.22's PIDDIR: -P dir/ names stunnel.<service>.pid in it
 USAGE_HINT = "Try 'stunnel -h' for more information."
 

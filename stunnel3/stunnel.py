@@ -1,9 +1,15 @@
 """stunnel's main: argv -> Options -> Log -> the service; exceptions become log lines.
 
-The order is 3.22's: options are parsed first, with errors on stderr (there is
-no log yet); -h and -V print and exit 0; then the log opens as the options say,
-and only then is the engine imported, so that a usage error or -h never pays
-for loading OpenSSL.
+The order is 3.22's main(): options are parsed first, their errors on stderr
+(3.22 set foreground before parsing); -h and -V print and exit 0; then the log
+opens as the options say and names the service (`Using '<name>' as tcpwrapper
+service name`, notice). Only then is the engine imported, so that a usage error,
+-h or -V never pays for loading OpenSSL, and the STUNNEL_INFO line is logged
+(notice) before the service runs. This is the only place where an exception
+becomes a message and an exit status: no traceback ever reaches a user.
+
+Exit status: what service.run returns; 1 for a usage or setup error or an
+unexpected exception; 2 for a bad port (options); 3 on SIGINT.
 """
 
 import sys
@@ -17,11 +23,12 @@ def main(argv: list[str]) -> int:
     try:
         return _run(argv[1:])
     except KeyboardInterrupt:
+        logging.stderr_line(logging.LOG_ERR, "Received signal 2; terminating.")
         return 3
-    except BaseException as error:  # noqa: BLE001 - no traceback ever reaches a user
-        if isinstance(error, SystemExit):
-            return error.code if isinstance(error.code, int) else 1
-        logging.stderr_line(logging.LOG_ERR, f"{type(error).__name__}: {error}")
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 1
+    except BaseException as error:  # noqa: BLE001 - the last net before a traceback
+        logging.stderr_line(logging.LOG_ERR, _describe(error))
         return 1
 
 
@@ -31,7 +38,7 @@ def _run(args: list[str]) -> int:
     except OptionError as error:
         logging.stderr_line(logging.LOG_ERR, error.text)
         if error.usage_hint:
-            _say(f"\n{USAGE_HINT}\n\n")
+            _say(f"\n{USAGE_HINT}\n\n")  # 3.22's print_info(), blank lines included
         return error.status
     if options.show is not None:
         from stunnel3 import usage
@@ -44,16 +51,31 @@ def _run(args: list[str]) -> int:
         logging.stderr_line(logging.LOG_ERR, error.text)
         return error.status
     try:
-        from stunnel3 import service  # type: ignore[attr-defined]  # the engine, being written
-
-        return service.run(options, log)
-    except BaseException as error:
-        if isinstance(error, SystemExit | KeyboardInterrupt):
-            raise
-        log.err(f"{type(error).__name__}: {error}")
+        return _serve(options, log)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:
+        log.err(_describe(error))
         return 1
     finally:
         log.close()
+
+
+def _serve(options, log: logging.Log) -> int:
+    log.notice(f"Using '{options.service_name}' as tcpwrapper service name")
+    from stunnel3 import service  # type: ignore[attr-defined]  # the engine (TLS issue)
+    from stunnel3.usage import stunnel_info
+
+    log.notice(stunnel_info())
+    return service.run(options, log)
+
+
+def _describe(error: BaseException) -> str:
+    """An unexpected error as one line: 3.22's `<what>: <strerror> (<errno>)` for OS errors."""
+    if isinstance(error, OSError) and error.errno is not None:
+        what = error.filename if error.filename is not None else type(error).__name__
+        return f"{what}: {error.strerror} ({error.errno})"
+    return f"{type(error).__name__}: {error}"
 
 
 def _say(text: str) -> None:
