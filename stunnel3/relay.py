@@ -1,0 +1,295 @@
+"""The one relay loop of every mode: two endpoints, a protocol layer, TLS.
+
+    network (TLS side)  <->  [TlsSession]  <->  protocol layer  <->  backend (plaintext)
+
+"network" is the side TLS faces (fds 0/1 or an accepted socket in server mode,
+the -r connection with -c); "backend" the plaintext side (-F, -l, -L, -r, or
+fds 0/1 with -c). Before the layer asks for TLS (StartTls) network bytes reach
+it raw; after, they pass through the TlsSession first. The layer sees every
+plaintext byte and decides what goes where (see protocol.py).
+
+Each pass of the loop: move what can move without waiting (handshake, TLS
+records in and out), derive the poll set from the state, wait, read and write.
+Three byte queues hold what waits for a writable fd or for TLS:
+
+    net_out    ciphertext (or raw bytes before TLS) for the network
+    plain_out  plaintext for TLS: held during the handshake, or back-pressured
+    back_out   bytes for the backend
+
+A side is read only while the queue its bytes end up in is below BUFFER: that
+is the back-pressure, and it bounds memory whatever the peers do.
+
+Timeouts (no 3.22 flag exists; the environment overrides them, in seconds):
+STUNNEL3_HANDSHAKE_TIMEOUT (60) from StartTls to an established session;
+STUNNEL3_IDLE_TIMEOUT (600, twice RFC 5321's 5-minute command timeout) with no
+byte moving either way; and 3.22's 10 s wait for the peer's last bytes once the
+backend has closed its output.
+"""
+
+import os
+import select
+import time
+
+from stunnel3.endpoints import Endpoint, PeerError
+from stunnel3.protocol import Action, Close, Log, StartTls, ToBackend, ToClient
+from stunnel3.tls import TlsError, TlsSession
+
+BUFFER = 256 * 1024
+READ_SIZE = 128 * 1024
+CLOSE_WAIT = 10.0
+
+
+def _timeout(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+class Terminated(Exception):
+    """SIGTERM or SIGINT arrived: the service exits with status 3."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class Relay:
+    """Run one session: `run()` returns True if it ended cleanly, False on a reset."""
+
+    def __init__(
+        self, network: Endpoint, backend: Endpoint | None, layer, new_tls, log, open_backend=None
+    ):
+        self.network = network
+        self.backend = backend
+        self.open_backend = open_backend  # -l without -n: started after the handshake
+        self.layer = layer
+        self.new_tls = new_tls  # () -> TlsSession
+        self.log = log
+        self.tls: TlsSession | None = None
+        self.net_out = bytearray()
+        self.plain_out = bytearray()
+        self.back_out = bytearray()
+        self.net_reading = self.back_reading = True
+        self.net_writing = self.back_writing = True
+        self.net_eof_queued = self.back_eof_queued = False  # ToClient(b"") / ToBackend(b"")
+        self.closing = False
+        self.ssl_bytes = self.sock_bytes = 0
+        self.handshake_timeout = _timeout("STUNNEL3_HANDSHAKE_TIMEOUT", 60)
+        self.idle_timeout = _timeout("STUNNEL3_IDLE_TIMEOUT", 600)
+        self.handshake_deadline: float | None = None
+        self.last_activity = time.monotonic()
+
+    # -- the layer's actions -------------------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, ToClient):
+                if self.net_eof_queued:
+                    continue  # nothing goes out after our EOF
+                if not action.data:
+                    self.net_eof_queued = True
+                elif self.tls is not None:
+                    self.plain_out += action.data
+                else:
+                    self.net_out += action.data
+                    self.ssl_bytes += len(action.data)
+            elif isinstance(action, ToBackend):
+                if self.back_eof_queued:
+                    continue
+                if action.data:
+                    self.back_out += action.data
+                else:
+                    self.back_eof_queued = True
+            elif isinstance(action, StartTls):
+                self.tls = self.new_tls()
+                self.handshake_deadline = time.monotonic() + self.handshake_timeout
+                if action.early:
+                    self.tls.receive(action.early)
+            elif isinstance(action, Close):
+                self.log.debug(f"Closing: {action.reason}")
+                self.closing = True
+            elif isinstance(action, Log):
+                self.log.log(action.level, action.text)
+
+    # -- moving bytes without waiting ----------------------------------------
+
+    def _pump_tls(self) -> None:
+        tls = self.tls
+        if tls is None:
+            return
+        if not tls.established:
+            done = tls.handshake()
+            self.net_out += tls.outgoing()
+            if not done:
+                return
+            self.handshake_deadline = None
+            info = tls.info()
+            self.log.info(f"Negotiated ciphers: {info.cipher} {info.version} ({info.bits} bits)")
+            if self.backend is None and self.open_backend is not None:
+                self.backend = self.open_backend(tls)
+            self._apply(self.layer.tls_started(info))
+        while self.plain_out and len(self.net_out) < BUFFER and self.net_writing:
+            chunk = bytes(self.plain_out[:READ_SIZE])
+            del self.plain_out[:READ_SIZE]
+            tls.write(chunk)
+            self.ssl_bytes += len(chunk)
+            self.net_out += tls.outgoing()
+        # Rule: EOF from the layer towards the network becomes close_notify once
+        # every queued plaintext byte is encrypted.
+        if self.net_eof_queued and not self.plain_out and self.net_writing:
+            tls.close()
+            self.net_writing = False
+        while self.net_reading and len(self.back_out) < BUFFER:
+            plain = tls.read()
+            self.net_out += tls.outgoing()
+            if plain is None:
+                break
+            if not plain:
+                self.net_reading = False
+                self.log.debug("SSL closed on SSL_read" + (" (no close_notify)" * tls.truncated))
+            self._apply(self.layer.feed_client(plain))
+
+    def _flush_closes(self) -> None:
+        # Rule: once the network's EOF is queued and nothing is left to send,
+        # our write side closes (after close_notify if TLS is on; a pipe closes).
+        if self.net_eof_queued and not self.net_out and not self.plain_out:
+            if self.net_writing and self.tls is None:
+                self.net_writing = False
+            if not self.net_writing and self.network.wfd >= 0 and not self._net_shut:
+                self.network.shut_write()
+                self._net_shut = True
+        # Rule: EOF towards the backend (close_notify or TCP EOF from the network)
+        # becomes shutdown(SHUT_WR) on it, or close for a pipe, once back_out is empty.
+        if self.back_eof_queued and not self.back_out and self.back_writing:
+            self.back_writing = False
+            if self.backend is not None:
+                self.backend.shut_write()
+
+    _net_shut = False
+
+    def _finished(self) -> bool:
+        queues_empty = not (self.net_out or self.plain_out or self.back_out)
+        if self.closing and queues_empty:
+            return True
+        if not self.net_writing and not self.back_writing and queues_empty:
+            return True
+        return not self.net_reading and not self.back_reading and queues_empty
+
+    # -- waiting -------------------------------------------------------------
+
+    def _poll_set(self) -> dict[int, int]:
+        wanted: dict[int, int] = {}
+
+        def want(fd: int, event: int) -> None:
+            wanted[fd] = wanted.get(fd, 0) | event
+
+        net, back = self.network, self.backend
+        if self.net_reading and len(self.back_out) < BUFFER and len(self.net_out) < BUFFER:
+            want(net.rfd, select.POLLIN)
+        if self.net_out:
+            want(net.wfd, select.POLLOUT)
+        if back is not None:
+            toward_net = len(self.plain_out) + len(self.net_out)
+            if self.back_reading and toward_net < BUFFER and not self.closing:
+                want(back.rfd, select.POLLIN)
+            if self.back_out:
+                want(back.wfd, select.POLLOUT)
+        return wanted
+
+    def _deadline(self) -> tuple[float, str]:
+        if self.handshake_deadline is not None:
+            return self.handshake_deadline, "SSL handshake timed out"
+        if not self.back_reading:
+            return self.last_activity + CLOSE_WAIT, ""
+        return self.last_activity + self.idle_timeout, "Connection idle timeout"
+
+    # -- reading and writing ---------------------------------------------------
+
+    def _read_network(self) -> None:
+        data = self.network.read(READ_SIZE)
+        if data is None:
+            return
+        self.last_activity = time.monotonic()
+        if self.tls is not None:
+            # An EOF goes in too: the handshake or read() below reports it.
+            self.tls.receive(data)
+            return
+        if not data:
+            self.net_reading = False
+            self.log.debug("Socket closed on read (network)")
+        self._apply(self.layer.feed_client(data))
+
+    def _read_backend(self) -> None:
+        assert self.backend is not None
+        data = self.backend.read(READ_SIZE)
+        if data is None:
+            return
+        self.last_activity = time.monotonic()
+        if not data:
+            self.back_reading = False
+            self.log.debug("Socket closed on read (backend)")
+        self._apply(self.layer.feed_backend(data))
+
+    def _write(self, endpoint: Endpoint, queue: bytearray) -> int:
+        sent = endpoint.write(memoryview(queue)[:BUFFER])
+        if sent:
+            del queue[:sent]
+            self.last_activity = time.monotonic()
+        return sent
+
+    def _pass(self) -> bool:
+        """One turn of the loop; False when the session is over."""
+        self._pump_tls()
+        self._flush_closes()
+        if self._finished():
+            return False
+        wanted = self._poll_set()
+        deadline, why = self._deadline()
+        wait = max(0.0, deadline - time.monotonic())
+        poller = select.poll()
+        for fd, events in wanted.items():
+            poller.register(fd, events)
+        ready = dict(poller.poll(wait * 1000)) if wanted or wait else {}
+        if not ready:
+            if time.monotonic() >= deadline:
+                if not why:
+                    self.log.debug("Timeout waiting for the peer to close")
+                    return False
+                raise PeerError(why)
+            return True
+        self._serve(ready)
+        return True
+
+    def _serve(self, ready: dict[int, int]) -> None:
+        net, back = self.network, self.backend
+        readable = select.POLLIN | select.POLLHUP | select.POLLERR
+        if self.net_out and ready.get(net.wfd, 0) & (select.POLLOUT | select.POLLERR):
+            self._write(net, self.net_out)
+        if (
+            back is not None
+            and self.back_out
+            and ready.get(back.wfd, 0) & (select.POLLOUT | select.POLLERR)
+        ):
+            self.sock_bytes += self._write(back, self.back_out)
+        if self.net_reading and ready.get(net.rfd, 0) & readable:
+            self._read_network()
+        if back is not None and self.back_reading and ready.get(back.rfd, 0) & readable:
+            self._read_backend()
+
+    def run(self) -> bool:
+        self._apply(self.layer.start())
+        try:
+            while self._pass():
+                pass
+        except (PeerError, TlsError) as error:
+            self.log.err(str(error))
+            self._reset()
+            return False
+        return True
+
+    def _reset(self) -> None:
+        self.network.reset()
+        if self.backend is not None:
+            self.backend.reset()

@@ -1,0 +1,284 @@
+"""The TLS engine: one context per process, and TLS sessions over memory BIOs.
+
+Theory of operation
+-------------------
+A `TlsSession` owns no socket. It is an OpenSSL `Connection(ctx, None)`: two
+memory BIOs and the TLS state machine between them. The relay moves bytes:
+
+    network bytes in  -> receive()    (ciphertext into the incoming BIO)
+    outgoing()        -> network out  (ciphertext OpenSSL wants to send)
+    write(plaintext)  -> encrypted into the outgoing BIO
+    read()            -> plaintext out of the incoming BIO, or None
+
+"Want read" is the only wait there is: a memory BIO never blocks on write, so
+when `handshake()` or `read()` cannot go on, OpenSSL needs more bytes from the
+peer. Any operation may also have produced bytes to send (a handshake flight,
+an alert, a key update reply), so the relay drains `outgoing()` after every
+call, whatever the call returned.
+
+TLS 1.3 moves some messages after the handshake: a server sends its session
+tickets once the handshake is done (they leave with the next drain), and a
+client receives them in the middle of application data, where `read()` eats
+them and returns None ("no plaintext yet"): not an EOF, not an error.
+
+At a protocol switch (STARTTLS) the bytes that arrived from the network after
+the switching command but before the relay made the session belong to TLS
+already: the protocol layer hands them back (`StartTls.early`) and the relay
+feeds them first with `receive()`. Bytes the peer sent before the switch never
+reach TLS.
+
+EOF: close_notify makes `read()` return b""; a TCP EOF without close_notify
+(`receive(b"")`) also returns b"", with `truncated` set, since most SMTP clients
+simply close the socket after QUIT (3.22 treated it as a close, not an error).
+"""
+
+import os
+import stat
+
+from OpenSSL import SSL, crypto
+
+from stunnel3.options import Options
+from stunnel3.protocol import TlsInfo
+
+# Forward-secret key exchange only for TLS 1.2 (TLS 1.3 suites always are);
+# CBC suites are kept for old mail servers that opportunistic TLS must still reach.
+DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:ECDHE+AES:!aNULL:!eNULL"
+SESSION_ID_CONTEXT = b"stunnel SID"  # 3.22's sid_ctx
+RECORD = 16384  # the largest TLS record's plaintext
+
+# The X509_V_ERR_* texts a mail administrator meets most (x509_vfy.h numbers).
+_VERIFY_ERRORS = {
+    2: "unable to get issuer certificate",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    18: "self signed certificate",
+    19: "self signed certificate in certificate chain",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+    24: "invalid CA certificate",
+    26: "unsupported certificate purpose",
+}
+
+
+class ContextError(Exception):
+    """The pem, key or CA cannot be used; `text` is 3.22's log line, exit status 1."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+
+class TlsError(Exception):
+    """The peer or the handshake failed; the session ends (status 0, 3.22's rule)."""
+
+
+def oneline(name: crypto.X509Name) -> str:
+    """A certificate name as X509_NAME_oneline wrote it: /C=../O=../CN=.."""
+    return "".join(
+        f"/{key.decode(errors='replace')}={value.decode(errors='replace')}"
+        for key, value in name.get_components()
+    )
+
+
+def _ssl_reason(error: SSL.Error) -> str:
+    """The OpenSSL reason of a pyOpenSSL error: `[('lib', 'func', 'reason')]` -> reason."""
+    try:
+        return "; ".join(entry[2] for entry in error.args[0]) or "unknown error"
+    except (IndexError, TypeError):
+        return str(error)
+
+
+def _check_pem(path: str, log) -> None:
+    """3.22 stat()ed the pem first: its error is `<pem>: <strerror> (<errno>)`."""
+    try:
+        st = os.stat(path)
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise ContextError(f"{path}: {error.strerror} ({error.errno})") from None
+    if stat.S_IMODE(st.st_mode) & 0o007:
+        log.warning(f"Wrong permissions on {path}")
+
+
+def _load_pem(ctx: SSL.Context, path: str, log) -> None:
+    _check_pem(path, log)
+    try:
+        ctx.use_certificate_chain_file(path)
+    except SSL.Error as error:
+        raise ContextError(f"SSL_CTX_use_certificate_chain_file: {_ssl_reason(error)}") from None
+    try:
+        ctx.use_privatekey_file(path)
+    except SSL.Error as error:
+        raise ContextError(f"SSL_CTX_use_PrivateKey_file: {_ssl_reason(error)}") from None
+    try:
+        ctx.check_privatekey()
+    except SSL.Error:
+        raise ContextError("Private key does not match the certificate") from None
+
+
+def _local_certificates(options: Options) -> set[bytes]:
+    """DER of every certificate in -A and -a: level 3 wants the peer's among them."""
+    texts: list[bytes] = []
+    if options.ca_file:
+        with open(options.ca_file, "rb") as pem:
+            texts.append(pem.read())
+    if options.ca_dir:
+        for name in sorted(os.listdir(options.ca_dir)):
+            try:
+                with open(os.path.join(options.ca_dir, name), "rb") as pem:
+                    texts.append(pem.read())
+            except OSError:
+                continue
+    marker = b"-----BEGIN CERTIFICATE-----"
+    found = set()
+    for text in texts:
+        for block in text.split(marker)[1:]:
+            try:
+                cert = crypto.load_certificate(crypto.FILETYPE_PEM, marker + block)
+            except crypto.Error:
+                continue
+            found.add(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
+    return found
+
+
+def _set_verify(ctx: SSL.Context, options: Options, log) -> None:
+    level = options.verify_level or 0
+    if options.cert_defaults & 1:  # -S 1 or 3: OpenSSL's compiled-in store
+        ctx.set_default_verify_paths()
+    if options.cert_defaults & 2 and (options.ca_file or options.ca_dir):
+        try:
+            ctx.load_verify_locations(options.ca_file, options.ca_dir)
+        except SSL.Error as error:
+            where = options.ca_file or options.ca_dir
+            raise ContextError(
+                f"Error loading verify certificates from {where}: {_ssl_reason(error)}"
+            ) from None
+    if level == 0:
+        ctx.set_verify(SSL.VERIFY_NONE)
+        return
+    local = _local_certificates(options) if level >= 3 else set()
+
+    def verify(conn, cert, errnum, depth, ok):
+        subject = oneline(cert.get_subject())
+        if not ok:
+            reason = _VERIFY_ERRORS.get(errnum, f"error {errnum}")
+            log.warning(f"VERIFY ERROR: depth={depth}, error={reason}: {subject}")
+            return False
+        if level >= 3 and depth == 0:
+            if crypto.dump_certificate(crypto.FILETYPE_ASN1, cert) not in local:
+                log.warning(f"VERIFY ERROR ONLY MY: no cert for: {subject}")
+                return False
+        log.notice(f"VERIFY OK: depth={depth}: {subject}")
+        return True
+
+    mode = SSL.VERIFY_PEER
+    if level >= 2:
+        mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+    ctx.set_verify(mode, verify)
+
+
+def make_context(options: Options, log) -> SSL.Context:
+    """The one context of this process (daemon workers inherit it across fork)."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(
+        SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE
+    )
+    try:
+        ctx.set_cipher_list((options.cipher_list or DEFAULT_CIPHERS).encode())
+    except SSL.Error as error:
+        raise ContextError(f"SSL_CTX_set_cipher_list: {_ssl_reason(error)}") from None
+    if not options.client or options.pem:
+        _load_pem(ctx, options.pem or "stunnel.pem", log)
+    _set_verify(ctx, options, log)
+    ctx.set_session_id(SESSION_ID_CONTEXT)
+    ctx.set_timeout(options.session_timeout)
+    return ctx
+
+
+class TlsSession:
+    """One TLS connection over memory BIOs (see the theory of operation above)."""
+
+    def __init__(self, ctx: SSL.Context, server: bool):
+        self._conn = SSL.Connection(ctx, None)
+        self._verb = "SSL_accept" if server else "SSL_connect"  # 3.22's words in errors
+        if server:
+            self._conn.set_accept_state()
+        else:
+            self._conn.set_connect_state()
+        self.established = False
+        self.truncated = False  # the peer closed TCP without close_notify
+
+    def receive(self, data: bytes) -> None:
+        if data:
+            self._conn.bio_write(data)
+        else:
+            self._conn.bio_shutdown()
+
+    def outgoing(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunks.append(self._conn.bio_read(65536))
+            except SSL.WantReadError:
+                return b"".join(chunks)
+
+    def handshake(self) -> bool:
+        """Advance the handshake; True once it is complete."""
+        try:
+            self._conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.SysCallError:
+            raise TlsError(f"{self._verb}: Peer suddenly disconnected") from None
+        except SSL.Error as error:
+            raise TlsError(f"{self._verb}: {_ssl_reason(error)}") from None
+        self.established = True
+        return True
+
+    def read(self) -> bytes | None:
+        """Plaintext (up to one record), None for "need more bytes", b"" at EOF."""
+        try:
+            return self._conn.recv(RECORD)
+        except SSL.WantReadError:
+            return None
+        except SSL.ZeroReturnError:
+            return b""
+        except SSL.SysCallError:
+            self.truncated = True
+            return b""
+        except SSL.Error as error:
+            if "unexpected eof" in _ssl_reason(error):
+                self.truncated = True
+                return b""
+            raise TlsError(f"SSL_read: {_ssl_reason(error)}") from None
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._conn.send(view[:RECORD])
+            except SSL.Error as error:
+                raise TlsError(f"SSL_write: {_ssl_reason(error)}") from None
+            view = view[sent:]
+
+    def close(self) -> None:
+        """Queue our close_notify (the peer's may come later or never)."""
+        try:
+            self._conn.shutdown()
+        except SSL.Error:
+            pass
+
+    def info(self) -> TlsInfo:
+        return TlsInfo(
+            version=self._conn.get_protocol_version_name(),
+            cipher=self._conn.get_cipher_name() or "",
+            bits=self._conn.get_cipher_bits() or 0,
+        )
+
+    def peer_names(self) -> tuple[str, str] | None:
+        """(subject, issuer) of the peer's certificate, as 3.22 gave them to -l."""
+        cert = self._conn.get_peer_certificate()
+        if cert is None:
+            return None
+        return oneline(cert.get_subject()), oneline(cert.get_issuer())
