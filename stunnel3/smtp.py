@@ -1,26 +1,457 @@
-"""SMTP STARTTLS proxy (-n smtp-, -n smtp): a sans-I/O state machine.
+"""SMTP STARTTLS proxy (-n smtp-, -n smtp): a sans-I/O state machine (SPEC section 6).
 
-STUB: the interface the relay drives (see protocol.py); the SMTP issue fills it in.
+Bytes from the client and from the backend go in; actions come out (protocol.py).
+No sockets, no TLS, no clock but the one passed in. The rules, each kept in one place:
+
+  greeting    the backend's greeting passes unchanged; if client bytes are already
+              waiting then and start with 0x16 (a TLS handshake record), TLS starts
+              at once with them (implicit TLS, port 465) and the greeting goes
+              through TLS. Nothing waits for this: no delay is added.
+  commands    a line ends at LF (qmail-smtpd and fixcrio end lines there too, so the
+              proxy and the backend always agree on where a command ends); verbs in
+              any case; each forwarded command puts what its reply means on a FIFO
+              (RFC 2920 pipelining); replies the proxy makes itself wait their turn
+              in the same FIFO, so every reply reaches the client in command order.
+  stop points after DATA, AUTH and STARTTLS nothing more is parsed until the reply:
+              what follows may be message data, a SASL line, or TLS.
+  EHLO reply  rewritten (smtp_reply.rewrite_ehlo): + STARTTLS before TLS, only
+              extensions the FIFO can follow are kept.
+  transaction opened by a positive reply to MAIL; closed by a positive reply to RSET,
+              EHLO or HELO, and by any reply to the end of the data.
+  STARTTLS    TLS active -> 503; parameters -> 501; not greeted -> 503; in a
+              transaction -> 503; client bytes after it -> 421 and the session ends
+              (CVE-2011-0411); else 220, StartTls, RSET to the backend (reply
+              checked and swallowed), EHLO/HELO required again.
+  -n smtp     before TLS, all but EHLO HELO NOOP RSET QUIT STARTTLS -> 530.
+  DATA        after 354: smtp_data.MessageData, bytes uninterpreted until CRLF.CRLF,
+              ambiguous dot lines stuffed; after TLS a Received: line goes first.
+  BDAT        502 and the announced chunk is skipped unread (CHUNKING is not offered).
+  bounds      smtp_text.MAX_LINE, MAX_PENDING, MAX_HELD.
+  log         Log(7) per line when log_dialogue: C: client, S: server, P: proxy;
+              never an AUTH argument or SASL line (***), never message content.
 """
 
-from stunnel3.protocol import Action, TlsInfo
+import enum
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from stunnel3 import smtp_text as text
+from stunnel3.protocol import Action, Close, Log, StartTls, TlsInfo, ToBackend, ToClient
+from stunnel3.smtp_command import (
+    ALLOWED_BEFORE_HELO,
+    ALLOWED_BEFORE_TLS,
+    NOT_FOLLOWABLE,
+    loggable,
+    received_line,
+    split_command,
+)
+from stunnel3.smtp_data import MessageData
+from stunnel3.smtp_reply import Reply, ReplyReader, ReplyTooLong, rewrite_ehlo
+
+TLS_HANDSHAKE_RECORD = b"\x16"  # the first byte of a ClientHello (RFC 8446 section 5.1)
+
+
+class SmtpError(Exception):
+    """A protocol error; `reply` is the line the client gets, `fatal` ends the session."""
+
+    def __init__(self, reply: bytes, fatal: bool = False):
+        super().__init__(reply.decode("ascii").strip())
+        self.reply = reply
+        self.fatal = fatal
+
+
+class ClientError(SmtpError):
+    """The client broke the protocol or a bound."""
+
+
+class BackendError(SmtpError):
+    """The backend answered something the proxy cannot carry on from."""
+
+
+class State(enum.Enum):
+    COMMAND = "command"  # command lines next (possibly held behind a stop point)
+    DATA = "data"  # message bytes next, up to CRLF.CRLF
+    HANDSHAKE = "handshake"  # StartTls issued; the relay reports tls_started next
+    CLOSED = "closed"  # after Close: input is ignored
+
+
+class Expect(enum.Enum):
+    """What the reply at the head of the FIFO answers (or, local: what to answer)."""
+
+    GREETING = "greeting"
+    EHLO = "ehlo"
+    HELO = "helo"
+    MAIL = "mail"
+    RSET = "rset"
+    DATA = "data"
+    MESSAGE = "message"  # the end of the data
+    AUTH = "auth"
+    OTHER = "other"
+    RESET_AFTER_TLS = "reset after tls"  # the proxy's own RSET: reply swallowed
+    STARTTLS = "starttls"  # local: decided when it reaches the head
+    LOCAL = "local"  # local: a ready reply
+
+
+STOP_POINTS = frozenset({Expect.GREETING, Expect.DATA, Expect.AUTH, Expect.STARTTLS})
+LOCAL_ENTRIES = frozenset({Expect.STARTTLS, Expect.LOCAL})
+FORWARDED = {
+    b"EHLO": Expect.EHLO,
+    b"HELO": Expect.HELO,
+    b"MAIL": Expect.MAIL,
+    b"RSET": Expect.RSET,
+    b"DATA": Expect.DATA,
+    b"AUTH": Expect.AUTH,
+}
+
+
+@dataclass
+class Pending:
+    expect: Expect
+    reply: bytes = b""  # LOCAL: the reply; STARTTLS: its parameters
+    fatal: bool = False  # LOCAL: end the session after this reply
 
 
 class SmtpProxy:
-    """require_tls: -n smtp (530 until STARTTLS); False for -n smtp- (plaintext fallback)."""
+    """require_tls: -n smtp (530 until STARTTLS); False for -n smtp- (plaintext fallback).
 
-    def __init__(self, require_tls: bool = False, log_dialogue: bool = False):
+    log_dialogue: Log(7, ...) for every line (the relay sets it at -D 7).
+    received_header: after TLS, start each message with a Received: line naming
+    the TLS version and cipher (on by default: it is how qmail-smtpd and the
+    mailbox learn TLS was used, and a trace line is always safe to add).
+    clock: seconds since the epoch, for that line's date.
+    """
+
+    def __init__(
+        self,
+        require_tls: bool = False,
+        log_dialogue: bool = False,
+        received_header: bool = True,
+        clock=time.time,
+    ):
         self.require_tls = require_tls
         self.log_dialogue = log_dialogue
+        self.received_header = received_header
+        self.clock = clock
+        self.state = State.COMMAND
+        self.tls: TlsInfo | None = None
+        self._tls_active = False  # StartTls issued (handshake may be under way)
+        self._greeted = False  # a positive reply to EHLO/HELO since the last reset
+        self._must_greet = False  # after STARTTLS: EHLO/HELO before anything else
+        self._transaction = False
+        self._authenticated = False
+        self._sasl = False  # the next client line answers a 334
+        self._discarding = False  # the rest of a too-long line is being dropped
+        self._skip = 0  # bytes of a refused BDAT chunk still to drop
+        self._client = b""  # client bytes not yet parsed
+        self._client_eof = False
+        self._backend_eof_sent = False
+        self._pending: deque[Pending] = deque([Pending(Expect.GREETING)])
+        self._replies = ReplyReader()
+        self._message: MessageData | None = None
+        self._out: list[Action] = []
+
+    @property
+    def client_paused(self) -> bool:
+        """True while the proxy holds enough unparsed client bytes: the relay may
+        stop reading the client until a later call makes it False again."""
+        return len(self._client) > text.PAUSE_HELD
+
+    # -- the interface the relay drives (protocol.py) --------------------------
 
     def start(self) -> list[Action]:
-        raise NotImplementedError
+        return []
 
     def feed_client(self, data: bytes) -> list[Action]:
-        raise NotImplementedError
+        if self.state is State.CLOSED or self._client_eof:
+            return []
+        if data:
+            self._client += data
+        else:
+            self._client_eof = True
+        self._guarded(self._pump)
+        return self._take()
 
     def feed_backend(self, data: bytes) -> list[Action]:
-        raise NotImplementedError
+        if self.state is State.CLOSED:
+            return []
+        if not data:
+            leftover = self._replies.leftover()
+            if leftover:  # an unfinished reply still goes to the client
+                self._emit(ToClient(leftover))
+            self._emit(ToClient(b""))
+            self._close("server closed the connection")
+            return self._take()
+        try:
+            replies = self._replies.feed(data)
+        except ReplyTooLong:
+            self._fail(BackendError(text.BACKEND_LINE_TOO_LONG, fatal=True))
+            return self._take()
+        for reply in replies:
+            if self.state is State.CLOSED:
+                break
+            self._guarded(lambda r=reply: self._on_reply(r))
+            self._guarded(self._pump)
+        return self._take()
 
     def tls_started(self, info: TlsInfo) -> list[Action]:
-        raise NotImplementedError
+        self.tls = info
+        self._log(f"P: TLS started: {info.version} {info.cipher} {info.bits} bits")
+        if self.state is State.HANDSHAKE:
+            self.state = State.COMMAND
+            self._guarded(self._pump)
+        return self._take()
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _emit(self, action: Action) -> None:
+        self._out.append(action)
+
+    def _take(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out
+
+    def _log(self, line: str) -> None:
+        if self.log_dialogue:
+            self._out.append(Log(7, line))
+
+    def _log_lines(self, prefix: str, data: bytes) -> None:
+        if self.log_dialogue:
+            for line in data.splitlines():
+                self._log(prefix + line.decode("latin-1"))
+
+    def _close(self, reason: str) -> None:
+        self._emit(Close(reason))
+        self.state = State.CLOSED
+
+    def _guarded(self, step) -> None:
+        if self.state is State.CLOSED:
+            return
+        try:
+            step()
+        except SmtpError as error:
+            self._fail(error)
+
+    def _fail(self, error: SmtpError) -> None:
+        self._log_lines("P: ", error.reply)
+        self._emit(ToClient(error.reply))
+        self._close(str(error))
+
+    def _queue(self, entry: Pending) -> None:
+        self._pending.append(entry)
+        self._answer_local()
+
+    def _local(self, reply: bytes, fatal: bool = False) -> None:
+        self._queue(Pending(Expect.LOCAL, reply, fatal))
+
+    def _forward(self, line: bytes, expect: Expect) -> None:
+        self._emit(ToBackend(line))
+        self._queue(Pending(expect))
+
+    # -- the client side --------------------------------------------------------
+
+    def _stopped(self) -> bool:
+        """Parse no further: a stop point awaits its reply, or the FIFO is full."""
+        if not self._pending:
+            return False
+        return self._pending[-1].expect in STOP_POINTS or len(self._pending) >= text.MAX_PENDING
+
+    def _pump(self) -> None:
+        """Take what the client sent as far as the state allows."""
+        while self.state in (State.COMMAND, State.DATA) and self._client:
+            if self.state is State.DATA:
+                self._message_bytes()
+            elif self._skip or self._discarding:
+                self._drop_bytes()
+            elif self._stopped() or not self._next_line():
+                break
+        if len(self._client) > text.MAX_HELD:
+            raise ClientError(text.TOO_MUCH_PIPELINING, fatal=True)
+        waiting = self._client and self.state is not State.CLOSED
+        if self._client_eof and not waiting and not self._backend_eof_sent:
+            if self._message is not None:
+                self._emit(ToBackend(self._message.flush()))
+            self._emit(ToBackend(b""))
+            self._backend_eof_sent = True
+            self._client = b""
+
+    def _next_line(self) -> bool:
+        """Handle one command line; False if none is complete yet (or must wait)."""
+        end = self._client.find(b"\n")
+        if end < 0:
+            if len(self._client) >= text.MAX_LINE:
+                self._client, self._discarding = b"", True
+                self._log("C: (line too long)")
+                self._local(text.LINE_TOO_LONG)
+                return True
+            if self._client_eof:
+                self._client = b""  # a command cut by EOF is not a command
+            return False
+        line = self._client[: end + 1]
+        if len(line) > text.MAX_LINE:
+            self._client = self._client[end + 1 :]
+            self._log("C: (line too long)")
+            self._local(text.LINE_TOO_LONG)
+            return True
+        if self._sasl:
+            self._client = self._client[end + 1 :]
+            self._sasl = False
+            self._log("C: ***")
+            self._forward(line, Expect.AUTH)
+            return True
+        verb, argument = split_command(line)
+        if self._must_greet and verb not in ALLOWED_BEFORE_HELO and self._pending:
+            return False  # an EHLO/HELO may still be answered: decide after it
+        self._client = self._client[end + 1 :]
+        self._command(verb, argument, line)
+        return True
+
+    def _drop_bytes(self) -> None:
+        if self._skip:
+            taken = min(self._skip, len(self._client))
+            self._skip -= taken
+            self._client = self._client[taken:]
+            return
+        end = self._client.find(b"\n")
+        self._client = self._client[end + 1 :] if end >= 0 else b""
+        self._discarding = end < 0
+
+    def _command(self, verb: bytes, argument: bytes, line: bytes) -> None:
+        self._log_lines("C: ", loggable(verb, argument, line))
+        if verb in NOT_FOLLOWABLE:
+            self._local(text.NOT_IMPLEMENTED)
+        elif verb == b"BDAT":
+            self._bdat(argument)
+        elif self.require_tls and not self._tls_active and verb not in ALLOWED_BEFORE_TLS:
+            self._local(text.MUST_STARTTLS)
+        elif self._must_greet and verb not in ALLOWED_BEFORE_HELO and verb != b"STARTTLS":
+            self._local(text.HELO_AFTER_TLS)
+        elif verb == b"STARTTLS":
+            self._queue(Pending(Expect.STARTTLS, argument))
+        else:
+            self._forward(line, FORWARDED.get(verb, Expect.OTHER))
+
+    def _bdat(self, argument: bytes) -> None:
+        size = argument.split(b" ", 1)[0]
+        if not size.isdigit() or len(size) > 18:
+            raise ClientError(text.BDAT_BAD_SIZE, fatal=True)
+        self._skip = int(size)
+        self._local(text.BDAT_REFUSED)
+
+    def _message_bytes(self) -> None:
+        assert self._message is not None
+        data, rest = self._message.feed(self._client)
+        self._client = b""
+        if data:
+            self._emit(ToBackend(data))
+        if rest is not None:
+            self._log(f"C: ({self._message.size} bytes of message data)")
+            self._message = None
+            self.state = State.COMMAND
+            self._client = rest
+            self._queue(Pending(Expect.MESSAGE))
+
+    # -- replies, in FIFO order ---------------------------------------------------
+
+    def _answer_local(self) -> None:
+        """Replies the proxy makes itself go out as soon as they reach the head."""
+        while self._pending and self._pending[0].expect in LOCAL_ENTRIES:
+            entry = self._pending.popleft()
+            if entry.expect is Expect.STARTTLS:
+                self._starttls(entry.reply)
+            else:
+                self._log_lines("P: ", entry.reply)
+                self._emit(ToClient(entry.reply))
+
+    def _starttls(self, argument: bytes) -> None:
+        if self._tls_active:
+            refusal = text.STARTTLS_TWICE
+        elif argument:
+            refusal = text.STARTTLS_PARAMETERS
+        elif not self._greeted:
+            refusal = text.STARTTLS_BEFORE_HELO
+        elif self._transaction:
+            refusal = text.STARTTLS_IN_TRANSACTION
+        elif self._client:
+            raise ClientError(text.STARTTLS_INJECTION, fatal=True)
+        else:
+            self._log_lines("P: ", text.READY_TO_START_TLS)
+            self._emit(ToClient(text.READY_TO_START_TLS))
+            self._emit(StartTls())
+            self._begin_tls()
+            # RFC 3207 section 4.2: the server must discard what it knew of the
+            # client; RSET ends any state the backend keeps beyond a transaction.
+            self._log("P: RSET (to the server; its reply is checked, not passed on)")
+            self._emit(ToBackend(b"RSET\r\n"))
+            self._pending.append(Pending(Expect.RESET_AFTER_TLS))
+            self._must_greet = True
+            return
+        self._log_lines("P: ", refusal)
+        self._emit(ToClient(refusal))
+
+    def _begin_tls(self) -> None:
+        self._tls_active = True
+        self._greeted = False
+        self._transaction = False
+        self.state = State.HANDSHAKE
+
+    def _on_reply(self, reply: Reply) -> None:
+        self._log_lines("S: ", reply.raw)
+        if not self._pending:  # unsolicited (a 421 before a shutdown): pass it on
+            self._emit(ToClient(reply.raw))
+            return
+        expect = self._pending.popleft().expect
+        handler = getattr(self, "_reply_" + expect.name.lower(), None)
+        if handler is None:
+            self._emit(ToClient(reply.raw))
+        else:
+            handler(reply)
+        self._answer_local()
+
+    def _reply_greeting(self, reply: Reply) -> None:
+        if self._client[:1] == TLS_HANDSHAKE_RECORD:
+            self._log("P: implicit TLS: the client sent a TLS handshake first")
+            self._emit(StartTls(early=self._client))
+            self._client = b""
+            self._begin_tls()
+        self._emit(ToClient(reply.raw))
+
+    def _reply_ehlo(self, reply: Reply) -> None:
+        if reply.positive:
+            reply = rewrite_ehlo(reply, offer_starttls=not self._tls_active)
+            self._greeted, self._must_greet, self._transaction = True, False, False
+        self._emit(ToClient(reply.raw))
+
+    def _reply_helo(self, reply: Reply) -> None:
+        if reply.positive:
+            self._greeted, self._must_greet, self._transaction = True, False, False
+        self._emit(ToClient(reply.raw))
+
+    def _reply_mail(self, reply: Reply) -> None:
+        self._transaction = self._transaction or reply.positive
+        self._emit(ToClient(reply.raw))
+
+    def _reply_rset(self, reply: Reply) -> None:
+        self._transaction = self._transaction and not reply.positive
+        self._emit(ToClient(reply.raw))
+
+    def _reply_data(self, reply: Reply) -> None:
+        self._emit(ToClient(reply.raw))
+        if reply.code == b"354":
+            self.state = State.DATA
+            self._message = MessageData()
+            if self.tls is not None and self.received_header:
+                self._emit(ToBackend(received_line(self.tls, self._authenticated, self.clock())))
+
+    def _reply_message(self, reply: Reply) -> None:
+        self._transaction = False
+        self._emit(ToClient(reply.raw))
+
+    def _reply_auth(self, reply: Reply) -> None:
+        self._sasl = reply.code == b"334"
+        self._authenticated = self._authenticated or reply.positive
+        self._emit(ToClient(reply.raw))
+
+    def _reply_reset_after_tls(self, reply: Reply) -> None:
+        if not reply.positive:
+            raise BackendError(text.BACKEND_RESET_FAILED, fatal=True)

@@ -1,0 +1,97 @@
+"""SMTP replies from the backend: framing (RFC 5321 section 4.2) and the EHLO rewrite.
+
+A reply is one or more lines `ddd-text` ending with a line `ddd text` (or `ddd`).
+The reader is lenient the way clients are: a line that is not `ddd-...` ends the
+reply, so a broken backend cannot make the proxy wait forever for a last line.
+Lines are split at LF, CR optional, and kept byte for byte: what is not
+rewritten reaches the client unchanged.
+"""
+
+from dataclasses import dataclass
+
+from stunnel3.smtp_text import KEPT_EXTENSIONS, MAX_LINE, STARTTLS_CAPABILITY
+
+
+class ReplyTooLong(Exception):
+    """A backend line longer than MAX_LINE: the backend is broken, end the session."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    lines: tuple[bytes, ...]  # each with its own line ending, as received
+
+    @property
+    def code(self) -> bytes:
+        return self.lines[-1][:3]
+
+    @property
+    def positive(self) -> bool:
+        return self.code[:1] == b"2"
+
+    @property
+    def raw(self) -> bytes:
+        return b"".join(self.lines)
+
+
+class ReplyReader:
+    """Bytes from the backend in, whole replies out."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._lines: list[bytes] = []
+
+    def feed(self, data: bytes) -> list[Reply]:
+        self._buffer += data
+        replies = []
+        start = 0
+        while (end := self._buffer.find(b"\n", start)) >= 0:
+            line = self._buffer[start : end + 1]
+            start = end + 1
+            self._lines.append(line)
+            if line[3:4] != b"-":
+                replies.append(Reply(tuple(self._lines)))
+                self._lines = []
+        self._buffer = self._buffer[start:]
+        if len(self._buffer) > MAX_LINE:
+            raise ReplyTooLong()
+        return replies
+
+    def leftover(self) -> bytes:
+        """What an EOF cuts off: an unfinished reply, passed on as it is."""
+        rest = b"".join(self._lines) + self._buffer
+        self._lines, self._buffer = [], b""
+        return rest
+
+
+def keyword(line: bytes) -> bytes:
+    """The EHLO keyword of a reply line: `250-AUTH=LOGIN PLAIN` -> `AUTH`."""
+    text = line[4:].strip()
+    for separator in (b" ", b"="):
+        text = text.split(separator, 1)[0]
+    return text.upper()
+
+
+def rewrite_ehlo(reply: Reply, offer_starttls: bool) -> Reply:
+    """The backend's EHLO reply as the client must see it through the proxy.
+
+    The first line (the server's name) stays first. Extensions the proxy cannot
+    follow are dropped (smtp_text.KEPT_EXTENSIONS). STARTTLS, when offered, goes
+    just before the last line (skarnet's smtpd-starttls-proxy does the same), so
+    the backend's own last line stays last and the reply's end is unchanged.
+    Lines are rebuilt only where their `-`/` ` separator must change.
+    """
+    code = reply.code
+    greeting, capabilities = reply.lines[0], reply.lines[1:]
+    kept = [line for line in capabilities if keyword(line) in KEPT_EXTENSIONS]
+    if offer_starttls:
+        kept.insert(max(len(kept) - 1, 0), code + b"-" + STARTTLS_CAPABILITY + b"\r\n")
+    lines = [greeting, *kept]
+    rebuilt = []
+    for index, line in enumerate(lines):
+        separator = b" " if index == len(lines) - 1 else b"-"
+        if line[3:4] == separator:
+            rebuilt.append(line)
+        else:  # `250-x` <-> `250 x`; a bare `250\r\n` keeps its (empty) text
+            text = line[4:] if line[3:4] in (b"-", b" ") else line[3:]
+            rebuilt.append(code + separator + text)
+    return Reply(tuple(rebuilt))
