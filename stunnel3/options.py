@@ -328,8 +328,7 @@ def _daemon(found: dict, text: str) -> None:
 def _remote(found: dict, text: str) -> None:
     _once(found, "remote", "Multiple -r not allowed")
     found["remote"] = parse_address(text)
-    if "local_program" not in found:  # 3.22: -l's name wins over -r's
-        found["derived_name"] = text.replace(":", ".")
+    found["derived_name"] = text.replace(":", ".")  # 3.22's safename
 
 
 def _program(found: dict, text: str, pty: bool) -> None:

@@ -1,0 +1,82 @@
+"""Our getopt agrees with Python's getopt.getopt (which follows C getopt) on random argv.
+
+The words are drawn from stunnel's option alphabet: flags, options with attached
+or separate arguments, clusters, arguments that look like options, unknown
+letters, `-`, `--`, long-looking words and plain operands.
+"""
+
+import getopt as reference
+
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from stunnel3.options import OPTSTRING, OptionError, getopt
+
+LETTERS = sorted(set(OPTSTRING) - {":"})
+UNKNOWN = list("xyzQ9:-")  # '-' inside a cluster, ':' never an option
+FLAG_LETTERS = [c for c in LETTERS if f"{c}:" not in OPTSTRING]
+
+letter = st.sampled_from(LETTERS + UNKNOWN)
+value = st.sampled_from(["", "3", "ssl", "smtp-", "-", "--", "-f", "-n", "x:y", "[::1]:25"])
+
+
+@st.composite
+def word(draw):
+    kind = draw(st.integers(0, 6))
+    if kind == 0:  # one option, maybe with its argument attached
+        return "-" + draw(letter) + draw(st.sampled_from(["", "", "ssl", "3", "-x"]))
+    if kind == 1:  # a cluster of flags, maybe ending in an option that takes an argument
+        flags = draw(st.lists(st.sampled_from(FLAG_LETTERS), min_size=1, max_size=4))
+        return "-" + "".join(flags) + draw(st.sampled_from(["", "F3", "n", "Q", "/ssl"]))
+    if kind == 2:
+        return draw(value)
+    if kind == 3:
+        return draw(st.sampled_from(["-", "--", "--help", "--x=1"]))
+    if kind == 4:
+        return draw(st.sampled_from(["prog", "argv0", "smtp", "3", "a b", ""]))
+    return "-" + draw(letter)
+
+
+argvs = st.lists(word(), max_size=10)
+
+
+@settings(max_examples=1000)
+@given(argvs)
+def test_agrees_with_c_getopt(argv):
+    try:
+        expected = reference.getopt(argv, OPTSTRING)
+    except reference.GetoptError:
+        expected = None
+    try:
+        found, operands = getopt(argv)
+        ours = ([("-" + opt, arg) for opt, arg in found], operands)
+    except OptionError as error:
+        assert error.text.startswith("Illegal option: '")
+        assert error.status == 1 and error.usage_hint
+        ours = None
+    event("refused" if expected is None else f"accepted, operands: {bool(expected[1])}")
+    assert ours == expected, argv
+
+
+def test_named_cases_agree():
+    """The cases the property is about, spelled out (hypothesis finds them too)."""
+    cases = {
+        "cluster": ["-fiF3"],
+        "attached": ["-/ssl", "-F3"],
+        "dash argument": ["-n", "-", "-F", "--"],
+        "stop at operand": ["prog", "-f"],
+        "double dash": ["-f", "--", "-f"],
+        "missing argument": ["-p"],
+        "unknown": ["-Q"],
+    }
+    for argv in cases.values():
+        try:
+            expected = reference.getopt(argv, OPTSTRING)
+        except reference.GetoptError:
+            expected = None
+        try:
+            found, operands = getopt(argv)
+            ours = ([("-" + o, a) for o, a in found], operands)
+        except OptionError:
+            ours = None
+        assert ours == expected, argv

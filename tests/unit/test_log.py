@@ -1,0 +1,139 @@
+"""log.py: 3.22's line, the sinks 3.22 chose, level filtering, and time after chroot."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from stunnel3 import log as logging
+from stunnel3.log import Log, LogOpenError, format_line, printable
+from stunnel3.options import parse
+
+LINE = re.compile(r"^\d{4}\.\d\d\.\d\d \d\d:\d\d:\d\d LOG(\d)\[(\d+):(\d+)\]: (.*)$")
+
+
+def test_line_format_is_322s():
+    line = format_line(5, "hello", when=0.0)
+    match = LINE.match(line)
+    assert match, line
+    assert match.group(1) == "5"
+    assert int(match.group(2)) == os.getpid()
+    assert match.group(4) == "hello"
+    stamp = time.strftime("%Y.%m.%d %H:%M:%S", time.localtime(0.0))
+    assert line.startswith(stamp + " LOG5[")
+
+
+def test_non_printable_characters_become_dots():
+    assert printable("a\r\nb\x00c\x1b[31md\x7f") == "a..b.c.[31md."
+    assert printable("caf\u00e9") == "caf\u00e9"
+    assert printable("bad\udcffbyte") == "bad.byte"  # a surrogate-escaped argv byte
+    assert format_line(3, "x\ny").endswith("]: x.y")
+
+
+def test_levels_above_the_threshold_are_dropped(capsys):
+    log = Log(level=logging.LOG_WARNING)
+    log.debug("debug")
+    log.info("info")
+    log.notice("notice")
+    log.warning("warning")
+    log.err("err")
+    log.log(logging.LOG_EMERG, "emerg")
+    said = [LINE.match(line).group(4) for line in capsys.readouterr().err.splitlines()]
+    assert said == ["warning", "err", "emerg"]
+    assert log.level == logging.LOG_WARNING
+
+
+def test_output_file_appends(tmp_path):
+    path = tmp_path / "stunnel.log"
+    path.write_text("earlier\n")
+    log = Log(stderr=False, output_file=str(path))
+    log.notice("one")
+    log.info("dropped at level 5")
+    log.close()
+    lines = path.read_text().splitlines()
+    assert lines[0] == "earlier"
+    assert [LINE.match(line).group(4) for line in lines[1:]] == ["one"]
+
+
+class FakeSyslog:
+    """Stands for the C syslog module in this one unit test: records the calls."""
+
+    LOG_PID, LOG_CONS, LOG_NDELAY = 1, 2, 8
+
+    def __init__(self):
+        self.calls = []
+
+    def openlog(self, ident, logoption, facility):
+        self.calls.append(("openlog", ident, logoption, facility))
+
+    def syslog(self, priority, message):
+        self.calls.append(("syslog", priority, message))
+
+    def closelog(self):
+        self.calls.append(("closelog",))
+
+
+def test_syslog_is_opened_at_once_with_ident_pid_and_facility(monkeypatch, capsys):
+    fake = FakeSyslog()
+    monkeypatch.setitem(sys.modules, "syslog", fake)
+    log = Log.from_options(parse(["-D", "mail.6", "-F3"]))
+    assert fake.calls[0] == ("openlog", "stunnel", 1 | 2 | 8, 2 << 3)  # LOG_NDELAY: now
+    log.info("connected\r\n")
+    log.debug("dropped")
+    log.close()
+    assert fake.calls[1:] == [("syslog", 6, "connected.."), ("closelog",)]
+    assert capsys.readouterr().err == ""  # not foreground: nothing on stderr
+
+
+def test_322s_sink_rules(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "syslog", FakeSyslog())
+    path = tmp_path / "out.log"
+    log = Log.from_options(parse(["-f", "-o", str(path), "-F3"]))  # -o wins over -f
+    log.notice("to the file")
+    log.close()
+    assert "to the file" in path.read_text()
+    assert capsys.readouterr().err == ""
+    log = Log.from_options(parse(["-f", "-F3"]))
+    log.notice("to stderr")
+    log.close()
+    assert LINE.match(capsys.readouterr().err.strip()).group(4) == "to stderr"
+
+
+def test_an_output_file_that_cannot_be_opened(tmp_path):
+    missing = tmp_path / "no" / "such.log"
+    with pytest.raises(LogOpenError) as caught:
+        Log.from_options(parse(["-o", str(missing), "-F3"]))
+    assert caught.value.text == f"Unable to open output file: {missing}"
+    assert caught.value.status == 1
+
+
+JAILED = """
+import os, sys
+from stunnel3.log import Log
+log = Log(stderr=False, output_file=sys.argv[1])
+log.prepare_for_jail()
+os.chroot(sys.argv[2]); os.chdir("/")
+assert not os.path.exists("/usr/share/zoneinfo")
+log.notice("inside")
+"""
+
+
+def test_local_time_survives_chroot(tmp_path):
+    """The zone is read before the jail; inside it, lines are still in local time."""
+    zone = tmp_path / "zone"
+    zone.write_bytes(open("/usr/share/zoneinfo/Asia/Kolkata", "rb").read())  # +05:30, no DST
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    out = tmp_path / "jailed.log"
+    env = dict(os.environ, TZ=f":{zone}")  # a zone file that does not exist in the jail
+    subprocess.run(
+        [sys.executable, "-c", JAILED, str(out), str(jail)], env=env, check=True, timeout=30
+    )
+    stamp = datetime.strptime(out.read_text()[:19], "%Y.%m.%d %H:%M:%S")
+    now = datetime.now(ZoneInfo("Asia/Kolkata")).replace(tzinfo=None)
+    assert abs(now - stamp) < timedelta(seconds=60), (stamp, now)
