@@ -140,6 +140,7 @@ class Relay:
         # every queued plaintext byte is encrypted.
         if self.net_eof_queued and not self.plain_out and self.net_writing:
             tls.close()
+            self.net_out += tls.outgoing()
             self.net_writing = False
         while self.net_reading and len(self.back_out) < BUFFER:
             plain = tls.read()

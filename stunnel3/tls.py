@@ -35,6 +35,8 @@ simply close the socket after QUIT (3.22 treated it as a close, not an error).
 import os
 import stat
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
 from stunnel3.options import Options
@@ -72,12 +74,17 @@ class TlsError(Exception):
     """The peer or the handshake failed; the session ends (status 0, 3.22's rule)."""
 
 
-def oneline(name: crypto.X509Name) -> str:
+def oneline(name: x509.Name) -> str:
     """A certificate name as X509_NAME_oneline wrote it: /C=../O=../CN=.."""
     return "".join(
-        f"/{key.decode(errors='replace')}={value.decode(errors='replace')}"
-        for key, value in name.get_components()
+        f"/{attribute.rfc4514_attribute_name}={attribute.value!s}"
+        for rdn in name.rdns
+        for attribute in rdn
     )
+
+
+def _der(cert: crypto.X509) -> bytes:
+    return cert.to_cryptography().public_bytes(serialization.Encoding.DER)
 
 
 def _ssl_reason(error: SSL.Error) -> str:
@@ -129,15 +136,13 @@ def _local_certificates(options: Options) -> set[bytes]:
                     texts.append(pem.read())
             except OSError:
                 continue
-    marker = b"-----BEGIN CERTIFICATE-----"
     found = set()
     for text in texts:
-        for block in text.split(marker)[1:]:
-            try:
-                cert = crypto.load_certificate(crypto.FILETYPE_PEM, marker + block)
-            except crypto.Error:
-                continue
-            found.add(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
+        try:
+            certs = x509.load_pem_x509_certificates(text)
+        except ValueError:
+            continue  # not a pem: 3.22's lookup would not find anything in it either
+        found.update(cert.public_bytes(serialization.Encoding.DER) for cert in certs)
     return found
 
 
@@ -159,13 +164,13 @@ def _set_verify(ctx: SSL.Context, options: Options, log) -> None:
     local = _local_certificates(options) if level >= 3 else set()
 
     def verify(conn, cert, errnum, depth, ok):
-        subject = oneline(cert.get_subject())
+        subject = oneline(cert.to_cryptography().subject)
         if not ok:
             reason = _VERIFY_ERRORS.get(errnum, f"error {errnum}")
             log.warning(f"VERIFY ERROR: depth={depth}, error={reason}: {subject}")
             return False
         if level >= 3 and depth == 0:
-            if crypto.dump_certificate(crypto.FILETYPE_ASN1, cert) not in local:
+            if _der(cert) not in local:
                 log.warning(f"VERIFY ERROR ONLY MY: no cert for: {subject}")
                 return False
         log.notice(f"VERIFY OK: depth={depth}: {subject}")
@@ -278,7 +283,8 @@ class TlsSession:
 
     def peer_names(self) -> tuple[str, str] | None:
         """(subject, issuer) of the peer's certificate, as 3.22 gave them to -l."""
-        cert = self._conn.get_peer_certificate()
-        if cert is None:
+        peer = self._conn.get_peer_certificate()
+        if peer is None:
             return None
-        return oneline(cert.get_subject()), oneline(cert.get_issuer())
+        cert = peer.to_cryptography()
+        return oneline(cert.subject), oneline(cert.issuer)

@@ -1,0 +1,252 @@
+"""relay.py in-process: a Relay in a thread between two socketpairs.
+
+The test holds the far ends: a Python ssl client (or our own TlsSession when a
+test must put plaintext and a ClientHello in one segment) on the network side,
+a plain socket on the backend side.
+"""
+
+import socket
+import ssl
+import threading
+
+import pytest
+import trustme
+
+from stunnel3.endpoints import Endpoint
+from stunnel3.options import Options
+from stunnel3.protocol import Passthrough, StartTls, ToBackend, ToClient
+from stunnel3.relay import BUFFER, READ_SIZE, Relay
+from stunnel3.tls import TlsSession, make_context
+
+
+class Lines:
+    level = 7
+
+    def __init__(self):
+        self.lines = []
+
+    def log(self, level, text):
+        self.lines.append(text)
+
+    err = warning = notice = info = debug = lambda self, text: self.log(0, text)
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    pem = tmp_path_factory.mktemp("relay") / "server.pem"
+    trustme.CA().issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    return make_context(Options(pem=str(pem)), Lines())
+
+
+class Harness:
+    def __init__(self, ctx, layer=None, backend_pipes=False):
+        self.net_ours, net_theirs = socket.socketpair()
+        if backend_pipes:  # -F on two pipes: EOF is a close, not a shutdown
+            to_relay_r, self.to_relay_w = _pipe()
+            self.from_relay_r, from_relay_w = _pipe()
+            backend = Endpoint(to_relay_r, from_relay_w, "pipes")
+        else:
+            self.back_ours, back_theirs = socket.socketpair()
+            back_fd = back_theirs.detach()
+            backend = Endpoint(back_fd, back_fd, "backend")
+        fd = net_theirs.detach()
+        self.log = Lines()
+        self.relay = Relay(Endpoint(fd, fd, "network"), backend, layer or Passthrough(),
+                           lambda: TlsSession(ctx, server=True), self.log)  # fmt: skip
+        self.result = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.result = self.relay.run()
+
+    def tls_client(self):
+        client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client_ctx.check_hostname = False
+        client_ctx.verify_mode = ssl.CERT_NONE
+        self.net_ours.settimeout(10)
+        return client_ctx.wrap_socket(self.net_ours)
+
+    def finish(self):
+        self.thread.join(15)
+        assert not self.thread.is_alive()
+        self.relay.network.close()
+        self.relay.backend.close()
+        return self.result
+
+
+def _pipe():
+    import os
+
+    return os.pipe()
+
+
+class Peer:
+    """A TLS client made of our TlsSession and a blocking socket: full control of close."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        sock.settimeout(10)
+        self.tls = TlsSession(make_context(Options(client=True), Lines()), server=False)
+        while not self.tls.handshake():
+            self.sock.sendall(self.tls.outgoing())
+            self.tls.receive(self.sock.recv(65536))
+        self.sock.sendall(self.tls.outgoing())
+
+    def send(self, data):
+        self.tls.write(data)
+        self.sock.sendall(self.tls.outgoing())
+
+    def close_notify(self):
+        self.tls.close()
+        self.sock.sendall(self.tls.outgoing())
+
+    def read_to_eof(self) -> bytes:
+        got = b""
+        while True:
+            plain = self.tls.read()
+            if plain == b"":
+                return got
+            if plain is None:
+                self.tls.receive(self.sock.recv(65536))
+            else:
+                got += plain
+
+
+def recv_all(sock) -> bytes:
+    got = b""
+    while chunk := sock.recv(65536):
+        got += chunk
+    return got
+
+
+def test_both_ways_and_half_close_each_way(ctx):
+    h = Harness(ctx)
+    client = Peer(h.net_ours)
+    h.back_ours.settimeout(10)
+    client.send(b"EHLO x\r\n")
+    assert h.back_ours.recv(100) == b"EHLO x\r\n"
+    # Rule 1: close_notify from the client -> the backend reads EOF ...
+    client.send(b"QUIT\r\n")
+    client.close_notify()
+    assert recv_all(h.back_ours) == b"QUIT\r\n"
+    # ... and the backend can still answer; its EOF becomes our close_notify.
+    h.back_ours.sendall(b"221 bye\r\n\n\r\r")
+    h.back_ours.shutdown(socket.SHUT_WR)
+    assert client.read_to_eof() == b"221 bye\r\n\n\r\r"
+    assert not client.tls.truncated
+    assert h.finish() is True
+    assert "Negotiated ciphers: " in " ".join(h.log.lines)
+    assert h.relay.sock_bytes == 14 and h.relay.ssl_bytes == 12
+
+
+def test_pipes_backend_gets_eof_by_close(ctx):
+    import os
+
+    h = Harness(ctx, backend_pipes=True)
+    client = Peer(h.net_ours)
+    client.send(b"data\n")
+    client.close_notify()
+    got = b""
+    while chunk := os.read(h.from_relay_r, 100):  # EOF: the relay closed its write pipe
+        got += chunk
+    assert got == b"data\n"
+    os.write(h.to_relay_w, b"reply")
+    os.close(h.to_relay_w)
+    assert client.read_to_eof() == b"reply"
+    assert h.finish() is True
+    os.close(h.from_relay_r)
+
+
+class Greeter:
+    """A layer that talks plaintext first, then switches to TLS on GO."""
+
+    def __init__(self):
+        self.buffer = b""
+        self.tls = False
+
+    def start(self):
+        return [ToClient(b"READY\r\n")]
+
+    def feed_client(self, data):
+        if self.tls:
+            return [ToBackend(data)]
+        self.buffer += data
+        if b"GO\r\n" not in self.buffer:
+            return []
+        self.tls = True
+        _, _, early = self.buffer.partition(b"GO\r\n")
+        return [ToClient(b"OK\r\n"), StartTls(early=early)]
+
+    def feed_backend(self, data):
+        return [ToClient(data)]
+
+    def tls_started(self, info):
+        return [ToBackend(f"tls {info.version}\n".encode())]
+
+
+def test_start_tls_mid_stream_with_early_bytes(ctx):
+    h = Harness(ctx, layer=Greeter())
+    sock = h.net_ours
+    sock.settimeout(10)
+    assert sock.recv(100) == b"READY\r\n"
+    client = TlsSession(make_context(Options(client=True), Lines()), server=False)
+    client.handshake()
+    sock.sendall(b"GO\r\n" + client.outgoing())  # the ClientHello rides with GO
+    reply = b""
+    while not reply.startswith(b"OK\r\n"):
+        reply += sock.recv(65536)
+    pending = reply[4:]
+    while not client.established:
+        if pending:
+            client.receive(pending)
+        client.handshake()
+        if out := client.outgoing():
+            sock.sendall(out)
+        pending = b"" if client.established else sock.recv(65536)
+    client.write(b"after\r\n")
+    sock.sendall(client.outgoing())
+    h.back_ours.settimeout(10)
+    got = b""
+    while not got.endswith(b"after\r\n"):
+        got += h.back_ours.recv(100)
+    assert got.startswith(b"tls TLSv1.") and got.endswith(b"\nafter\r\n")
+    sock.shutdown(socket.SHUT_WR)
+    h.back_ours.close()
+    h.finish()
+
+
+def test_back_pressure_bounds_the_queues(ctx):
+    h = Harness(ctx)
+    client = h.tls_client()
+    block = bytes(range(256)) * 4096  # 1 MiB
+    sender = threading.Thread(target=lambda: [client.sendall(block) for _ in range(8)])
+    sender.start()
+    sender.join(1.5)  # the backend reads nothing: the client must get stuck
+    assert sender.is_alive()
+    assert len(h.relay.back_out) <= BUFFER + READ_SIZE
+    h.back_ours.settimeout(10)
+    got = 0
+    while got < 8 * len(block):
+        got += len(h.back_ours.recv(1 << 20))
+    sender.join(10)
+    client.close()
+    h.back_ours.close()
+    h.finish()
+
+
+def test_idle_timeout_resets(ctx, monkeypatch):
+    monkeypatch.setenv("STUNNEL3_IDLE_TIMEOUT", "0.3")
+    h = Harness(ctx)
+    client = h.tls_client()
+    assert h.finish() is False
+    client.close()
+    assert "Connection idle timeout" in h.log.lines
+
+
+def test_handshake_timeout(ctx, monkeypatch):
+    monkeypatch.setenv("STUNNEL3_HANDSHAKE_TIMEOUT", "0.3")
+    h = Harness(ctx)  # the client connects and says nothing
+    assert h.finish() is False
+    assert "SSL handshake timed out" in h.log.lines
+    h.net_ours.close()

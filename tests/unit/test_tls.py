@@ -1,0 +1,226 @@
+"""tls.py with no sockets: two TlsSessions over memory BIOs, a loop moving bytes.
+
+Certificates come from trustme per run; a second CA makes the "wrong CA" cases.
+"""
+
+import os
+
+import pytest
+import trustme
+from cryptography.hazmat.primitives.asymmetric import ec
+from OpenSSL import SSL
+
+from stunnel3.options import Options
+from stunnel3.tls import ContextError, TlsError, TlsSession, make_context
+
+
+class Lines:
+    """A Log that keeps its lines."""
+
+    level = 7
+
+    def __init__(self):
+        self.lines: list[tuple[int, str]] = []
+
+    def log(self, level, text):
+        self.lines.append((level, text))
+
+    def err(self, text):
+        self.log(3, text)
+
+    def warning(self, text):
+        self.log(4, text)
+
+    def notice(self, text):
+        self.log(5, text)
+
+    def info(self, text):
+        self.log(6, text)
+
+    def debug(self, text):
+        self.log(7, text)
+
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tlsunit")
+    ca, other_ca = trustme.CA(), trustme.CA()
+    paths = {}
+
+    def write(name, blob):
+        paths[name] = str(base / name)
+        blob.write_to_path(paths[name])
+
+    write("ca", ca.cert_pem)
+    write("server", ca.issue_cert("localhost").private_key_and_cert_chain_pem)
+    client = ca.issue_cert("client.example")
+    write("client", client.private_key_and_cert_chain_pem)
+    write("client_cert", client.cert_chain_pems[0])
+    write("stranger", other_ca.issue_cert("stranger.example").private_key_and_cert_chain_pem)
+    write("ecdsa", trustme.CA(key_type=trustme.KeyType.ECDSA).issue_cert("ec.example")
+          .private_key_and_cert_chain_pem)  # fmt: skip
+    # a key that belongs to no certificate in the file
+    other = ca.issue_cert("other.example")
+    mismatch = base / "mismatch.pem"
+    mismatch.write_bytes(other.private_key_pem.bytes() + client.cert_chain_pems[0].bytes())
+    paths["mismatch"] = str(mismatch)
+    assert ec  # ECDSA keys come from cryptography through trustme
+    return paths
+
+
+def pump(client: TlsSession, server: TlsSession) -> None:
+    """Move ciphertext both ways until nothing moves."""
+    for _ in range(50):
+        a, b = client.outgoing(), server.outgoing()
+        if not a and not b:
+            return
+        if a:
+            server.receive(a)
+        if b:
+            client.receive(b)
+        for side in (client, server):
+            if not side.established:
+                side.handshake()
+
+
+def handshake(server_opts: Options, client_opts: Options, log=None):
+    log = log or Lines()
+    server = TlsSession(make_context(server_opts, log), server=True)
+    client = TlsSession(make_context(client_opts, log), server=False)
+    client.handshake()
+    pump(client, server)
+    return client, server, log
+
+
+def test_handshake_and_data_both_ways(certs):
+    client, server, _ = handshake(Options(pem=certs["server"]), Options(client=True))
+    assert client.established and server.established
+    assert server.info().version in ("TLSv1.3", "TLSv1.2")
+    client.write(b"EHLO x\r\n")
+    server.receive(client.outgoing())
+    assert server.read() == b"EHLO x\r\n"
+    assert server.read() is None  # want read: nothing more yet
+    server.write(b"\x00\xff" * 40000)  # several records
+    client.receive(server.outgoing())
+    got = b""
+    while (chunk := client.read()) is not None:
+        got += chunk
+    assert got == b"\x00\xff" * 40000
+
+
+def test_close_notify_reads_as_eof_and_tcp_eof_is_truncation(certs):
+    client, server, _ = handshake(Options(pem=certs["server"]), Options(client=True))
+    client.close()
+    server.receive(client.outgoing())
+    assert server.read() == b"" and not server.truncated
+    client2, server2, _ = handshake(Options(pem=certs["server"]), Options(client=True))
+    server2.receive(b"")
+    assert server2.read() == b"" and server2.truncated
+
+
+def test_ecdsa_key(certs):
+    client, server, _ = handshake(Options(pem=certs["ecdsa"]), Options(client=True))
+    assert server.established
+
+
+def test_tls_1_1_is_refused(certs):
+    old = SSL.Context(SSL.TLS_METHOD)
+    old.set_max_proto_version(SSL.TLS1_1_VERSION)
+    old.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+    server = TlsSession(make_context(Options(pem=certs["server"]), Lines()), server=True)
+    client = TlsSession(old, server=False)
+    client.handshake()
+    with pytest.raises(TlsError, match="SSL_accept"):
+        pump(client, server)
+
+
+def test_compression_and_renegotiation_are_off(certs):
+    ctx = make_context(Options(pem=certs["server"]), Lines())
+    options = ctx.set_options(0)
+    assert options & SSL.OP_NO_COMPRESSION and options & SSL.OP_NO_RENEGOTIATION
+
+
+@pytest.mark.parametrize(
+    "level, client_pem, ok, said",
+    [
+        (1, None, True, ""),  # 1: verify if present
+        (1, "stranger", False, "VERIFY ERROR: depth=0"),
+        (2, None, False, ""),  # 2: required
+        (2, "client", True, "VERIFY OK: depth=0: /O=trustme"),
+        (2, "stranger", False, "VERIFY ERROR"),
+        (3, "client", False, "VERIFY ERROR ONLY MY: no cert for"),  # not installed locally
+    ],
+)
+def test_verify_levels(certs, level, client_pem, ok, said):
+    server_opts = Options(pem=certs["server"], verify_level=level, ca_file=certs["ca"])
+    client_opts = Options(client=True, pem=certs[client_pem] if client_pem else None)
+    log = Lines()
+    if ok:
+        client, server, _ = handshake(server_opts, client_opts, log)
+        assert server.established
+    else:
+        with pytest.raises(TlsError):
+            client, server, _ = handshake(server_opts, client_opts, log)
+            client.write(b"x")  # TLS 1.3: the client learns of the refusal after its Finished
+            server.receive(client.outgoing())
+            server.read()
+    assert said in log.text()
+
+
+def test_verify_level_3_accepts_a_locally_installed_certificate(certs, tmp_path):
+    store = tmp_path / "store.pem"
+    store.write_bytes(open(certs["ca"], "rb").read() + open(certs["client_cert"], "rb").read())
+    server_opts = Options(pem=certs["server"], verify_level=3, ca_file=str(store))
+    client, server, log = handshake(server_opts, Options(client=True, pem=certs["client"]))
+    assert server.established and server.peer_names()[0].startswith("/O=trustme")
+
+
+def test_client_verifies_the_server(certs):
+    good = Options(client=True, verify_level=2, ca_file=certs["ca"])
+    client, server, _ = handshake(Options(pem=certs["server"]), good)
+    assert client.established
+    with pytest.raises(TlsError, match="SSL_connect"):
+        handshake(Options(pem=certs["stranger"]), good)
+
+
+def test_missing_pem_is_3_22s_line(tmp_path):
+    missing = str(tmp_path / "nope.pem")
+    with pytest.raises(ContextError) as error:
+        make_context(Options(pem=missing), Lines())
+    assert error.value.text == f"{missing}: No such file or directory (2)"
+
+
+def test_key_that_does_not_match(certs):
+    with pytest.raises(ContextError, match="does not match|SSL_CTX_use_PrivateKey_file"):
+        make_context(Options(pem=certs["mismatch"]), Lines())
+
+
+def test_pem_without_key_and_garbage(tmp_path, certs):
+    only_cert = tmp_path / "cert.pem"
+    only_cert.write_bytes(open(certs["client_cert"], "rb").read())
+    with pytest.raises(ContextError, match="SSL_CTX_use_PrivateKey_file"):
+        make_context(Options(pem=str(only_cert)), Lines())
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"not a pem\n")
+    with pytest.raises(ContextError, match="SSL_CTX_use_certificate_chain_file"):
+        make_context(Options(pem=str(garbage)), Lines())
+
+
+def test_world_readable_pem_is_warned_about(certs, tmp_path):
+    loose = tmp_path / "loose.pem"
+    loose.write_bytes(open(certs["server"], "rb").read())
+    os.chmod(loose, 0o644)
+    log = Lines()
+    make_context(Options(pem=str(loose)), log)
+    assert (4, f"Wrong permissions on {loose}") in log.lines
+
+
+def test_bad_ca_file_and_cipher_list(certs, tmp_path):
+    with pytest.raises(ContextError, match="Error loading verify certificates from"):
+        make_context(Options(pem=certs["server"], verify_level=2,
+                             ca_file=str(tmp_path / "none.pem")), Lines())  # fmt: skip
+    with pytest.raises(ContextError, match="SSL_CTX_set_cipher_list"):
+        make_context(Options(pem=certs["server"], cipher_list="NOTHING-AT-ALL"), Lines())
