@@ -292,3 +292,13 @@ def test_getopt_returns_letters_and_operands():
         [("f", ""), ("i", ""), ("F", "3"), ("n", "-")],
         ["x", "-f"],
     )
+
+
+def test_help_documents_every_option_as_getopt_reads_it():
+    """docopt-ng reads -h's option lines; they must match OPTSTRING letter for letter."""
+    from stunnel3.options import OPTSTRING
+    from stunnel3.usage import documented_options
+
+    letters = [c for c in OPTSTRING if c != ":"]
+    expected = {c: int(f"{c}:" in OPTSTRING) for c in letters}
+    assert documented_options() == expected
