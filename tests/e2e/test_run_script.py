@@ -35,6 +35,7 @@ echo "backend: user=$(id -un) as=$(ulimit -S -v) remote=$TCPREMOTEIP relay=${REL
 ulimit -S -v "$(ulimit -H -v)"; ulimit -S -d "$(ulimit -H -d)"
 exec recordio /usr/sbin/exim4 -bs -N
 """
+RECEIVED_TLS = "Received: (stunnel3 STARTTLS proxy) with ESMTPS (TLSv1."
 BODY = [
     "First line of the body.",
     ".A line that starts with a dot (the client doubles it, the backend sees two).",
@@ -285,6 +286,10 @@ def test_client_delivers_through_the_unchanged_run_script(chain, make_client, tl
     assert end[:1] == ["."] or end[:2] == ["", "."], log
     assert "STARTTLS" not in [line.upper() for line in given]  # the proxy's business only
     assert log.count("Negotiated ciphers: ") == (1 if tls else 0), log  # stunnel's own word
+    # how qmail-smtpd learns about TLS (README bug 4): the proxy's trace line, first
+    trace = [i for i, line in enumerate(given) if line.startswith(RECEIVED_TLS)]
+    data = [line.upper() for line in given].index("DATA")  # smtplib says `data`
+    assert trace == ([data + 1] if tls else []), log
     assert len(re.findall(r"^\s*<= e2e@example\.org U=qmaild ", log, flags=re.M)) == 1, (
         log
     )  # exim took it
