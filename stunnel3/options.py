@@ -2,6 +2,16 @@
 
 parse(argv) never prints and never exits: errors are OptionError, carrying the
 log text of 3.22 and its exit code; -h and -V come back as Options.show.
+
+Rules, as 3.22's options.c applied them (differences are marked where made):
+- C getopt over OPTSTRING (see scan); each option is judged when getopt meets
+  it, so the first bad option in argv wins, and -h/-V win only if met first.
+- Numbers are C atoi (`-v x` is 0); ports are /etc/services names or 1..65535,
+  a bad one is `Invalid port: <port>`, exit 2; other errors exit 1 with the hint.
+- After the loop: a plaintext end is required (-r, -l/-L, or sg2's -F).
+- Operands are the -l program's argv; their first word names the service.
+- Names (-s, -g, hosts) stay strings: the jail and the engine resolve them.
+Only light modules are imported: a process starts for every connection.
 """
 
 from dataclasses import dataclass
