@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""stunnel3 side by side with Debian's stunnel4 and tlswrapper-smtp, in one interleaved run.
+
+    pip install matplotlib            # once; the rest is the test extra (cryptography)
+    python3 bench/run.py              # the full run: a few minutes, writes docs/benchmarks.md
+    python3 bench/run.py --smoke --out /tmp/b   # seconds: proves the harness still works
+
+Run as root (the jail variant chowns its ssl/ directory) on a quiet machine. The servers take
+turns (round-robin, a different order each round) so that noise hits all of them alike; every
+number is reported next to its ratio to stunnel4. See docs/benchmarks.md for what is measured.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import certs
+import measure
+import report
+import startup
+from servers import SERVERS, Reaper, Setup, make_jail, write_backends
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def options(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny N: seconds, for the test suite")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where the report goes")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=48, help="concurrent clients under load")
+    parser.add_argument("--seconds", type=float, default=5.0, help="load time per measurement")
+    parser.add_argument("--latency-n", type=int, default=40, help="one-client sessions per round")
+    parser.add_argument("--bulk-mib", type=int, default=1024)
+    parser.add_argument("--hold", type=int, default=10, help="sessions held open for memory")
+    parser.add_argument("--keys", default="rsa,ecdsa")
+    parser.add_argument("--servers", default=",".join(server.name for server in SERVERS))
+    parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    parser.add_argument("--no-bisect", action="store_true", help="skip the softlimit bisection")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.clients, args.seconds, args.latency_n = 1, 4, 1.0, 3
+        args.bulk_mib, args.hold = 4, 2
+    return args
+
+
+def available(ctx: measure.Context, names: list[str]) -> tuple[list, dict[str, str]]:
+    """The servers that complete one STARTTLS session now; why the others do not."""
+    usable, missing = [], {}
+    for server in SERVERS:
+        if server.name not in names:
+            continue
+        try:
+            measure.speed(ctx, server, clients=1, seconds=0.2, one_by_one=1)
+            usable.append(server)
+        except Exception as error:  # any failure means: not measurable in this run
+            missing[server.name] = f"{type(error).__name__}: {error}"[:300]
+    return usable, missing
+
+
+def interleaved(ctx: measure.Context, servers: list, keys: list[str], args) -> dict:
+    speeds: dict = {}
+    bulks: dict = {}
+    for round_no in range(args.rounds):
+        order = servers[round_no % len(servers) :] + servers[: round_no % len(servers)]
+        for key in keys:
+            ctx.setup = ctx.setups[key]
+            for server in order:
+                print(f"round {round_no + 1} {key} {server.name}", file=sys.stderr, flush=True)
+                result = measure.speed(ctx, server, args.clients, args.seconds, args.latency_n)
+                speeds.setdefault((server.name, key), []).append(result)
+        ctx.setup = ctx.setups[keys[0]]
+        for server in order:
+            if server.name == "stunnel3-jail":
+                continue  # the same relay as stunnel3; its jail holds no bulk backend
+            for direction in ("upload", "download"):
+                mbps = measure.bulk(ctx, server, direction)
+                bulks.setdefault((server.name, direction), []).append(mbps)
+    return {"speeds": speeds, "bulks": bulks}
+
+
+def limits(ctx: measure.Context, servers: list, smoke: bool) -> dict[str, dict]:
+    precision = 64 << 20 if smoke else 256 << 10
+    found: dict[str, dict] = {}
+    for server in servers:
+        softlimit = measure.smallest(
+            lambda m, s=server: measure.works_under(ctx, s, m, {}), 1 << 20, 512 << 20, precision
+        )
+        found[server.name] = {"softlimit": softlimit}
+        if server.name.startswith("stunnel3"):
+            # Our fronts raise the soft limits to STUNNEL3_MEMORY_FLOOR: what Python needs.
+            found[server.name]["floor"] = measure.smallest(
+                lambda f, s=server: measure.works_under(
+                    ctx, s, 5_000_000, {"STUNNEL3_MEMORY_FLOOR": str(f)}
+                ),
+                1 << 20,
+                512 << 20,
+                precision,
+            )
+    return found
+
+
+def main(argv: list[str]) -> int:
+    args = options(argv)
+    if os.geteuid() != 0:
+        print("run.py: run as root (tcpserver, the jail's chown, /proc of other users)")
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="stunnel3-bench-"))
+    try:
+        return run(args, argv, workdir)
+    finally:
+        os.chdir("/")
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, argv: list[str], workdir: Path) -> int:
+    started = time.time()
+    workdir.chmod(0o755)
+    keys = args.keys.split(",")
+    setups = {}
+    for key in keys:
+        sub = workdir / key
+        sub.mkdir()
+        sub.chmod(0o755)
+        setup = Setup(sub, certs.write_pem(sub, key), args.bulk_mib << 20)
+        write_backends(setup)
+        make_jail(setup)
+        setups[key] = setup
+    if any(name.startswith("stunnel3") for name in args.servers.split(",")):
+        # Before the reaper: startup.py waits for its own children.
+        args.profile = startup.profile(str(setups[keys[0]].pem), 3 if args.smoke else 21, keys[0])
+    ctx = measure.Context(setups[keys[0]], Reaper(), workdir, setups=setups)
+    servers, missing = available(ctx, args.servers.split(","))
+    for name, why in missing.items():
+        print(f"not measured: {name}: {why}", file=sys.stderr)
+    if not any(server.name == "stunnel4" for server in servers):
+        print("run.py: stunnel4 does not work here: nothing to compare with", file=sys.stderr)
+        return 1
+    results = interleaved(ctx, servers, keys, args)
+    memories = {server.name: measure.memory(ctx, server, args.hold) for server in servers}
+    bounds = {} if args.no_bisect else limits(ctx, servers, args.smoke)
+    data = report.collect(args, argv, servers, missing, results, memories, bounds)
+    data["seconds"] = round(time.time() - started)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmarks.json").write_text(json.dumps(data, indent=1, default=asdict))
+    report.write(data, args.out)
+    print(f"wrote {args.out / 'benchmarks.md'} in {data['seconds']} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

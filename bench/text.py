@@ -1,0 +1,98 @@
+"""The prose of docs/benchmarks.md around the tables: how to run, what is measured, the machine."""
+
+
+def document(data: dict, tables: str) -> str:
+    m, p = data["machine"], data["parameters"]
+    missing = "".join(f"- not measured: **{n}**: `{why}`\n" for n, why in data["missing"].items())
+    servers = "".join(f"- **{name}**: {label}\n" for name, label in data["servers"].items())
+    client = max(
+        (row["client_cpu"] for by_key in data["speed"].values() for row in by_key.values()),
+        default=0.0,
+    )
+    return f"""# Benchmarks: stunnel3, Debian's stunnel4 and tlswrapper-smtp
+
+Written by `bench/run.py`; do not edit by hand. Ratios in parentheses are to stunnel4 measured
+in the same run (higher is better for sessions/s and MB/s; lower for CPU, latency and memory).
+
+## How to run it
+
+As root, on a quiet machine, from the top of the checkout (the package and its test extra
+installed, and matplotlib):
+
+    pip install -e '.[test]' matplotlib
+    {data["command"]}
+
+`--smoke` runs it with tiny numbers in seconds (the test suite does, into a temporary
+directory, so that the harness never rots; no number is ever asserted). `--help` lists the knobs.
+
+## This run
+
+- machine: {m["nproc"]} cores, {m["cpu"]}, Linux {m["kernel"]}, load average before the
+  run {m["load average"]}; Python {m["python"]}, {m["openssl"]}; {m["stunnel4"]}
+- {p["rounds"]} rounds, servers round-robin in a rotated order each round; per round and key:
+  {p["latency_n"]} sessions with one client, then {p["seconds"]} s of load from {p["clients"]}
+  concurrent clients; bulk {p["bulk_mib"]} MiB each way once per round; {p["hold"]} sessions
+  held open for memory; {data.get("seconds", "?")} s in all
+- the client's own CPU under load peaked at {client:.2f} of one core (of {m["nproc"]})
+
+{servers}{missing}
+{tables}
+![sessions per second, CPU, latency and memory per server](benchmarks.png)
+
+## What is measured, and how
+
+- **Servers.** Each listens under `tcpserver -R -H -c 200 -b 128 127.0.0.1 PORT` (stunnel3's
+  daemon mode listens itself), with the same throwaway certificate (RSA-2048 or ECDSA P-256, made
+  per run with `cryptography`) and the same backend: `bench/smtp-backend.sh`, a dash script that
+  answers EHLO with a multi-line 250 (PIPELINING, 8BITMIME, SIZE) and MAIL/RCPT/DATA/RSET/QUIT.
+  exim would spend ~200 ms per session on its own and hide every difference. stunnel4 runs in
+  inetd mode (a config with no service section: `cert`, `protocol = smtp`, `exec`, `execArgs`);
+  tlswrapper as its manual says (`tlswrapper -n -f pem tlswrapper-smtp backend`); stunnel3 as
+  the users run it: `makesock stunnel -p pem -n smtp- -f -F 3 -makesock_connect_to fixcrio
+  backend`; the same with the README's whole set `-/ ssl -s 65534 -g 65534 -i -R seed` (the
+  README's `setuidgid qmaild` before fixcrio left out: it costs every server the same); and
+  stunnel3's daemon mode, `stunnel -d 127.0.0.1:PORT -p pem -n smtp- -f -l backend`. Under
+  load, stunnel4's and tlswrapper's per-connection processes are forked by tcpserver and exec
+  C; stunnel3's chain starts Python twice (stunnel, fixcrio) per connection.
+- **Session.** Greeting, EHLO, STARTTLS, handshake, EHLO, QUIT, with Python's `ssl` (no
+  certificate verification: the same for all) on blocking sockets, one thread per client.
+- **sessions/s**: whole sessions completed in the load window, median over rounds. stunnel4's
+  smtp mode waits 200 ms before every greeting (it looks for an implicit-TLS client), so only
+  many concurrent clients measure its work rather than that wait.
+- **server CPU ms/session**: this process is a child subreaper; when a server instance is
+  stopped and all its processes reaped, `getrusage(RUSAGE_CHILDREN)` has grown by the CPU of its
+  whole process tree (tcpserver and the backend included, the same for all), divided by the
+  sessions it served.
+- **greeting / TLS ready**: from connect() to the 220 greeting and to the end of the handshake,
+  one client, sessions in a row; median and p99 over all rounds.
+- **memory**: {p["hold"]} sessions held open after the second EHLO; the sum over the server's
+  processes (the listener and the dash backends left out) of peak RSS (`VmHWM`) and PSS
+  (`/proc/PID/smaps_rollup`), divided by the sessions held.
+- **bulk**: one connection through a plain TLS relay (no SMTP: stunnel4 without `protocol`,
+  tlswrapper without `-n`, stunnel3 without `-n`) to a backend that reads exactly the bytes then
+  says `done` (upload), or writes them (download). MB are 10^6 bytes.
+- **smallest softlimit -m**: bisection (to 256 KiB) of `softlimit -m N tcpserver ...` under
+  which one whole session still succeeds. stunnel3's sh fronts raise the soft limits to
+  `STUNNEL3_MEMORY_FLOOR`, so for it the last column bisects that floor under `softlimit -m
+  5000000`, as the users run it.
+{profile_section(data.get("profile"))}"""
+
+
+def profile_section(profile) -> str:
+    if not profile:
+        return ""
+    rows = "".join(f"| {what} | {ms:.1f} |\n" for what, ms in profile["pieces"].items())
+    imports = "".join(f"| `{name}` | {ms:.1f} |\n" for name, ms in profile["imports"])
+    return f"""
+## Where stunnel3's time per connection goes
+
+Measured by `bench/startup.py` (medians of {profile["repeat"]} runs, wall-clock ms):
+
+| piece | ms |
+|---|---|
+{rows}
+Slowest imports (`python3 -X importtime`, cumulative ms, of `{profile["entry"]}`):
+
+| module | ms |
+|---|---|
+{imports}"""

@@ -1,0 +1,42 @@
+"""bench/run.py --smoke: the benchmark harness still drives every server end to end.
+
+No number is asserted (this is not a timed test): only that every server was measured, every
+session succeeded and the report was written.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVERS = {"stunnel4", "tlswrapper", "stunnel3", "stunnel3-jail", "stunnel3-daemon"}
+
+
+def test_bench_smoke_measures_every_server(tmp_path, stunnel_bin):
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert data["missing"] == {}
+    assert set(data["servers"]) == SERVERS
+    for name in SERVERS:
+        for key in ("rsa", "ecdsa"):
+            row = data["speed"][name][key]
+            assert row["errors"] == 0, (name, key, row["first_error"])
+            assert row["cpu_ms"] > 0 and len(row["tls_ready_ms"]) == 2
+            assert row["tls"].startswith("TLSv1.")
+        assert data["memory"][name]["processes"] >= 1
+        assert data["limits"][name]["softlimit"] is not None
+        if name != "stunnel3-jail":
+            assert set(data["bulk"][name]) == {"upload", "download"}
+    assert data["limits"]["stunnel3"]["floor"] is not None
+    assert set(data["profile"]["pieces"]) and data["profile"]["imports"]
+    text = (tmp_path / "benchmarks.md").read_text()
+    assert data["command"] in text and "| stunnel3-daemon |" in text
+    assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
