@@ -1,0 +1,71 @@
+"""The man pages render with `man -l` without a groff warning, and say what the code does.
+
+`--warnings=w` turns on every groff warning (a misspelt macro, an unclosed
+font, a line that cannot be broken); `MANWIDTH=80` is a terminal's width.
+"""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stunnel3.options import OPTSTRING
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = ["stunnel.8", "makesock.1", "fixcrio.1"]
+
+
+def render(page: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MANWIDTH="80", MAN_KEEP_FORMATTING="", LANG="C.UTF-8")
+    env.pop("MANPAGER", None)
+    return subprocess.run(
+        ["man", "--warnings=w", "-l", str(ROOT / "man" / page)],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_renders_without_warnings(page):
+    done = render(page)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # groff says `troff: <standard input>:N: warning: ...`
+    name = page.split(".")[0]
+    assert re.match(rf"{name.upper()}\({page[-1]}\)", done.stdout)
+    for section in ("NAME", "SYNOPSIS", "DESCRIPTION", "EXIT STATUS", "SEE ALSO"):
+        assert f"\n{section}\n" in done.stdout, section
+    too_wide = [line for line in done.stdout.splitlines() if len(line) > 80]
+    assert too_wide == []
+
+
+def test_stunnel_page_documents_every_option():
+    text = render("stunnel.8").stdout
+    options = text.split("\nOPTIONS\n", 1)[1].split("\nPROTOCOLS\n", 1)[0]
+    letters = [c for c in OPTSTRING if c != ":"]
+    missing = [
+        c for c in letters if not re.search(rf"^       -{re.escape(c)}(?=\s)", options, re.M)
+    ]
+    assert missing == []
+
+
+def test_stunnel_page_documents_every_environment_variable():
+    """Each STUNNEL3_ name the programs read (code and sh fronts) is in ENVIRONMENT."""
+    sources = list((ROOT / "stunnel3").glob("*.py")) + [ROOT / "bin" / "stunnel"]
+    names = set()
+    for source in sources:
+        if source.name != "setup_service.py":
+            names |= set(re.findall(r"STUNNEL3_[A-Z_]+", source.read_text()))
+    assert "STUNNEL3_MEMORY_FLOOR" in names
+    environment = render("stunnel.8").stdout.split("\nENVIRONMENT\n", 1)[1]
+    environment = environment.split("\nLOGGING\n", 1)[0]
+    assert sorted(n for n in names if n not in environment) == []
+
+
+def test_stunnel_page_lists_every_protocol():
+    from stunnel3.options import PROTOCOLS
+
+    text = render("stunnel.8").stdout.split("\nPROTOCOLS\n", 1)[1].split("\nTIMEOUTS\n", 1)[0]
+    tags = re.findall(r"^       ([a-z0-9-]+(?:, [a-z0-9-]+)*)(?:$| {2,})", text, re.M)
+    listed = {name for tag in tags for name in tag.split(", ")}
+    assert set(PROTOCOLS) <= listed
