@@ -1,0 +1,185 @@
+"""makesock: connect two programs with a socketpair (SPEC section 3).
+
+    makesock [options] PROG1 [args] -makesock_connect_to PROG2 [args]
+
+Processes and descriptors:
+
+- makesock itself becomes PROG1 (exec, same pid). So the process tcpserver
+  started, counts and waits for is PROG1, the one holding the network socket
+  on 0 and 1, and tcpserver gets PROG1's exit status. PROG1 keeps 0, 1 and 2
+  and gets its end of the pair on descriptor FD (3 by default).
+- PROG2 is a forked child with the other end on 0 and 1; it keeps 2.
+- Nothing we open leaks: the pair, and the gate pipe below, are close-on-exec
+  until placed. Descriptors the caller passed in above 2 are passed on as is,
+  as any chain-loader does (except FD, which PROG1's end replaces).
+- The two ends are each held by one program only, so for stream and
+  seqpacket pairs neither outlives the other's end: when PROG1 exits, PROG2
+  reads EOF on its stdin; when PROG2 exits, PROG1 reads EOF on FD. (A dgram
+  pair carries no EOF: with -t dgram the programs must agree on an end.)
+- The gate: the child waits until PROG1's exec has succeeded (the gate's
+  close-on-exec write end closes) before it runs PROG2. If PROG1 cannot be
+  run, makesock says so and exits 111, and PROG2 never starts. If PROG2
+  cannot be run, the child says so on fd 2 and exits 111; PROG1 is already
+  running and reads EOF on FD, which stunnel takes as the end of the session.
+  That status is PROG1's business: PROG2 is PROG1's child, not tcpserver's.
+
+The original invocation (no options) is parsed by hand, and docopt-ng is
+imported only when options are given: `python3 -X importtime` puts docopt
+(with re, typing and enum) at ~23 ms, against ~3 ms for this whole module,
+and makesock starts on every SMTP connection.
+"""
+
+import _socket  # the C module: `socket` imports enum and selectors, ~10 ms more
+import os
+
+from stunnel3 import unix
+
+PROG = "makesock"
+SEPARATOR = "-makesock_connect_to"
+USAGE = (
+    "makesock [ -d fd ] [ -s separator ] [ -t stream|seqpacket|dgram ]"
+    " prog1 [ arg ... ] -makesock_connect_to prog2 [ arg ... ]"
+)
+HELP = """makesock: run two programs connected by a socketpair.
+
+Usage:
+  makesock [options] [--] PROG1 [ARG...]
+  makesock (-h | --help)
+
+The words after PROG1 are its arguments up to the separator word; the words
+after the separator are PROG2 and its arguments. makesock becomes PROG1 (the
+process that started makesock waits for PROG1) with one end of the pair on
+descriptor FD, its own 0, 1 and 2 unchanged. PROG2 runs as a child with the
+other end on its 0 and 1, and its own 2. When either program exits, the other
+reads end-of-file on its end (stream and seqpacket).
+
+Options:
+  -d FD, --fd=FD              PROG1's descriptor for its end; 3 or more
+                              [default: 3]
+  -s WORD, --separator=WORD   the word between PROG1's and PROG2's words
+                              [default: -makesock_connect_to]
+  -t TYPE, --type=TYPE        the socket type: stream, seqpacket or dgram
+                              [default: stream]
+  -h, --help                  show this text
+
+Exit status: PROG1's; 100 for a usage error, 111 when makesock cannot run
+PROG1 (`makesock: fatal: unable to run X: ...` on stderr).
+"""
+SOCKET_TYPES = {
+    "stream": _socket.SOCK_STREAM,
+    "seqpacket": _socket.SOCK_SEQPACKET,
+    "dgram": _socket.SOCK_DGRAM,
+}
+
+
+class Invocation:
+    """What to run: PROG1's and PROG2's argv, PROG1's descriptor, the pair's type."""
+
+    def __init__(self, first: list[str], second: list[str], fd: int, kind: int) -> None:
+        self.first = first
+        self.second = second
+        self.fd = fd
+        self.kind = kind
+
+
+def split(words: list[str], separator: str) -> tuple[list[str], list[str]]:
+    """PROG1's words and PROG2's words, around the first separator."""
+    if separator not in words[1:]:
+        unix.usage(PROG, USAGE)
+    at = words.index(separator, 1)
+    first, second = words[:at], words[at + 1 :]
+    if not second:
+        unix.usage(PROG, USAGE)
+    return first, second
+
+
+def parse(argv: list[str]) -> Invocation:
+    """Read makesock's command line; usage errors exit 100, -h exits 0."""
+    words = argv[1:]
+    if words and not words[0].startswith("-"):
+        first, second = split(words, SEPARATOR)
+        return Invocation(first, second, 3, _socket.SOCK_STREAM)
+    import docopt  # only here: see the module's docstring for its cost
+
+    try:
+        args = docopt.docopt(HELP, words, default_help=False, options_first=True)
+    except docopt.DocoptExit:
+        unix.usage(PROG, USAGE)
+    if args["--help"]:
+        os.write(1, HELP.encode())
+        raise SystemExit(0)
+    fd, kind = args["--fd"], args["--type"]
+    if not (fd.isdigit() and fd.isascii() and int(fd) >= 3) or kind not in SOCKET_TYPES:
+        unix.usage(PROG, USAGE)
+    first, second = split([args["PROG1"], *args["ARG"]], args["--separator"])
+    return Invocation(first, second, int(fd), SOCKET_TYPES[kind])
+
+
+def move_fd(source: int, target: int) -> None:
+    """Make source the inheritable descriptor target (dup2 keeps no flags of source)."""
+    if source == target:
+        os.set_inheritable(target, True)
+        return
+    os.dup2(source, target)
+    os.close(source)
+
+
+def make_pair(invocation: Invocation) -> int:
+    """Make the pair, PROG1's end already on its descriptor; return PROG2's end."""
+    first, second = _socket.socketpair(_socket.AF_UNIX, invocation.kind)
+    first_fd, second_fd = first.detach(), second.detach()
+    if second_fd == invocation.fd:  # FD was free and the kernel chose it
+        second_fd, old = os.dup(second_fd), second_fd
+        os.close(old)
+    move_fd(first_fd, invocation.fd)
+    return second_fd
+
+
+def run_second(invocation: Invocation, end: int, gate: int) -> None:
+    """The child: wait for PROG1's exec, then become PROG2 on end."""
+    os.close(invocation.fd)
+    if os.read(gate, 1):
+        os._exit(0)  # PROG1 could not run and said so: PROG2 must not run alone
+    os.close(gate)
+    for target in (0, 1):
+        if end == target:  # the caller had closed 0 or 1
+            os.set_inheritable(target, True)
+        else:
+            os.dup2(end, target)
+    if end > 1:
+        os.close(end)
+    unix.fatal(PROG, "run " + invocation.second[0], unix.exec_program(invocation.second), True)
+
+
+def main(argv: list[str]) -> int:
+    invocation = parse(argv)
+    try:
+        second_end = make_pair(invocation)
+    except OSError as error:
+        unix.fatal(PROG, "create socket pair", error)
+    try:
+        gate_read, gate_write = os.pipe()
+        pid = os.fork()
+    except OSError as error:
+        unix.fatal(PROG, "fork", error)
+    if pid == 0:
+        try:
+            os.close(gate_write)
+            run_second(invocation, second_end, gate_read)
+        finally:
+            os._exit(111)
+    os.close(second_end)
+    os.close(gate_read)
+    error = unix.exec_program(invocation.first)
+    try:
+        os.write(gate_write, b"!")
+    except OSError:
+        pass  # the child is gone already; nothing will run PROG2
+    unix.fatal(PROG, "run " + invocation.first[0], error)
+    return unix.FATAL
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv))
