@@ -170,12 +170,12 @@ def main(argv: list[str]) -> int:
             os._exit(111)
     os.close(second_end)
     os.close(gate_read)
-    error = unix.exec_program(invocation.first)
+    failure = unix.exec_program(invocation.first)
     try:
         os.write(gate_write, b"!")
     except OSError:
         pass  # the child is gone already; nothing will run PROG2
-    unix.fatal(PROG, "run " + invocation.first[0], error)
+    unix.fatal(PROG, "run " + invocation.first[0], failure)
     return unix.FATAL
 
 
