@@ -149,7 +149,7 @@ class Relay:
                 break
             if not plain:
                 self.net_reading = False
-                self.log.debug("SSL closed on SSL_read" + (" (no close_notify)" * tls.truncated))
+                self.log.debug("SSL closed on SSL_read")
             self._apply(self.layer.feed_client(plain))
 
     def _flush_closes(self) -> None:
@@ -187,7 +187,9 @@ class Relay:
             wanted[fd] = wanted.get(fd, 0) | event
 
         net, back = self.network, self.backend
-        if self.net_reading and len(self.back_out) < BUFFER and len(self.net_out) < BUFFER:
+        # The network is read even while net_out is full (a client may send without
+        # reading), but not without limit: TLS answers some records by itself.
+        if self.net_reading and len(self.back_out) < BUFFER and len(self.net_out) < 4 * BUFFER:
             want(net.rfd, select.POLLIN)
         if self.net_out:
             want(net.wfd, select.POLLOUT)

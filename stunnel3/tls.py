@@ -27,9 +27,13 @@ already: the protocol layer hands them back (`StartTls.early`) and the relay
 feeds them first with `receive()`. Bytes the peer sent before the switch never
 reach TLS.
 
-EOF: close_notify makes `read()` return b""; a TCP EOF without close_notify
-(`receive(b"")`) also returns b"", with `truncated` set, since most SMTP clients
-simply close the socket after QUIT (3.22 treated it as a close, not an error).
+EOF: close_notify makes `read()` return b"". A TCP EOF without close_notify
+(`receive(b"")`) reads the same (OP_IGNORE_UNEXPECTED_EOF): many SMTP clients
+half-close or close after QUIT, and 3.22 treated that as a close, not an error.
+Without the option OpenSSL would also refuse to write afterwards, and the
+replies still owed to a half-closed client would be lost. SMTP carries its own
+end markers (QUIT, the end-of-data dot), so truncation gains an attacker
+nothing there.
 """
 
 import os
@@ -116,7 +120,10 @@ def _load_pem(ctx: SSL.Context, path: str, log) -> None:
     try:
         ctx.use_privatekey_file(path)
     except SSL.Error as error:
-        raise ContextError(f"SSL_CTX_use_PrivateKey_file: {_ssl_reason(error)}") from None
+        reason = _ssl_reason(error)
+        if "mismatch" in reason:  # OpenSSL now checks the pair here already
+            raise ContextError("Private key does not match the certificate") from None
+        raise ContextError(f"SSL_CTX_use_PrivateKey_file: {reason}") from None
     try:
         ctx.check_privatekey()
     except SSL.Error:
@@ -136,7 +143,7 @@ def _local_certificates(options: Options) -> set[bytes]:
                     texts.append(pem.read())
             except OSError:
                 continue
-    found = set()
+    found: set[bytes] = set()
     for text in texts:
         try:
             certs = x509.load_pem_x509_certificates(text)
@@ -187,7 +194,10 @@ def make_context(options: Options, log) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(
-        SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE
+        SSL.OP_NO_COMPRESSION
+        | SSL.OP_NO_RENEGOTIATION
+        | SSL.OP_CIPHER_SERVER_PREFERENCE
+        | SSL.OP_IGNORE_UNEXPECTED_EOF
     )
     try:
         ctx.set_cipher_list((options.cipher_list or DEFAULT_CIPHERS).encode())
@@ -212,7 +222,6 @@ class TlsSession:
         else:
             self._conn.set_connect_state()
         self.established = False
-        self.truncated = False  # the peer closed TCP without close_notify
 
     def receive(self, data: bytes) -> None:
         if data:
@@ -234,7 +243,7 @@ class TlsSession:
             self._conn.do_handshake()
         except SSL.WantReadError:
             return False
-        except SSL.SysCallError:
+        except (SSL.SysCallError, SSL.ZeroReturnError):
             raise TlsError(f"{self._verb}: Peer suddenly disconnected") from None
         except SSL.Error as error:
             raise TlsError(f"{self._verb}: {_ssl_reason(error)}") from None
@@ -250,12 +259,8 @@ class TlsSession:
         except SSL.ZeroReturnError:
             return b""
         except SSL.SysCallError:
-            self.truncated = True
-            return b""
+            return b""  # EOF in the middle of a record
         except SSL.Error as error:
-            if "unexpected eof" in _ssl_reason(error):
-                self.truncated = True
-                return b""
             raise TlsError(f"SSL_read: {_ssl_reason(error)}") from None
 
     def write(self, data: bytes) -> None:

@@ -4,9 +4,12 @@ The relay runs in-process in a thread between two socketpairs: Python's ssl on
 the network side, a plain socket on the backend side. No CR/LF is ever touched.
 """
 
+import contextlib
+import select
 import socket
 import ssl
 import threading
+import time
 
 import pytest
 import trustme
@@ -55,13 +58,40 @@ chunk = st.one_of(
 chunks = st.lists(chunk, max_size=8)
 
 
-def receive_exactly(sock, size: int) -> bytes:
-    got = bytearray()
-    while len(got) < size:
-        data = sock.recv(65536)
-        assert data, f"EOF after {len(got)} of {size} bytes"
-        got += data
-    return bytes(got)
+def exchange(client, backend, up: bytes, down: bytes) -> tuple[bytes, bytes]:
+    """Both directions at once in one thread: non-blocking sends and receives.
+
+    (One SSLSocket must not be used from two threads at once.)
+    """
+    got_up, got_down = bytearray(), bytearray()
+    up_view, down_view = memoryview(up), memoryview(down)
+    deadline = time.monotonic() + 30
+    while len(got_up) < len(up) or len(got_down) < len(down):
+        assert time.monotonic() < deadline, (
+            f"stuck: {len(got_up)}/{len(up)} up, {len(got_down)}/{len(down)} down"
+        )
+        moved = 0
+        if up_view:
+            with contextlib.suppress(ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                sent = client.send(up_view[:16384])
+                up_view, moved = up_view[sent:], moved + sent
+        if down_view:
+            with contextlib.suppress(BlockingIOError):
+                sent = backend.send(down_view[:65536])
+                down_view, moved = down_view[sent:], moved + sent
+        with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            data = client.recv(65536)
+            assert data, "EOF from the relay"
+            got_down += data
+            moved += len(data)
+        with contextlib.suppress(BlockingIOError):
+            data = backend.recv(65536)
+            assert data, "EOF from the relay"
+            got_up += data
+            moved += len(data)
+        if not moved:
+            select.select([client, backend], [], [], 0.01)
+    return bytes(got_up), bytes(got_down)
 
 
 @settings(max_examples=25, deadline=None)
@@ -70,21 +100,19 @@ def test_bytes_cross_unchanged_both_ways(ctx, up, down):
     net_ours, net_theirs = socket.socketpair()
     back_ours, back_theirs = socket.socketpair()
     net_fd, back_fd = net_theirs.detach(), back_theirs.detach()
-    relay = Relay(Endpoint(net_fd, net_fd, "network"), Endpoint(back_fd, back_fd, "backend"),
-                  Passthrough(), lambda: TlsSession(ctx, server=True), Quiet())  # fmt: skip
+    relay = Relay(
+        Endpoint(net_fd, net_fd, "network"),
+        Endpoint(back_fd, back_fd, "backend"),
+        Passthrough(),
+        lambda: TlsSession(ctx, server=True),
+        Quiet(),
+    )
     worker = threading.Thread(target=relay.run, daemon=True)
     worker.start()
-    client = CLIENT.wrap_socket(net_ours)
-    client.settimeout(20)
-    back_ours.settimeout(20)
-    # the client writes in its own thread while this one answers from the backend
-    writer = threading.Thread(target=lambda: [client.sendall(c) for c in up], daemon=True)
-    writer.start()
-    for c in down:
-        back_ours.sendall(c)
-    got_down = receive_exactly(client, sum(map(len, down)))
-    got_up = receive_exactly(back_ours, sum(map(len, up)))
-    writer.join(20)
+    client = CLIENT.wrap_socket(net_ours)  # blocking for the handshake
+    client.setblocking(False)
+    back_ours.setblocking(False)
+    got_up, got_down = exchange(client, back_ours, b"".join(up), b"".join(down))
     assert got_up == b"".join(up)
     assert got_down == b"".join(down)
     back_ours.close()
