@@ -48,25 +48,9 @@ from stunnel3.smtp_command import (
 )
 from stunnel3.smtp_data import MessageData
 from stunnel3.smtp_reply import Reply, ReplyReader, ReplyTooLong, rewrite_ehlo
+from stunnel3.smtp_text import BackendError, ClientError, SmtpError
 
 TLS_HANDSHAKE_RECORD = b"\x16"  # the first byte of a ClientHello (RFC 8446 section 5.1)
-
-
-class SmtpError(Exception):
-    """A protocol error; `reply` is the line the client gets, `fatal` ends the session."""
-
-    def __init__(self, reply: bytes, fatal: bool = False):
-        super().__init__(reply.decode("ascii").strip())
-        self.reply = reply
-        self.fatal = fatal
-
-
-class ClientError(SmtpError):
-    """The client broke the protocol or a bound."""
-
-
-class BackendError(SmtpError):
-    """The backend answered something the proxy cannot carry on from."""
 
 
 class State(enum.Enum):
@@ -96,12 +80,7 @@ class Expect(enum.Enum):
 STOP_POINTS = frozenset({Expect.GREETING, Expect.DATA, Expect.AUTH, Expect.STARTTLS})
 LOCAL_ENTRIES = frozenset({Expect.STARTTLS, Expect.LOCAL})
 FORWARDED = {
-    b"EHLO": Expect.EHLO,
-    b"HELO": Expect.HELO,
-    b"MAIL": Expect.MAIL,
-    b"RSET": Expect.RSET,
-    b"DATA": Expect.DATA,
-    b"AUTH": Expect.AUTH,
+    verb.encode(): Expect[verb] for verb in ("EHLO", "HELO", "MAIL", "RSET", "DATA", "AUTH")
 }
 
 
@@ -109,7 +88,6 @@ FORWARDED = {
 class Pending:
     expect: Expect
     reply: bytes = b""  # LOCAL: the reply; STARTTLS: its parameters
-    fatal: bool = False  # LOCAL: end the session after this reply
 
 
 class SmtpProxy:
@@ -185,7 +163,7 @@ class SmtpProxy:
         try:
             replies = self._replies.feed(data)
         except ReplyTooLong:
-            self._fail(BackendError(text.BACKEND_LINE_TOO_LONG, fatal=True))
+            self._fail(BackendError(text.BACKEND_LINE_TOO_LONG))
             return self._take()
         for reply in replies:
             if self.state is State.CLOSED:
@@ -241,8 +219,8 @@ class SmtpProxy:
         self._pending.append(entry)
         self._answer_local()
 
-    def _local(self, reply: bytes, fatal: bool = False) -> None:
-        self._queue(Pending(Expect.LOCAL, reply, fatal))
+    def _local(self, reply: bytes) -> None:
+        self._queue(Pending(Expect.LOCAL, reply))
 
     def _forward(self, line: bytes, expect: Expect) -> None:
         self._emit(ToBackend(line))
@@ -266,7 +244,7 @@ class SmtpProxy:
             elif self._stopped() or not self._next_line():
                 break
         if len(self._client) > text.MAX_HELD:
-            raise ClientError(text.TOO_MUCH_PIPELINING, fatal=True)
+            raise ClientError(text.TOO_MUCH_PIPELINING)
         waiting = self._client and self.state is not State.CLOSED
         if self._client_eof and not waiting and not self._backend_eof_sent:
             if self._message is not None:
@@ -334,7 +312,7 @@ class SmtpProxy:
     def _bdat(self, argument: bytes) -> None:
         size = argument.split(b" ", 1)[0]
         if not size.isdigit() or len(size) > 18:
-            raise ClientError(text.BDAT_BAD_SIZE, fatal=True)
+            raise ClientError(text.BDAT_BAD_SIZE)
         self._skip = int(size)
         self._local(text.BDAT_REFUSED)
 
@@ -373,7 +351,7 @@ class SmtpProxy:
         elif self._transaction:
             refusal = text.STARTTLS_IN_TRANSACTION
         elif self._client:
-            raise ClientError(text.STARTTLS_INJECTION, fatal=True)
+            raise ClientError(text.STARTTLS_INJECTION)
         else:
             self._log_lines("P: ", text.READY_TO_START_TLS)
             self._emit(ToClient(text.READY_TO_START_TLS))
@@ -454,4 +432,4 @@ class SmtpProxy:
 
     def _reply_reset_after_tls(self, reply: Reply) -> None:
         if not reply.positive:
-            raise BackendError(text.BACKEND_RESET_FAILED, fatal=True)
+            raise BackendError(text.BACKEND_RESET_FAILED)

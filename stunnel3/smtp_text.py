@@ -1,4 +1,5 @@
-"""Every reply the SMTP proxy writes itself, and the limits it enforces, in one place.
+"""Every reply the SMTP proxy writes itself, the limits it enforces, and the error
+family that carries a reply to the client, in one place.
 
 Codes and wording follow RFC 5321 (basic codes), RFC 3463 (enhanced codes),
 RFC 3207 (STARTTLS) and RFC 3030 (BDAT). Each reply is a whole CRLF line.
@@ -83,3 +84,21 @@ KEPT_EXTENSIONS = frozenset(
         b"VRFY",
     }
 )
+
+
+class SmtpError(Exception):
+    """An error the session cannot go on from: `reply` goes to the client, then the
+    session ends and input is refused (h11's rule). Errors a session survives (a
+    line too long, a refused STARTTLS) are plain replies queued in turn, not these."""
+
+    def __init__(self, reply: bytes):
+        super().__init__(reply.decode("ascii").strip())
+        self.reply = reply
+
+
+class ClientError(SmtpError):
+    """The client broke the protocol or a bound."""
+
+
+class BackendError(SmtpError):
+    """The backend answered something the proxy cannot carry on from."""
