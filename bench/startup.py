@@ -8,6 +8,7 @@ imports, the context load, the handshake. Each piece is timed on its own (median
 import importlib.util
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -30,15 +31,20 @@ except ImportError:  # an editable install: its path comes from a .pth file
 """
 
 
-def wall(argv: list[str], repeat: int, env: dict | None = None) -> float:
-    """Median wall-clock ms of running argv to its end."""
-    times = []
+def cost(argv: list[str], repeat: int, env: dict | None = None) -> tuple[float, float]:
+    """Medians of wall-clock ms and of CPU ms (user + system, the process and its children) of
+    running argv to its end. CPU is what limits sessions per second, and it is less disturbed
+    than wall time by others' work on a shared machine."""
+    walls, cpus = [], []
     for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=60, check=True)  # fmt: skip
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+        walls.append(1000 * (time.perf_counter() - start))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(1000 * (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime))
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def present(modules: list[str]) -> list[str]:
@@ -109,29 +115,47 @@ def in_process(pem: str, repeat: int) -> tuple[float, float, float]:
     return tuple(statistics.median(column) for column in zip(*runs, strict=True))  # type: ignore
 
 
+def regular_install_prelude() -> str:
+    """What the fronts do when stunnel3 is installed with `pip install .` (no editable finder,
+    no .pth files processed): the package's own directory on the path, nothing else."""
+    import stunnel3
+
+    home = str(Path(stunnel3.__file__).resolve().parent.parent)
+    return f"import sys, site\nsys.path += site.getsitepackages() + [{home!r}]\n"
+
+
 def profile(pem: str, repeat: int = 15, key: str = "rsa") -> dict:
     modules = present(SESSION_MODULES)
     python = [sys.executable, "-I", "-S"]
+    regular = regular_install_prelude()
+    imports = "".join(f"import {name}\n" for name in modules)
     front_env = {**os.environ, "STUNNEL3_PYTHON": "/bin/true"}
     pieces = {
-        "sh front, exec'ing /bin/true instead of Python": wall(
+        "sh front, exec'ing /bin/true instead of Python": cost(
             [str(SCRIPTS / "stunnel")], repeat, front_env
-        ),  # fmt: skip
-        "interpreter start (python -I -S -c pass)": wall([*python, "-c", "pass"], repeat),
-        "+ the front's site-packages path and `import stunnel3`": wall(
+        ),
+        "python -I -S -c pass": cost([*python, "-c", "pass"], repeat),
+        "+ the front's path and `import stunnel3`, as installed here (editable: site.main())": cost(
             [*python, "-c", PRELUDE], repeat
         ),
-        "+ import the session's modules": wall(
-            [*python, "-c", PRELUDE + "".join(f"import {name}\n" for name in modules)], repeat
-        ),  # fmt: skip
-        "the whole front + `stunnel -V` (exits before any session)": wall(
+        "+ the same, were it a regular `pip install .`": cost([*python, "-c", regular], repeat),
+        "+ import the session's modules, regular install": cost(
+            [*python, "-c", regular + imports], repeat
+        ),
+        "+ import stdlib ssl instead of them, regular install": cost(
+            [*python, "-c", regular + "import ssl, select, socket\n"], repeat
+        ),
+        "fixcrio as installed (front + Python), on empty input": cost(
+            [str(SCRIPTS / "fixcrio"), "true"], repeat
+        ),
+        "stunnel -V as installed (front + Python, exits before a session)": cost(
             [str(SCRIPTS / "stunnel"), "-V"], repeat
         ),
     }
     openssl, context, handshake = in_process(pem, max(5, repeat // 2))
-    pieces["import OpenSSL.SSL alone (in process)"] = openssl
-    pieces["context load from the pem (in process)"] = context
-    pieces[f"server side of one handshake, {key.upper()}, CPU (in memory)"] = handshake
+    pieces["import OpenSSL.SSL alone (in process, wall)"] = (openssl, openssl)
+    pieces["context load from the pem (in process, wall)"] = (context, context)
+    pieces[f"server side of one {key.upper()} handshake (in memory, CPU)"] = (handshake, handshake)
     return {"repeat": repeat, "entry": ", ".join(modules), "pieces": pieces,
             "imports": importtime(modules)}  # fmt: skip
 

@@ -81,7 +81,9 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
 def profile_section(profile) -> str:
     if not profile:
         return ""
-    rows = "".join(f"| {what} | {ms:.1f} |\n" for what, ms in profile["pieces"].items())
+    rows = "".join(
+        f"| {what} | {wall:.1f} | {cpu:.1f} |\n" for what, (wall, cpu) in profile["pieces"].items()
+    )
     imports = "".join(f"| `{name}` | {ms:.1f} |\n" for name, ms in profile["imports"])
     return f"""
 ## Where stunnel3's time per connection goes
