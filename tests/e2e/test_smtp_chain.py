@@ -293,3 +293,24 @@ def test_require_tls_with_starttls(chains):
     assert done.returncode == 0, done.stdout.decode()[-2000:]
     assert_one_message(received, sent, "required-tls")
     assert_tls_session(received, log, "required-tls")
+
+
+def test_implicit_tls_client_hello_before_the_greeting(chains):
+    """Port 465 style: the ClientHello is on the wire long before the greeting (the
+    chain starts Python and exim first), so TLS starts at once; no delay is added."""
+    chain = chains("smtp-")
+
+    def client():
+        context = ssl.create_default_context(cafile=str(chain.ca))
+        with smtplib.SMTP_SSL("127.0.0.1", chain.port, context=context, timeout=TIMEOUT) as smtp:
+            smtp.ehlo("client.example")
+            assert "starttls" not in smtp.esmtp_features
+            smtp.sendmail("a@example.org", ["root@localhost"], message("implicit"))
+
+    _, received, sent, log = chain.session(client)
+    assert_one_message(received, sent, "implicit")
+    assert any("implicit TLS" in line for line in log)
+    assert any(
+        line.startswith("Received: (stunnel3 STARTTLS proxy) with ESMTPS (TLSv1.")
+        for line in received
+    )
