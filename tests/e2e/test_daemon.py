@@ -1,0 +1,182 @@
+"""Daemon mode (-d): concurrent workers, tcpserver's environment, the bound, IPv6,
+background with a pid file, SIGTERM."""
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+from helpers import (  # noqa: F401  (no_leftovers is a fixture)
+    TIMEOUT,
+    Service,
+    environment,
+    free_port,
+    no_leftovers,
+    tls_client,
+    tls_exchange,
+    wait_port,
+)
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
+REPORT = 'echo "$PROTO $TCPREMOTEIP $TCPREMOTEPORT $TCPLOCALPORT ${TCPLOCALHOST-unset}"; cat'
+
+
+def daemon(tmp_path, stunnel_bin, pki, listen: str, port: int, env=None, host="127.0.0.1"):
+    argv = [
+        stunnel_bin,
+        "-f",
+        "-d",
+        listen,
+        "-P",
+        "none",
+        "-p",
+        str(pki["server"]),
+        "-l",
+        "/bin/sh",
+        "--",
+        "sh",
+        "-c",
+        REPORT,
+    ]
+    return Service(argv, port, tmp_path / "daemon.log", env, host=host)
+
+
+def test_fifty_concurrent_connections_then_sigterm(tmp_path, stunnel_bin, pki):
+    port = free_port()
+    with daemon(tmp_path, stunnel_bin, pki, f"127.0.0.1:{port}", port) as server:
+        results: dict[int, bytes] = {}
+
+        def one(n: int) -> None:
+            results[n] = tls_exchange(port, f"payload {n}\r\n".encode() * 100)
+
+        threads = [threading.Thread(target=one, args=(n,)) for n in range(50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(results) == 50
+        for n, out in results.items():
+            first, rest = out.split(b"\n", 1)
+            proto, ip, remote_port, local_port, host = first.decode().split()
+            assert (proto, ip, local_port, host) == ("TCP", "127.0.0.1", str(port), "unset")
+            assert int(remote_port) > 0
+            assert rest == f"payload {n}\r\n".encode() * 100
+        # SIGTERM to the parent alone: it ends its workers and exits 3
+        os.kill(server.process.pid, signal.SIGTERM)
+        assert server.process.wait(TIMEOUT) == 3
+        log = server.log()
+    assert log.count("Connection closed:") == 50  # (wait_port's probe: a reset)
+    assert "Received signal 15; terminating" in log
+
+
+def test_the_worker_bound_holds_a_connection_back(tmp_path, stunnel_bin, pki):
+    port = free_port()
+    env = environment(STUNNEL3_MAX_CLIENTS="2")
+    with daemon(tmp_path, stunnel_bin, pki, f"127.0.0.1:{port}", port, env) as server:
+        server.wait_log("Connection ")  # wait_port's probe has finished
+        time.sleep(0.2)
+        held = []
+        for _ in range(2):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+            held.append(tls_client().wrap_socket(raw))
+            assert held[-1].recv(100).startswith(b"TCP ")
+        third: list[bytes] = []
+
+        def connect_third() -> None:
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+                with tls_client().wrap_socket(raw) as conn:
+                    third.append(conn.recv(100))
+
+        waiter = threading.Thread(target=connect_third)
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and not third  # queued: two workers are the bound
+        held.pop().close()
+        waiter.join(TIMEOUT)
+        assert third and third[0].startswith(b"TCP ")
+        for conn in held:
+            conn.close()
+
+
+def test_no_host_listens_on_ipv6_and_ipv4(tmp_path, stunnel_bin, pki):
+    port = free_port(socket.AF_INET6)
+    with daemon(tmp_path, stunnel_bin, pki, str(port), port, host="::1"):
+        v6 = tls_exchange(port, b"six\n", host="::1")
+        v4 = tls_exchange(port, b"four\n", host="127.0.0.1")
+    assert v6.startswith(b"TCP6 ::1 ") and v6.endswith(b"\nsix\n")
+    assert v4.startswith(b"TCP 127.0.0.1 ") and v4.endswith(b"\nfour\n")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_background_with_pid_file(tmp_path, stunnel_bin, pki):
+    port = free_port()
+    pid_file, log_file = tmp_path / "stunnel.pid", tmp_path / "stunnel.log"
+    started = subprocess.run(
+        [
+            stunnel_bin,
+            "-d",
+            f"127.0.0.1:{port}",
+            "-P",
+            str(pid_file),
+            "-o",
+            str(log_file),
+            "-p",
+            str(pki["server"]),
+            "-l",
+            "/bin/cat",
+        ],
+        capture_output=True,
+        timeout=TIMEOUT,
+        env=environment(),
+        stdin=subprocess.DEVNULL,
+    )
+    assert started.returncode == 0, started.stderr
+    wait_port(port)
+    pid = int(pid_file.read_text())
+    try:
+        assert _alive(pid)
+        assert tls_exchange(port, b"in the background\n") == b"in the background\n"
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + TIMEOUT
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+    assert not pid_file.exists()
+    assert "Received signal 15; terminating" in log_file.read_text()
+
+
+def test_bind_error_is_exit_1(tmp_path, stunnel_bin, pki):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                stunnel_bin,
+                "-f",
+                "-d",
+                f"127.0.0.1:{port}",
+                "-P",
+                "none",
+                "-p",
+                str(pki["server"]),
+                "-l",
+                "/bin/cat",
+            ],
+            capture_output=True,
+            timeout=TIMEOUT,
+            env=environment(),
+            stdin=subprocess.DEVNULL,
+        )
+    assert done.returncode == 1
+    assert b"bind: Address already in use (98)" in done.stderr
