@@ -26,3 +26,11 @@ def test_transcript(path):
     if os.environ.get("SMTP_TRANSCRIPTS_WRITE"):
         path.write_text(actual)
     assert actual == expected
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_docs_show_the_transcript_as_it_is(path):
+    doc = (HERE.parent.parent / "docs" / "smtp.md").read_text()
+    lines = path.read_text().splitlines()
+    body = "\n".join(line for line in lines if not line.startswith("#") and line.strip())
+    assert f"(`{path.name}`)" in doc and "```\n" + body + "\n```" in doc
