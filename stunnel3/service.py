@@ -101,7 +101,7 @@ def _load_modules(options: Options) -> None:
     from cryptography import x509  # noqa: F401  pyOpenSSL loads it lazily
     from OpenSSL import SSL
 
-    from stunnel3 import client_negotiation, limits  # noqa: F401
+    from stunnel3 import client_negotiation, ident, limits  # noqa: F401
 
     if options.protocol in SERVER_PROTOCOLS and not options.client:
         from stunnel3 import smtp  # noqa: F401
@@ -146,6 +146,12 @@ def resolve(host: str, port: int) -> list[tuple]:
 def session(options: Options, log, ctx, remote: list[tuple], rfd: int, wfd: int, env: dict) -> int:
     """Serve one accepted connection (fds rfd/wfd); the exit status of its process."""
     peer = peer_address(rfd)
+    if peer is not None and options.ident_user is not None:
+        from stunnel3 import ident
+
+        if not ident.check(rfd, options.ident_user, log):
+            Endpoint(rfd, wfd, "accepted").reset()
+            return 0
     if peer is not None:
         log.notice(f"{service_name(options)} connected from {peer[0]}:{peer[1]}")
         set_nodelay(rfd)

@@ -423,3 +423,46 @@ def test_nothing_is_imported_after_the_jail(tmp_path, pki, stranger):
     assert "imported after the jail" not in log and "ImportError" not in log, log
     assert "Connection closed: 2 bytes sent to SSL, 2 bytes sent to socket" in log
     assert "VERIFY ERROR: depth=0" in log
+
+
+class Identd(threading.Thread):
+    """An RFC 1413 server on loopback that names `user` for every query."""
+
+    def __init__(self, user: str):
+        super().__init__(daemon=True)
+        self.user = user
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.queries: list[bytes] = []
+
+    def run(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                query = conn.recv(100)
+                self.queries.append(query)
+                ports = query.decode().strip()
+                conn.sendall(f"{ports} : USERID : UNIX : {self.user}\r\n".encode())
+
+
+@pytest.mark.parametrize("wanted, ok", [("alice", True), ("bob", False)])
+def test_u_ident_check(tmp_path, stunnel_bin, pki, wanted, ok):
+    identd = Identd("alice")
+    identd.start()
+    env = environment(STUNNEL3_IDENT_PORT=str(identd.port))
+    args = [stunnel_bin, "-f", "-D", "6", "-u", wanted, "-p", str(pki["server"]), "-l", "/bin/cat"]
+    with tcpserver(tmp_path, args, env) as server:
+        try:
+            echoed = tls_exchange(server.port, b"who\n")
+        except OSError:
+            echoed = b""
+        log = server.wait_log("IDENT resolved remote user to alice")
+    identd.listener.shutdown(socket.SHUT_RDWR)
+    identd.listener.close()
+    identd.join(TIMEOUT)
+    assert (echoed == b"who\n") is ok
+    assert ("REFUSED by IDENT" in log) is not ok
+    assert identd.queries[-1].endswith(f" , {server.port}\r\n".encode())
