@@ -1,12 +1,15 @@
 """The SMTP proxy through the users' chain, for real (SPEC section 7).
 
     tcpserver -H -R 127.0.0.1 PORT makesock stunnel -f -D 7 -p PEM -n smtp- -F 3
-        -makesock_connect_to fixcrio recordio exim4 -bs -N
+        -makesock_connect_to fixcrio setuidgid Debian-exim recordio exim4 -bs -N
 
-Our makesock, stunnel and fixcrio (the users' chain uses ours); ucspi-tcp's recordio
-writes to stderr every line the backend received (`pid < line`) and sent
+Our makesock, stunnel and fixcrio (the users' chain uses ours; the smuggling attack
+also runs with Debian's /usr/bin/fixcrio); setuidgid as qmaild's stand-in, after
+fixcrio here because our fixcrio is installed under /root, which Debian-exim cannot
+read (the users put it in /usr/local/bin; the bytes are the same); ucspi-tcp's
+recordio writes to stderr every line the backend received (`pid < line`) and sent
 (`pid > line`); Debian's exim4 (-bs: SMTP on stdin/stdout, -N: accept but never
-deliver, root only, hence as root). Exim offers STARTTLS, CHUNKING and PRDR of its
+deliver, allowed for the exim user). Exim offers STARTTLS, CHUNKING and PRDR of its
 own, which tests the EHLO rewrite. Every client is one nobody here wrote.
 Each test checks the client's view and the backend's record: one message,
 received exactly once and intact; never an injected command; never a secret in
@@ -58,12 +61,13 @@ class Chain:
 
 
 def start_chain(tmp_path_factory, pki, stunnel_bin, makesock_bin, fixcrio_bin, mode):
-    workdir = tmp_path_factory.mktemp(f"chain-{mode}")
+    workdir = tmp_path_factory.mktemp(f"chain{mode}")
     port = free_port()
     chain = Chain(workdir, port, pki["ca"])
     argv = ["tcpserver", "-H", "-R", "-c", "8", "127.0.0.1", str(port), makesock_bin]
     argv += [stunnel_bin, "-f", "-D", "7", "-p", str(pki["server"]), "-n", mode, "-F", "3"]
-    argv += ["-makesock_connect_to", fixcrio_bin, "recordio", "exim4", "-bs", "-N"]
+    argv += ["-makesock_connect_to", fixcrio_bin, "setuidgid", "Debian-exim"]
+    argv += ["recordio", "exim4", "-bs", "-N"]
     with chain.log.open("wb") as log:
         server = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
@@ -91,14 +95,14 @@ def stop(server):
 
 @pytest.fixture(scope="module")
 def chains(tmp_path_factory, pki, stunnel_bin, makesock_bin, fixcrio_bin):
-    started: dict[str, tuple[subprocess.Popen, Chain]] = {}
+    started: dict[tuple[str, str], tuple[subprocess.Popen, Chain]] = {}
 
-    def get(mode: str) -> Chain:
-        if mode not in started:
-            started[mode] = start_chain(
-                tmp_path_factory, pki, stunnel_bin, makesock_bin, fixcrio_bin, mode
+    def get(mode: str, fixcrio: str = fixcrio_bin) -> Chain:
+        if (mode, fixcrio) not in started:
+            started[mode, fixcrio] = start_chain(
+                tmp_path_factory, pki, stunnel_bin, makesock_bin, fixcrio, mode
             )
-        return started[mode][1]
+        return started[mode, fixcrio][1]
 
     yield get
     for server, _ in started.values():
@@ -255,8 +259,9 @@ def test_starttls_injection_never_reaches_backend(chains):
     assert not any(line.upper().startswith("MAIL") for line in received)
 
 
-def test_smuggling_through_fixcrio_gives_one_message(chains):
-    chain = chains("smtp-")
+@pytest.mark.parametrize("fixcrio", ["ours", "/usr/bin/fixcrio"])
+def test_smuggling_through_fixcrio_gives_one_message(chains, fixcrio_bin, fixcrio):
+    chain = chains("smtp-", fixcrio_bin if fixcrio == "ours" else fixcrio)
     smuggled = (
         b"Subject: smuggling\r\n\r\nhello\n.\nMAIL FROM:<x@evil>\r\nRCPT TO:<root@localhost>\r\n"
         b"DATA\r\nSubject: forged\r\n\r\nforged\r\n.\r\n"
