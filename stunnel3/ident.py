@@ -3,21 +3,21 @@
 3.22 asked `<remote port> , <local port>` on the client's port 113, read one
 line `<ports> : USERID : <os> : <user>`, and let the connection in only if the
 user matched; every failure (no ident server, a timeout, an ERROR reply)
-refuses it. The port can be moved with STUNNEL3_IDENT_PORT (tests, odd sites).
+refuses it. The port is 113 (3.22 asked /etc/services for "auth", which the
+jail does not hold).
 """
 
-import os
 import socket
 
+IDENT_PORT = 113
 TIMEOUT = 10.0  # seconds for the whole query: a dead ident server must not hold a worker
 MAX_REPLY = 1000  # RFC 1413 §6: replies fit well under this
 
 
 def ident_user(local: tuple, remote: tuple) -> str | None:
     """The user the ident server names for this connection, None if it says nothing."""
-    port = int(os.environ.get("STUNNEL3_IDENT_PORT", "113"))
     try:
-        with socket.create_connection((remote[0], port), TIMEOUT, (local[0], 0)) as query:
+        with socket.create_connection((remote[0], IDENT_PORT), TIMEOUT, (local[0], 0)) as query:
             query.sendall(f"{remote[1]} , {local[1]}\r\n".encode())
             reply = b""
             while b"\n" not in reply and len(reply) < MAX_REPLY:

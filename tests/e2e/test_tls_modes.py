@@ -426,13 +426,16 @@ def test_nothing_is_imported_after_the_jail(tmp_path, pki, stranger):
 
 
 class Identd(threading.Thread):
-    """An RFC 1413 server on loopback that names `user` for every query."""
+    """An RFC 1413 server on 127.0.0.3:113 that names `user` for every query.
+
+    The client connects from 127.0.0.3, so the ident query comes here (port 113
+    is fixed: we run as root, and no one else uses 127.0.0.3).
+    """
 
     def __init__(self, user: str):
         super().__init__(daemon=True)
         self.user = user
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        self.listener = socket.create_server(("127.0.0.3", 113))
         self.queries: list[bytes] = []
 
     def run(self):
@@ -452,17 +455,19 @@ class Identd(threading.Thread):
 def test_u_ident_check(tmp_path, stunnel_bin, pki, wanted, ok):
     identd = Identd("alice")
     identd.start()
-    env = environment(STUNNEL3_IDENT_PORT=str(identd.port))
     args = [stunnel_bin, "-f", "-D", "6", "-u", wanted, "-p", str(pki["server"]), "-l", "/bin/cat"]
-    with tcpserver(tmp_path, args, env) as server:
-        try:
-            echoed = tls_exchange(server.port, b"who\n")
-        except OSError:
-            echoed = b""
+    with tcpserver(tmp_path, args) as server:
+        echoed = b""
+        with contextlib.suppress(OSError):
+            raw = socket.create_connection(("127.0.0.1", server.port), TIMEOUT, ("127.0.0.3", 0))
+            with raw, tls_client().wrap_socket(raw) as conn:
+                conn.sendall(b"who\n")
+                half_close(conn)
+                echoed = read_to_eof(conn)
         log = server.wait_log("IDENT resolved remote user to alice")
     identd.listener.shutdown(socket.SHUT_RDWR)
     identd.listener.close()
     identd.join(TIMEOUT)
     assert (echoed == b"who\n") is ok
-    assert ("REFUSED by IDENT" in log) is not ok
+    assert ("Connection from 127.0.0.3:" in log and "REFUSED by IDENT" in log) is not ok
     assert identd.queries[-1].endswith(f" , {server.port}\r\n".encode())
