@@ -9,6 +9,7 @@ nothing) behind ucspi-tcp's recordio, so the test reads exactly what the
 backend was given; exim, not ours, raises its own soft limits first.
 """
 
+import fcntl
 import os
 import pwd
 import re
@@ -42,6 +43,22 @@ BODY = [
     "A long line: " + "0123456789" * 90,
     "Last line.",
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def accounts_lock():
+    """One module at a time, across pytest runs, makes and removes `stunnel` and `qmaild`.
+
+    Several people may run the suite at once on one machine: without this, one run
+    would remove the accounts another run's chain is using.
+    """
+    # The lock is on this directory (an flock on a directory works and leaves no file).
+    fd = os.open(Path(__file__).parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the holder's module ends within a minute
+        yield
+    finally:
+        os.close(fd)
 
 
 def readme_jail(service: Path, pem: Path) -> None:

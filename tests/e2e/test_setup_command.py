@@ -6,6 +6,7 @@ changes nothing; a key is never replaced without --force; a non-root caller is
 refused before anything is made; --no-accounts prints commands that work.
 """
 
+import fcntl
 import grp
 import os
 import pwd
@@ -27,12 +28,28 @@ ROOT = Path(__file__).resolve().parents[2]
 SETUP = str(Path(sysconfig.get_path("scripts")) / "stunnel3-setup")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def accounts_lock():
+    """One module at a time, across pytest runs, makes and removes `stunnel` and `qmaild`.
+
+    Several people may run the suite at once on one machine: without this, one run
+    would remove the accounts another run's chain is using.
+    """
+    # The lock is on this directory (an flock on a directory works and leaves no file).
+    fd = os.open(Path(__file__).parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the holder's module ends within a minute
+        yield
+    finally:
+        os.close(fd)
+
+
 def accounts() -> tuple[set[str], set[str]]:
     return {u.pw_name for u in pwd.getpwall()}, {g.gr_name for g in grp.getgrall()}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def remove_made_accounts():
+def remove_made_accounts(accounts_lock):
     """The set-up command makes `stunnel` and `qmaild`: remove the ones this module made."""
     users, groups = accounts()
     yield
