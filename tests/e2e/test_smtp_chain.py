@@ -74,14 +74,16 @@ def start_chain(tmp_path_factory, pki, stunnel_bin, makesock_bin, fixcrio_bin, m
         )
     try:
         deadline = time.monotonic() + 10
-        while chain.log.read_bytes().count(SESSION_END) < 1:  # a probe's whole session
+        while True:  # one probe connection, then its whole session, so none overlaps a test's
+            assert time.monotonic() < deadline and server.poll() is None, "chain did not start"
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
             except OSError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "chain did not start"
-            time.sleep(0.2)
-        time.sleep(0.2)
+                time.sleep(0.05)
+        while chain.log.read_bytes().count(SESSION_END) < 1:
+            assert time.monotonic() < deadline + TIMEOUT, "the probe's session did not end"
+            time.sleep(0.05)
     except BaseException:
         stop(server)
         raise
