@@ -225,6 +225,12 @@ def test_r_connects_to_a_local_service_from_I(tmp_path, stunnel_bin, pki):
     args = [
         stunnel_bin,
         "-f",
+        "-D",
+        "7",
+        "-O",
+        "r:SO_KEEPALIVE=1",
+        "-O",
+        "a:SO_SNDBUF=65536",
         "-p",
         str(pki["server"]),
         "-I",
@@ -234,11 +240,12 @@ def test_r_connects_to_a_local_service_from_I(tmp_path, stunnel_bin, pki):
     ]
     with tcpserver(tmp_path, args) as server:
         assert tls_exchange(server.port, b"shout\r\n") == b"SHOUT\r\n"
-        server.wait_log("Connection closed: 7 bytes")
+        log = server.wait_log("Connection closed: 7 bytes")
     backend.listener.shutdown(socket.SHUT_RDWR)
     backend.listener.close()
     backend.join(TIMEOUT)
     assert ("127.0.0.2", b"shout\r\n") in backend.seen
+    assert "r:SO_KEEPALIVE set" in log and "a:SO_SNDBUF set" in log  # -O
 
 
 def test_client_mode_against_openssl_s_server(tmp_path, stunnel_bin, pki):
