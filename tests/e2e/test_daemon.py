@@ -180,3 +180,37 @@ def test_bind_error_is_exit_1(tmp_path, stunnel_bin, pki):
         )
     assert done.returncode == 1
     assert b"bind: Address already in use (98)" in done.stderr
+
+
+def test_client_mode_daemon_wraps_plaintext_connections_in_tls(tmp_path, stunnel_bin, pki):
+    tls_port, plain_port = free_port(), free_port()
+    argv = [
+        "openssl",
+        "s_server",
+        "-quiet",
+        "-rev",
+        "-accept",
+        str(tls_port),
+        "-cert",
+        str(pki["server"]),
+    ]
+    with Service(argv, tls_port, tmp_path / "s_server.log"):
+        client = [
+            stunnel_bin,
+            "-c",
+            "-f",
+            "-d",
+            f"127.0.0.1:{plain_port}",
+            "-P",
+            "none",
+            "-v",
+            "2",
+            "-A",
+            str(pki["ca"]),
+            "-r",
+            f"127.0.0.1:{tls_port}",
+        ]
+        with Service(client, plain_port, tmp_path / "client.log"):
+            with socket.create_connection(("127.0.0.1", plain_port), timeout=TIMEOUT) as plain:
+                plain.sendall(b"plain text\n")
+                assert plain.recv(100) == b"txet nialp\n"
