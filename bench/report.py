@@ -64,6 +64,7 @@ def collect(args, argv, servers, missing, results, memories, bounds) -> dict:
         },
         "servers": {server.name: server.label for server in servers},
         "missing": missing,
+        "failures": results["failures"],
         "speed": rows,
         "bulk": bulk,
         "memory": {name: vars(mem) for name, mem in memories.items()},

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import certs
+import client
 import measure
 import report
 import startup
@@ -67,6 +68,7 @@ def available(ctx: measure.Context, names: list[str]) -> tuple[list, dict[str, s
 def interleaved(ctx: measure.Context, servers: list, keys: list[str], args) -> dict:
     speeds: dict = {}
     bulks: dict = {}
+    failures: list[str] = []
     for round_no in range(args.rounds):
         order = servers[round_no % len(servers) :] + servers[: round_no % len(servers)]
         for key in keys:
@@ -80,9 +82,13 @@ def interleaved(ctx: measure.Context, servers: list, keys: list[str], args) -> d
             if server.name == "stunnel3-jail":
                 continue  # the same relay as stunnel3; its jail holds no bulk backend
             for direction in ("upload", "download"):
-                mbps = measure.bulk(ctx, server, direction)
+                try:
+                    mbps = measure.bulk(ctx, server, direction)
+                except (OSError, client.SessionError) as error:
+                    failures.append(f"{server.name} bulk {direction}: {error}"[:300])
+                    continue
                 bulks.setdefault((server.name, direction), []).append(mbps)
-    return {"speeds": speeds, "bulks": bulks}
+    return {"speeds": speeds, "bulks": bulks, "failures": failures}
 
 
 def limits(ctx: measure.Context, servers: list, smoke: bool) -> dict[str, dict]:
@@ -112,11 +118,14 @@ def main(argv: list[str]) -> int:
         print("run.py: run as root (tcpserver, the jail's chown, /proc of other users)")
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="stunnel3-bench-"))
+    kept = True
     try:
-        return run(args, argv, workdir)
+        status = run(args, argv, workdir)
+        kept = args.keep or status != 0
+        return status
     finally:
         os.chdir("/")
-        if args.keep:
+        if kept:  # also after an exception: the servers' logs are there
             print(f"kept {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -4,6 +4,7 @@
 def document(data: dict, tables: str) -> str:
     m, p = data["machine"], data["parameters"]
     missing = "".join(f"- not measured: **{n}**: `{why}`\n" for n, why in data["missing"].items())
+    missing += "".join(f"- failed: `{what}`\n" for what in data.get("failures", []))
     servers = "".join(f"- **{name}**: {label}\n" for name, label in data["servers"].items())
     client = max(
         (row["client_cpu"] for by_key in data["speed"].values() for row in by_key.values()),
