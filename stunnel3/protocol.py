@@ -14,9 +14,11 @@ none. It is fed bytes and answers with actions, in order:
 and returns a list of `Action`s that the relay carries out in order. After
 StartTls, every ToClient goes through TLS (queued until the handshake is done).
 In client mode (-c) "client" still means the side TLS faces: the remote server.
-ToClient(b"") and ToBackend(b"") mean EOF: once what is queued for that side is
-written, the relay half-closes it (close_notify, or shutdown(SHUT_WR)). The
-session ends when both directions are closed, or at Close.
+A layer may also have a `client_paused` property: while it is True the relay
+reads no more client bytes (back-pressure on a client that pipelines faster
+than the backend answers). ToClient(b"") and ToBackend(b"") mean EOF: once
+what is queued for that side is written, the relay half-closes it
+(close_notify, or shutdown(SHUT_WR)). The session ends when both directions are closed, or at Close.
 
 Without -n, `Passthrough` is the layer: every byte goes straight across.
 """

@@ -142,7 +142,7 @@ class Relay:
             tls.close()
             self.net_out += tls.outgoing()
             self.net_writing = False
-        while self.net_reading and len(self.back_out) < BUFFER:
+        while self.net_reading and len(self.back_out) < BUFFER and not self._layer_paused():
             plain = tls.read()
             self.net_out += tls.outgoing()
             if plain is None:
@@ -178,6 +178,9 @@ class Relay:
             return True
         return not self.net_reading and not self.back_reading and queues_empty
 
+    def _layer_paused(self) -> bool:
+        return getattr(self.layer, "client_paused", False)
+
     # -- waiting -------------------------------------------------------------
 
     def _poll_set(self) -> dict[int, int]:
@@ -189,7 +192,12 @@ class Relay:
         net, back = self.network, self.backend
         # The network is read even while net_out is full (a client may send without
         # reading), but not without limit: TLS answers some records by itself.
-        if self.net_reading and len(self.back_out) < BUFFER and len(self.net_out) < 4 * BUFFER:
+        if (
+            self.net_reading
+            and len(self.back_out) < BUFFER
+            and len(self.net_out) < 4 * BUFFER
+            and not self._layer_paused()
+        ):
             want(net.rfd, select.POLLIN)
         if self.net_out:
             want(net.wfd, select.POLLOUT)

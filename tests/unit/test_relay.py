@@ -8,6 +8,7 @@ a plain socket on the backend side.
 import socket
 import ssl
 import threading
+import time
 
 import pytest
 import trustme
@@ -254,3 +255,62 @@ def test_handshake_timeout(ctx, monkeypatch):
     assert h.finish() is False
     assert "SSL handshake timed out" in h.log.lines
     h.net_ours.close()
+
+
+class Holder:
+    """A plaintext layer that holds client bytes and says it is paused above LIMIT."""
+
+    LIMIT = 4096
+
+    def __init__(self):
+        self.held = bytearray()
+
+    @property
+    def client_paused(self):
+        return len(self.held) > self.LIMIT
+
+    def start(self):
+        return []
+
+    def feed_client(self, data):
+        self.held += data
+        return []
+
+    def feed_backend(self, data):
+        if not data:
+            return [ToClient(b"")]
+        released, self.held = bytes(self.held), bytearray()
+        return [ToBackend(released)]
+
+    def tls_started(self, info):
+        return []
+
+
+def test_a_paused_layer_is_not_fed(ctx):
+    layer = Holder()
+    h = Harness(ctx, layer=layer)
+    h.net_ours.setblocking(False)
+    sent = 0
+    try:
+        for _ in range(4096):  # up to 16 MiB, far more than the socket buffers hold
+            sent += h.net_ours.send(b"x" * 4096)
+    except BlockingIOError:
+        pass
+    # The relay stops reading once the layer pauses: the rest waits in the
+    # kernel, and the layer holds one read's worth over its limit at most.
+    deadline = time.monotonic() + 10
+    while len(layer.held) <= Holder.LIMIT and time.monotonic() < deadline:
+        time.sleep(0.01)
+    held = len(layer.held)
+    time.sleep(0.3)
+    assert Holder.LIMIT < held == len(layer.held) <= Holder.LIMIT + READ_SIZE
+    assert sent < 4096 * 4096
+    h.net_ours.setblocking(True)
+    h.back_ours.settimeout(10)
+    h.back_ours.sendall(b"go")  # the backend answers: the layer lets go and reads on
+    got = 0
+    while got < Holder.LIMIT:
+        got += len(h.back_ours.recv(1 << 20))
+    h.net_ours.close()
+    h.back_ours.close()
+    h.finish()
