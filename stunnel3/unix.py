@@ -5,8 +5,8 @@ Their messages keep the voice of ucspi-tcp: `prog: usage: ...` exits 100,
 wording for errno (his error_str.c), not strerror(). Debian's /usr/bin/fixcrio
 prints `unable to run /nonexistent: file does not exist`, and so do we.
 
-This module runs on every connection: it imports only os, errno and
-resource-level modules (no signal: its enum import costs ~9 ms).
+This module runs on every connection: it imports os, errno, resource and
+limits only (no typing: it costs ~5 ms at every start).
 """
 
 import errno
