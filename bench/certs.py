@@ -39,5 +39,5 @@ def write_pem(directory: Path, key_type: str) -> Path:
         )
         + cert.public_bytes(serialization.Encoding.PEM)
     )
-    pem.chmod(0o644)
+    pem.chmod(0o600)  # all the servers read it as root
     return pem

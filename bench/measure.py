@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import client
-from servers import Memory, Reaper, Running, Server, Setup, children_cpu, session_memory
+from servers import Memory, Reaper, Running, Server, Setup, children_cpu, free_port, session_memory
 
 
 @dataclass
@@ -23,14 +23,11 @@ class Context:
     setup: Setup
     reaper: Reaper
     logdir: Path
-    next_port: int = 26000
     env: dict[str, str] = field(default_factory=dict)
     setups: dict[str, Setup] = field(default_factory=dict)  # by key type; `setup` is in use
 
     def port(self) -> int:
-        # A fresh port per instance: a port in TIME_WAIT from the last one never gets in the way.
-        self.next_port = self.next_port + 1 if self.next_port < 28999 else 26000
-        return self.next_port
+        return free_port()
 
 
 def start(ctx: Context, server: Server, mode: str, port: int, prefix=(), env=None) -> Running:

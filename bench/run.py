@@ -75,7 +75,11 @@ def interleaved(ctx: measure.Context, servers: list, keys: list[str], args) -> d
             ctx.setup = ctx.setups[key]
             for server in order:
                 print(f"round {round_no + 1} {key} {server.name}", file=sys.stderr, flush=True)
-                result = measure.speed(ctx, server, args.clients, args.seconds, args.latency_n)
+                try:
+                    result = measure.speed(ctx, server, args.clients, args.seconds, args.latency_n)
+                except (OSError, RuntimeError, client.SessionError) as error:
+                    failures.append(f"{server.name} {key} sessions: {error}"[:300])
+                    continue
                 speeds.setdefault((server.name, key), []).append(result)
         ctx.setup = ctx.setups[keys[0]]
         for server in order:

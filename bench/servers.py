@@ -11,6 +11,7 @@ import ctypes
 import os
 import resource
 import signal
+import socket
 import sysconfig
 import threading
 import time
@@ -171,15 +172,32 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def listening(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:port; read from /proc so that checking does not
-    start a session (which would be charged to the server)."""
+def listening(port: int, sid: int) -> bool:
+    """Whether a process of session sid listens on 127.0.0.1:port. Read from /proc so that
+    checking does not start a session (which would be charged to the server), and matched by
+    socket inode so that someone else's listener on the same port is never taken for ours."""
     want = f"0100007F:{port:04X}"
     with open("/proc/net/tcp") as table:
-        return any(
-            fields[1] == want and fields[3] == "0A"
+        inodes = {
+            f"socket:[{fields[9]}]"
             for fields in (line.split() for line in table.readlines()[1:])
-        )
+            if fields[1] == want and fields[3] == "0A"
+        }
+    for pid in session_members(sid) if inodes else ():
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
+                   for fd in os.listdir(f"/proc/{pid}/fd")):  # fmt: skip
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def free_port() -> int:
+    """A port the kernel has just handed out and taken back: not one another test holds."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class Running:
@@ -207,7 +225,7 @@ class Running:
     def wait_listening(self, port: int, reaper: Reaper, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if listening(port):
+            if listening(port, self.pid):
                 return True
             if self.pid in reaper.dead:
                 return False
