@@ -25,7 +25,7 @@ from stunnel3.relay import Relay, Terminated
 from stunnel3.tls import ContextError, TlsSession
 
 CONNECT_TIMEOUT = 60.0
-SERVER_PROTOCOLS = ("smtp", "smtp-")  # pop3-, imap- (sg2) are not written yet
+SERVER_PROTOCOLS = ("smtp", "smtp-", "pop3", "pop3-", "imap-")  # nntp: 3.22 had none either
 
 
 class SessionError(Exception):
@@ -104,7 +104,7 @@ def _load_modules(options: Options) -> None:
     from stunnel3 import client_negotiation, ident, limits  # noqa: F401
 
     if options.protocol in SERVER_PROTOCOLS and not options.client:
-        from stunnel3 import smtp  # noqa: F401
+        from stunnel3 import imap, pop3, smtp  # noqa: F401
     if options.daemon is not None:
         from stunnel3 import daemon  # noqa: F401
     # OpenSSL reads its configuration on first use: let that happen out here.
@@ -125,9 +125,17 @@ def make_layer(options: Options, log):
             raise chroot.SetupError(f"Protocol not supported in client mode: {protocol}") from None
     if protocol not in SERVER_PROTOCOLS:
         raise chroot.SetupError(f"Protocol not supported in server mode: {protocol}")
+    level = log.level if log is not None else 0
+    if protocol.startswith("pop3"):
+        from stunnel3 import pop3
+
+        return pop3.Pop3Proxy(require_tls=protocol == "pop3", log_dialogue=level >= 7)
+    if protocol == "imap-":
+        from stunnel3 import imap
+
+        return imap.ImapProxy(log_dialogue=level >= 7)
     from stunnel3 import smtp
 
-    level = log.level if log is not None else 0
     return smtp.SmtpProxy(require_tls=protocol == "smtp", log_dialogue=level >= 7)
 
 
