@@ -47,7 +47,7 @@ def self_cpu() -> float:
 
 @dataclass
 class Speed:
-    per_second: float  # whole STARTTLS sessions completed per second under load
+    per_second: float  # whole STARTTLS sessions per second under load (client.saturate)
     errors: int
     server_cpu_ms: float  # per session, the whole process tree (tcpserver and backend too)
     client_cpu_share: float  # of one core, during the load
@@ -71,7 +71,7 @@ def speed(ctx: Context, server: Server, clients: int, seconds: float, one_by_one
     served = load.completed + len(latencies)
     cpu = children_cpu() - cpu_before
     return Speed(
-        per_second=load.sessions / seconds,
+        per_second=load.completed / load.elapsed if load.elapsed else 0.0,
         errors=load.errors,
         server_cpu_ms=1000 * cpu / max(served, 1),
         client_cpu_share=client_share,

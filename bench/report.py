@@ -151,10 +151,17 @@ def plot(data: dict, path: Path) -> None:
     names = list(data["servers"])
     keys = data["parameters"]["keys"].split(",")
     figure, axes = plt.subplots(2, 2, figsize=(12, 8))
+
+    def row(n: str, k: str) -> dict:  # a failed measurement plots as 0
+        return (
+            data["speed"].get(n, {}).get(k, {"sessions_per_s": 0, "cpu_ms": 0, "tls_ready_ms": [0]})
+        )
+
+    clients = data["parameters"]["clients"]
     panels = [
-        ("sessions/s (48 clients)", lambda n, k: data["speed"][n][k]["sessions_per_s"]),
-        ("server CPU ms per session", lambda n, k: data["speed"][n][k]["cpu_ms"]),
-        ("TLS ready ms, one client (median)", lambda n, k: data["speed"][n][k]["tls_ready_ms"][0]),
+        (f"sessions/s ({clients} clients)", lambda n, k: row(n, k)["sessions_per_s"]),
+        ("server CPU ms per session", lambda n, k: row(n, k)["cpu_ms"]),
+        ("TLS ready ms, one client (median)", lambda n, k: row(n, k)["tls_ready_ms"][0]),
     ]
     width = 0.8 / len(keys)
     for axis, (title, value) in zip(axes.flat, panels, strict=False):

@@ -42,6 +42,7 @@ def options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--hold", type=int, default=10, help="sessions held open for memory")
     parser.add_argument("--keys", default="rsa,ecdsa")
     parser.add_argument("--servers", default=",".join(server.name for server in SERVERS))
+    parser.add_argument("--from-json", type=Path, help="only write the report from a run's json")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument("--no-bisect", action="store_true", help="skip the softlimit bisection")
     args = parser.parse_args(argv)
@@ -118,6 +119,9 @@ def limits(ctx: measure.Context, servers: list, smoke: bool) -> dict[str, dict]:
 
 def main(argv: list[str]) -> int:
     args = options(argv)
+    if args.from_json:
+        report.write(json.loads(args.from_json.read_text()), args.out)
+        return 0
     if os.geteuid() != 0:
         print("run.py: run as root (tcpserver, the jail's chown, /proc of other users)")
         return 1
