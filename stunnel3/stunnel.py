@@ -1,12 +1,19 @@
 """stunnel's main: argv -> Options -> Log -> the service; exceptions become log lines.
 
-The order is 3.22's main(): options are parsed first, their errors on stderr
-(3.22 set foreground before parsing); -h and -V print and exit 0; then the log
-opens as the options say and names the service (`Using '<name>' as tcpwrapper
-service name`, notice). Only then is the engine imported, so that a usage error,
--h or -V never pays for loading OpenSSL, and the STUNNEL_INFO line is logged
-(notice) before the service runs. This is the only place where an exception
-becomes a message and an exit status: no traceback ever reaches a user.
+main() first offers the connection to the warm helper (warm_client.py, docs/warm.md):
+when an administrator runs stunnel3-warm, a process forked from it recreates
+this one (descriptors, environment, cwd, limits, signals) and runs `run()`
+below, so that this process pays neither for OpenSSL nor for our modules. When
+there is no helper, `run()` runs here. This module therefore imports nothing
+at its top but sys: the handoff path must stay cheap.
+
+The order of `run()` is 3.22's main(): options are parsed first, their errors on
+stderr (3.22 set foreground before parsing); -h and -V print and exit 0; then the
+log opens as the options say and names the service (`Using '<name>' as
+tcpwrapper service name`, notice). Only then is the engine imported, so that a
+usage error, -h or -V never pays for loading OpenSSL, and the STUNNEL_INFO line
+is logged (notice) before the service runs. This is the only place where an
+exception becomes a message and an exit status: no traceback ever reaches a user.
 
 Exit status: what service.run returns; 1 for a usage or setup error or an
 unexpected exception; 2 for a bad port (options); 3 on SIGINT.
@@ -14,25 +21,46 @@ unexpected exception; 2 for a bad port (options); 3 on SIGINT.
 
 import sys
 
-from stunnel3 import log as logging
-from stunnel3.options import USAGE_HINT, OptionError, parse
-
 
 def main(argv: list[str]) -> int:
     """argv[0] is the program name (as in sys.argv); the exit status is returned."""
     try:
+        from stunnel3 import warm_client
+
+        status = warm_client.hand_over(argv)
+    except KeyboardInterrupt:
+        return _interrupted()
+    if status is not None:
+        return status
+    return run(argv)
+
+
+def run(argv: list[str]) -> int:
+    """The whole program after the handoff: the direct path, and the warm worker's."""
+    try:
         return _run(argv[1:])
     except KeyboardInterrupt:
-        logging.stderr_line(logging.LOG_ERR, "Received signal 2; terminating.")
-        return 3
+        return _interrupted()
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else 1
     except BaseException as error:  # noqa: BLE001 - the last net before a traceback
+        from stunnel3 import log as logging
+
         logging.stderr_line(logging.LOG_ERR, _describe(error))
         return 1
 
 
+def _interrupted() -> int:
+    from stunnel3 import log as logging
+
+    logging.stderr_line(logging.LOG_ERR, "Received signal 2; terminating.")
+    return 3
+
+
 def _run(args: list[str]) -> int:
+    from stunnel3 import log as logging
+    from stunnel3.options import USAGE_HINT, OptionError, parse
+
     try:
         options = parse(args)
     except OptionError as error:
@@ -61,7 +89,7 @@ def _run(args: list[str]) -> int:
         log.close()
 
 
-def _serve(options, log: logging.Log) -> int:
+def _serve(options, log) -> int:
     log.notice(f"Using '{options.service_name}' as tcpwrapper service name")
     from stunnel3 import service  # type: ignore[attr-defined]  # the engine (TLS issue)
     from stunnel3.usage import stunnel_info

@@ -1,0 +1,190 @@
+"""The thin side of the warm helper: hand this process over to stunnel3-warm.
+
+`stunnel` runs per connection; most of its cost is importing OpenSSL and our
+modules. When an administrator runs stunnel3-warm (warm.py, docs/warm.md), this
+module sends everything that makes this process what it is to the helper, which
+forks a worker that becomes it and runs the same code the direct path runs.
+Here we only wait for the worker's status and exit with it.
+
+Rules of this file:
+- Import only C-level modules (_socket, _signal, resource: about nothing); the
+  socket and signal wrappers cost ~15 ms for their enums. No dataclasses.
+- Any doubt before the worker is committed means None: the caller runs the
+  direct path as if the helper did not exist (no socket, refused, too big,
+  the helper gone or slow). Nothing has been done to the connection yet.
+- The exchange (SOCK_SEQPACKET, one message each):
+      client -> helper  the request, all our descriptors attached (SCM_RIGHTS)
+      helper -> client  READY (the worker is set up and waits) or NO
+      client -> helper  GO; from now on the worker owns the connection
+      client -> helper  S<signum> for each signal we receive
+      helper -> client  X<status> (exit) or K<signum> (killed by a signal)
+  GO makes the handoff race-free: a client that timed out waiting for READY
+  closes the socket instead, and the worker, which has run nothing, is killed.
+- After GO we close every descriptor we handed over (but stderr, for our own
+  last words): a socket or pipe must reach EOF when the worker closes it.
+"""
+
+import _signal
+import _socket
+import os
+import resource
+import sys
+
+DEFAULT_SOCKET = "/run/stunnel3/warm.sock"
+SOCKET_ENV = "STUNNEL3_WARM_SOCKET"
+SWITCH_ENV = "STUNNEL3_WARM"  # "0": never hand over
+MAGIC = b"STUNNEL3-WARM/1"
+MAX_REQUEST = 128 * 1024  # under the kernel's default socket buffer (208 KiB)
+MAX_FDS = 252  # SCM_MAX_FD is 253: ours, then the cwd
+HANDSHAKE_TIMEOUT = 10.0  # seconds for READY: a stuck helper costs one wait, not the session
+FD_SIZE = 4
+READY, REFUSED, GO = b"READY", b"NO", b"GO"
+# Signals we pass on to the worker (when not ignored): those that end a process.
+FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")
+
+
+def hand_over(argv: list[str]) -> int | None:
+    """The worker's exit status, or None when the direct path must run."""
+    environ = os.environ
+    if environ.get(SWITCH_ENV) == "0":
+        return None
+    fds = open_descriptors()
+    if len(fds) > MAX_FDS:
+        return None
+    try:
+        cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        request = encode_request(argv, fds)
+        if len(request) > MAX_REQUEST:
+            return None
+        sock = _connect(environ.get(SOCKET_ENV) or DEFAULT_SOCKET, request, fds + [cwd])
+    finally:
+        os.close(cwd)
+    if sock is None:
+        return None
+    for fd in fds:
+        if fd != 2:
+            _close(fd)
+    return _await_status(sock)
+
+
+def _connect(path: str, request: bytes, fds: list[int]):
+    """Send the request; the socket once the worker is committed (GO sent), else None."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        sock.connect(path)
+        rights = b"".join(fd.to_bytes(FD_SIZE, sys.byteorder) for fd in fds)
+        sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+        if sock.recv(64) != READY:
+            sock.close()
+            return None
+        sock.settimeout(None)
+        sock.send(GO)
+    except OSError:  # no helper, not allowed, gone, or slow: the direct path
+        sock.close()
+        return None
+    return sock
+
+
+def open_descriptors() -> list[int]:
+    """Every descriptor open in this process, by number."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            os.fstat(fd)  # the directory listing's own descriptor is closed by now
+        except OSError:
+            continue
+        found.append(fd)
+    return sorted(found)
+
+
+def encode_request(argv: list[str], fds: list[int]) -> bytes:
+    """NUL-terminated fields: MAGIC, then sections `name count item...` (warm.decode_request)."""
+    mask = old = os.umask(0o22)
+    os.umask(old)
+    ignored = [s for s in _signal.valid_signals() if _signal.getsignal(s) == _signal.SIG_IGN]
+    sections = [
+        (b"fds", [b"%d" % fd for fd in fds]),
+        (b"argv", [os.fsencode(arg) for arg in argv]),
+        (b"env", [key + b"=" + value for key, value in os.environb.items()]),
+        (b"umask", [b"%d" % mask]),
+        (b"rlimits", [b"%d %d %d" % (r, *resource.getrlimit(r)) for r in _rlimits()]),
+        (b"ignored", [b"%d" % s for s in ignored]),
+        (b"blocked", [b"%d" % s for s in _signal.pthread_sigmask(_signal.SIG_BLOCK, [])]),
+        (b"uids", [b"%d" % i for i in os.getresuid()]),
+        (b"gids", [b"%d" % i for i in os.getresgid()]),
+        (b"groups", [b"%d" % g for g in os.getgroups()]),
+    ]
+    fields = [MAGIC]
+    for name, items in sections:
+        fields += [name, b"%d" % len(items), *items]
+    return b"\0".join(fields) + b"\0"
+
+
+def _rlimits() -> list[int]:
+    return [getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")]
+
+
+def _await_status(sock) -> int:
+    """Relay our signals to the worker until its status comes; then leave as it did."""
+
+    def forward(signum, frame):
+        try:
+            sock.send(b"S%d" % signum)
+        except OSError:
+            pass
+
+    for name in FORWARDED:
+        signum = getattr(_signal, name)
+        if _signal.getsignal(signum) != _signal.SIG_IGN:
+            _signal.signal(signum, forward)
+    _signal.signal(_signal.SIGCHLD, _reap)  # makesock's PROG2 is our child, as before
+    try:
+        reply = sock.recv(64)
+    except OSError:
+        reply = b""
+    if reply[:1] == b"X" and reply[1:].isdigit():
+        return int(reply[1:])
+    if reply[:1] == b"K" and reply[1:].isdigit():
+        return _die_like(int(reply[1:]))
+    _say(b"stunnel: the warm helper ended the session without a status\n")
+    return 1
+
+
+def _die_like(signum: int) -> int:
+    """The worker was killed by a signal: so are we, so that tcpserver sees the same."""
+    try:
+        _signal.signal(signum, _signal.SIG_DFL)
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, [signum])
+        os.kill(os.getpid(), signum)
+    except (OSError, ValueError):
+        pass
+    return 3  # a signal whose default is not to end a process: 3.22's "signal" status
+
+
+def _reap(signum, frame) -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _say(text: bytes) -> None:
+    try:
+        os.write(2, text)
+    except OSError:
+        pass
