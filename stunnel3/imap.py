@@ -398,8 +398,9 @@ class ImapProxy:
             self._response_start(line)
         if announced is not None:
             self._log(f"S: ({announced[0]} bytes of literal)")
-        else:
+        else:  # between responses: answer what waited, parse what was held up
             self._answer_local()
+            self._pump()
 
     def _continuation(self) -> None:
         if self._literal_wait is not None:

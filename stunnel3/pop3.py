@@ -400,8 +400,10 @@ class Pop3Proxy:
         self._done()
 
     def _done(self) -> None:
+        """A response is complete: answer what waited for it, parse what it held up."""
         self._pending.popleft()
         self._answer_local()
+        self._pump()
 
     def _body_bytes(self) -> None:
         assert self._body is not None
