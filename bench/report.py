@@ -169,6 +169,8 @@ def plot(data: dict, path: Path) -> None:
             xs = [j + i * width for j in range(len(names))]
             axis.bar(xs, [value(n, key) for n in names], width, label=key.upper())
         axis.set_title(title)
+        if "sessions/s" in title or "CPU" in title:
+            axis.set_yscale("log")  # stunnel3's chain and the C servers differ 10-50 fold
         axis.set_xticks([j + width * (len(keys) - 1) / 2 for j in range(len(names))], names)
         axis.tick_params(axis="x", labelrotation=20)
         axis.legend()

@@ -57,8 +57,10 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   C; stunnel3's chain starts Python twice (stunnel, fixcrio) per connection.
 - **Session.** Greeting, EHLO, STARTTLS, handshake, EHLO, QUIT, with Python's `ssl` (no
   certificate verification: the same for all) on blocking sockets, one thread per client.
-- **sessions/s**: the clients start sessions for the load time and finish those in flight;
-  all completed sessions over the time to the last one, median over rounds. stunnel4's
+- **sessions/s**: the clients start sessions for the load time and finish those in flight.
+  Sessions completed in the window over its length; but when fewer than two per client
+  completed in it (a server slower than the window under this load), all completed sessions
+  over the time to the last one. Median over rounds. stunnel4's
   smtp mode waits 200 ms before every greeting (it looks for an implicit-TLS client), so only
   many concurrent clients measure its work rather than that wait.
 - **server CPU ms/session**: this process is a child subreaper; when a server instance is
