@@ -341,8 +341,8 @@ def test_setup_errors_exit_1_with_3_22s_words(tmp_path, stunnel_bin, pki):
     mismatch.write_bytes(client_key + server_chain)
     done = run_stunnel(stunnel_bin, "-f", "-p", str(mismatch), "-F", "3")
     assert done.returncode == 1 and b"does not match" in done.stderr
-    done = run_stunnel(stunnel_bin, "-f", "-p", str(pki["server"]), "-n", "imap-", "-F", "3")
-    assert done.returncode == 1 and b"Protocol not supported in server mode: imap-" in done.stderr
+    done = run_stunnel(stunnel_bin, "-f", "-p", str(pki["server"]), "-n", "nntp", "-F", "3")
+    assert done.returncode == 1 and b"Protocol not supported in server mode: nntp" in done.stderr
     done = run_stunnel(stunnel_bin, "-f", "-T", "-p", str(pki["server"]), "-F", "3")
     assert done.returncode == 1 and b"Transparent proxy (-T)" in done.stderr
     assert b"Traceback" not in done.stderr
