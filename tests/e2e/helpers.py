@@ -8,6 +8,7 @@ is left behind: no process of ours, no socket or pipe descriptor in pytest.
 """
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
@@ -203,3 +204,20 @@ def tls_exchange(
             conn.sendall(payload)
             half_close(conn)
             return read_to_eof(conn)
+
+
+@pytest.fixture(scope="module")
+def accounts_lock():
+    """One module at a time, across pytest runs, makes and removes `stunnel` and `qmaild`.
+
+    Several people may run the suite at once on one machine: without this, one run
+    would remove the accounts another run's chain is using. A module that makes those
+    accounts imports this fixture and says `pytestmark = pytest.mark.usefixtures(...)`.
+    """
+    # The lock is on this directory (an flock on a directory works and leaves no file).
+    fd = os.open(Path(__file__).parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the holder's module ends within a minute
+        yield
+    finally:
+        os.close(fd)

@@ -9,7 +9,6 @@ nothing) behind ucspi-tcp's recordio, so the test reads exactly what the
 backend was given; exim, not ours, raises its own soft limits first.
 """
 
-import fcntl
 import os
 import pwd
 import re
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
+from helpers import accounts_lock  # noqa: F401, F811  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 30
@@ -45,20 +45,7 @@ BODY = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def accounts_lock():
-    """One module at a time, across pytest runs, makes and removes `stunnel` and `qmaild`.
-
-    Several people may run the suite at once on one machine: without this, one run
-    would remove the accounts another run's chain is using.
-    """
-    # The lock is on this directory (an flock on a directory works and leaves no file).
-    fd = os.open(Path(__file__).parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # the holder's module ends within a minute
-        yield
-    finally:
-        os.close(fd)
+pytestmark = pytest.mark.usefixtures("accounts_lock")
 
 
 def readme_jail(service: Path, pem: Path) -> None:

@@ -6,7 +6,6 @@ changes nothing; a key is never replaced without --force; a non-root caller is
 refused before anything is made; --no-accounts prints commands that work.
 """
 
-import fcntl
 import grp
 import os
 import pwd
@@ -21,6 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from helpers import accounts_lock  # noqa: F401, F811  (a fixture)
 
 from stunnel3.setup_service import RUN_SCRIPT, RUN_VARIABLES
 
@@ -28,20 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SETUP = str(Path(sysconfig.get_path("scripts")) / "stunnel3-setup")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def accounts_lock():
-    """One module at a time, across pytest runs, makes and removes `stunnel` and `qmaild`.
-
-    Several people may run the suite at once on one machine: without this, one run
-    would remove the accounts another run's chain is using.
-    """
-    # The lock is on this directory (an flock on a directory works and leaves no file).
-    fd = os.open(Path(__file__).parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # the holder's module ends within a minute
-        yield
-    finally:
-        os.close(fd)
+pytestmark = pytest.mark.usefixtures("accounts_lock")
 
 
 def accounts() -> tuple[set[str], set[str]]:
@@ -49,7 +36,7 @@ def accounts() -> tuple[set[str], set[str]]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def remove_made_accounts(accounts_lock):
+def remove_made_accounts(accounts_lock):  # noqa: F811  (the imported fixture)
     """The set-up command makes `stunnel` and `qmaild`: remove the ones this module made."""
     users, groups = accounts()
     yield
