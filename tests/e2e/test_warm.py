@@ -1,0 +1,322 @@
+"""The warm helper, for real: stunnel3-warm on a temporary socket, real chains and peers.
+
+Each test runs a case through the helper and, where it matters, the same case
+with STUNNEL3_WARM=0 (the direct path), and compares what a user can see:
+bytes, exit status, log lines (less time and pid), /proc of the process that
+serves. Whether the helper served is told by the pid in the log lines: the
+worker's, not the `stunnel` process's own.
+"""
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers import (  # noqa: F401  (no_leftovers is a fixture)
+    TIMEOUT,
+    environment,
+    no_leftovers,
+    tcpserver,
+    tls_exchange,
+)
+from test_jail import (
+    account,  # noqa: F401  (a fixture, asked for by name)
+    args_for,
+    chain,
+    client_context,
+    make_jail,
+    status_fields,
+    stunnel_process,
+    wait_for,
+)
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+LOG_PID = re.compile(rb"LOG\d\[(\d+):\d+\]")
+
+
+class Helper:
+    """stunnel3-warm listening on `path`; stop() checks it leaves nothing behind."""
+
+    def __init__(self, directory: Path, program: str):
+        self.path = str(directory / "warm.sock")
+        self.log_path = directory / "warm.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [program, "-s", self.path],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=environment(),
+            )  # fmt: skip
+        self.wait_log("listening on")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str) -> str:
+        deadline = time.monotonic() + TIMEOUT
+        while text not in (said := self.log()):
+            assert self.process.poll() is None, f"the helper died: {said}"
+            assert time.monotonic() < deadline, f"no {text!r} in: {said}"
+            time.sleep(0.02)
+        return said
+
+    def sessions(self) -> list[int]:
+        return children(self.process.pid)
+
+    def workers(self) -> list[int]:
+        return [worker for session in self.sessions() for worker in children(session)]
+
+    def stop(self) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while self.sessions() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.sessions() == [], "sessions outlived their clients"
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.wait(TIMEOUT) == 0
+        assert not os.path.exists(self.path)
+        assert "Traceback" not in self.log()
+
+
+@pytest.fixture
+def helper(tmp_path, monkeypatch, stunnel_bin):
+    directory = tmp_path / "run"
+    directory.mkdir(mode=0o700)
+    warm = Helper(directory, str(Path(stunnel_bin).with_name("stunnel3-warm")))
+    monkeypatch.setenv("STUNNEL3_WARM_SOCKET", warm.path)
+    try:
+        yield warm
+    finally:
+        if warm.process.poll() is None:
+            warm.stop()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry))
+    return found
+
+
+def masked(text: bytes) -> bytes:
+    """Log lines without their time and pid, for comparing two runs."""
+    text = re.sub(rb"\d{4}\.\d\d\.\d\d \d\d:\d\d:\d\d ", b"", text)
+    return LOG_PID.sub(b"LOG", text)
+
+
+def logged_pids(text: bytes) -> set[int]:
+    return {int(pid) for pid in LOG_PID.findall(text)}
+
+
+def spawn(stunnel_bin, args, warm: bool, fds: dict[int, int], **popen) -> subprocess.Popen:
+    """stunnel ARGS with `fds` (child number -> our descriptor) in place, through the helper or not.
+
+    close_fds=False: our own descriptors are close-on-exec; the ones placed by
+    dup2 in the child are not, and so they, and only they, reach stunnel.
+    """
+
+    def place():
+        for number, fd in fds.items():
+            os.dup2(fd, number)
+
+    env = environment(STUNNEL3_WARM="1" if warm else "0")
+    return subprocess.Popen(
+        [stunnel_bin, *args], env=env, close_fds=False, preexec_fn=place, **popen
+    )
+
+
+def run_with_fd3(stunnel_bin, args, warm: bool):
+    mine, theirs = socket.socketpair()
+    with mine, theirs:
+        process = spawn(
+            stunnel_bin, args, warm, {3: theirs.fileno()},
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out, err = process.communicate(timeout=TIMEOUT)
+    return process, out, err
+
+
+@pytest.mark.parametrize(
+    "args, status",
+    [
+        (["-f", "-F", "3", "-p", "/nonexistent/x.pem"], 1),  # missing pem
+        (["-x"], 1),  # parse error
+        (["-f", "-D", "nine", "-F", "3"], 1),
+        (["-V"], 0),
+        (["-f", "-F", "3", "-n", "imap-"], 1),  # not written yet: a setup error
+    ],
+)
+def test_statuses_and_texts_equal_the_direct_path(helper, stunnel_bin, args, status):
+    results = {}
+    for warm in (True, False):
+        process, out, err = run_with_fd3(stunnel_bin, args, warm)
+        results[warm] = (process.returncode, out, masked(err))
+        pids = logged_pids(err)
+        if warm and pids:
+            assert process.pid not in pids  # the worker served
+        elif pids:
+            assert pids == {process.pid}
+    assert results[True] == results[False]
+    assert results[True][0] == status
+
+
+def test_sigterm_mid_session_is_status_3_and_its_log_line(helper, stunnel_bin, pki):
+    for warm in (True, False):
+        network, ours = socket.socketpair()
+        plain, plain_ours = socket.socketpair()
+        with network, ours, plain, plain_ours:
+            process = spawn(
+                stunnel_bin, ["-f", "-p", str(pki["server"]), "-F", "3"], warm,
+                {0: ours.fileno(), 1: ours.fileno(), 3: plain.fileno()},
+                stderr=subprocess.PIPE,
+            )  # fmt: skip
+            said = wait_stderr(process, b"stunnel 3.22 on")
+            time.sleep(0.3)  # into the relay: it waits for a ClientHello
+            assert len(helper.workers()) == (1 if warm else 0)
+            process.send_signal(signal.SIGTERM)
+            said += process.communicate(timeout=TIMEOUT)[1]
+        assert process.returncode == 3
+        assert b"Received signal 15; terminating" in said
+        assert (process.pid in logged_pids(said)) is not warm
+
+
+def wait_stderr(process: subprocess.Popen, text: bytes) -> bytes:
+    assert process.stderr is not None
+    said = b""
+    while text not in said:
+        line = process.stderr.readline()
+        assert line, f"stunnel ended before {text!r}: {said!r}"
+        said += line
+    return said
+
+
+def test_the_jailed_chain_through_the_helper(
+    helper, tmp_path, request, monkeypatch, pki, stunnel_bin, makesock_bin
+):
+    """tcpserver + makesock + stunnel -/ -s -g -i -F 3: the worker serves, jailed, as the account"""
+    user, uid, gid = request.getfixturevalue("account")
+    logs = {}
+    for warm in (True, False):
+        monkeypatch.setenv("STUNNEL3_WARM", "1" if warm else "0")
+        workdir = tmp_path / f"warm-{warm}"
+        workdir.mkdir()
+        jail = make_jail(workdir, pki, gid)
+        with chain(workdir, stunnel_bin, makesock_bin, args_for(jail, user, user)) as chained:
+            port, server, errors = chained
+            echoed, (root, status) = jailed_session(
+                port, pki, helper if warm else None, server, jail
+            )
+            log = wait_for(errors, "Connection closed").encode()
+        assert echoed == b"through the jail\n"
+        assert root == str(jail)
+        assert status["Uid"] == [str(uid)] * 4
+        assert status["Gid"] == [str(gid)] * 4
+        assert status["Groups"] == [str(gid)]
+        lines = [line for line in log.splitlines() if b" LOG" in line]
+        logs[warm] = [re.sub(rb"\d+", b"N", line) for line in lines]
+    assert logs[True] == logs[False]
+
+
+def jailed_session(port: int, pki, helper: Helper | None, server: int, jail: Path):
+    """One echo through TLS; while it is open, /proc of the worker (test_jail's check)."""
+    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as raw:
+        with client_context(pki).wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"through the jail\n")
+            echoed = b""
+            while not echoed.endswith(b"\n"):
+                chunk = tls.recv(100)
+                assert chunk, "the session ended before the echo"
+                echoed += chunk
+            if helper is None:
+                serving = stunnel_process(server, jail)
+            else:
+                (serving,) = helper.workers()
+            seen = os.readlink(f"/proc/{serving}/root"), status_fields(serving)
+    return echoed, seen
+
+
+def serving_state(pid: int, ours: dict[int, int]) -> dict:
+    """What a process looks like from outside: descriptors (as ours), cwd, limits, signals."""
+    inodes = {f"[{os.fstat(fd).st_ino}]": number for number, fd in ours.items()}
+    fds = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{name}")
+        fds[int(name)] = inodes.get(target[target.find("[") :], target)
+    status = status_fields(pid)
+    return {
+        "fds": fds,
+        "cwd": os.readlink(f"/proc/{pid}/cwd"),
+        "limits": Path(f"/proc/{pid}/limits").read_text(),
+        **{key: status[key] for key in ("Umask", "SigIgn", "SigBlk", "SigCgt", "Uid", "Groups")},
+    }
+
+
+def test_the_worker_is_the_client_recreated(helper, stunnel_bin, pki, tmp_path):
+    """Descriptors at their numbers and nothing else, cwd, umask, every limit, signals."""
+    import resource
+
+    def odd_process():
+        os.umask(0o027)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (900, 1000))
+        resource.setrlimit(resource.RLIMIT_CORE, (12345, 123456))
+
+    seen = {}
+    for warm in (True, False):
+        network, ours = socket.socketpair()
+        plain, plain_ours = socket.socketpair()
+        extra, extra_ours = socket.socketpair()
+        with network, ours, plain, plain_ours, extra, extra_ours:
+            fds = {0: ours.fileno(), 1: ours.fileno(), 3: plain.fileno(), 7: extra.fileno()}
+
+            def place(fds=fds):
+                odd_process()
+                for number, fd in fds.items():
+                    os.dup2(fd, number)
+
+            process = subprocess.Popen(
+                [stunnel_bin, "-f", "-p", str(pki["server"]), "-F", "3"],
+                env=environment(STUNNEL3_WARM="1" if warm else "0"), close_fds=False,
+                preexec_fn=place, stderr=subprocess.PIPE, cwd=tmp_path,
+            )  # fmt: skip
+            wait_stderr(process, b"stunnel 3.22 on")
+            time.sleep(0.3)
+            serving = helper.workers()[0] if warm else process.pid
+            assert process.stderr is not None
+            seen[warm] = serving_state(serving, {**fds, 2: process.stderr.fileno()})
+            if warm:  # the thin client kept only stderr and its line to the helper
+                left = os.listdir(f"/proc/{process.pid}/fd")
+                assert "2" in left and len(left) == 2
+            network.close()  # EOF before any TLS: the session ends, status 0
+            process.communicate(timeout=TIMEOUT)
+            assert process.returncode == 0
+    # ours at their numbers; whatever else pytest's caller left inheritable, in both
+    assert {0: 1, 1: 1, 2: 2, 3: 3, 7: 7}.items() <= seen[True]["fds"].items()
+    assert seen[True] == seen[False]
+    assert seen[True]["Umask"] == ["0027"]
+
+
+def test_the_environment_reaches_a_local_program(helper, stunnel_bin, pki, tmp_path):
+    """tcpserver's variables and ours reach -l; the front's STUNNEL3_RLIMITS does not."""
+    script = "env; echo PARENT=$(tr '\\0\\n' '  ' < /proc/$PPID/cmdline | grep -c stunnel3-war[m])"
+    outputs = {}
+    for warm in (True, False):
+        env = environment(WARM_PROBE="a b=c", STUNNEL3_WARM="1" if warm else "0")
+        argv = [stunnel_bin, "-f", "-p", str(pki["server"]), "-l", "/bin/sh", "--", "sh", "-c"]
+        with tcpserver(tmp_path, [*argv, script], env) as service:
+            said = tls_exchange(service.port, b"")
+        lines = said.decode().splitlines()
+        outputs[warm] = lines
+        assert "WARM_PROBE=a b=c" in lines
+        assert "TCPREMOTEIP=127.0.0.1" in lines
+        assert not [line for line in lines if line.startswith("STUNNEL3_RLIMITS=")]
+        parent = [line for line in lines if line.startswith("PARENT=")][0]
+        assert parent == ("PARENT=1" if warm else "PARENT=0")  # the worker runs -l
+    differ = ("PARENT=", "STUNNEL3_WARM=", "TCPREMOTEPORT=", "TCPLOCALPORT=")
+    same = [{line for line in outputs[warm] if not line.startswith(differ)} for warm in (1, 0)]
+    assert same[0] == same[1]
