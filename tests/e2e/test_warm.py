@@ -320,3 +320,147 @@ def test_the_environment_reaches_a_local_program(helper, stunnel_bin, pki, tmp_p
     differ = ("PARENT=", "STUNNEL3_WARM=", "TCPREMOTEPORT=", "TCPLOCALPORT=")
     same = [{line for line in outputs[warm] if not line.startswith(differ)} for warm in (1, 0)]
     assert same[0] == same[1]
+
+
+def test_without_a_helper_stunnel_runs_itself(helper, stunnel_bin, tmp_path, monkeypatch):
+    """No socket, a dead helper's socket, a request too big: the direct path, same result."""
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stale.bind(str(tmp_path / "stale.sock"))  # bound, never listening: connection refused
+    args = ["-f", "-F", "3", "-p", "/nonexistent/x.pem"]
+    with stale:
+        for path, extra in [
+            (str(tmp_path / "none.sock"), ""),
+            (str(tmp_path / "stale.sock"), ""),
+            (helper.path, "x" * (100 * 1024)),  # twice: over the request limit
+        ]:
+            monkeypatch.setenv("STUNNEL3_WARM_SOCKET", path)
+            monkeypatch.setenv("WARM_BIG", extra)
+            monkeypatch.setenv("WARM_BIG2", extra)
+            process, _, err = run_with_fd3(stunnel_bin, args, True)
+            assert process.returncode == 1
+            assert logged_pids(err) == {process.pid}
+            assert b"/nonexistent/x.pem: No such file or directory (2)" in err
+    assert "Traceback" not in helper.log()
+
+
+def raw_request(path: str, message: bytes, fds: list[int], as_uid: int | None = None) -> bytes:
+    """Send one message (with fds) as a peer of our choosing; the helper's first reply."""
+    reply_r, reply_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the forked peer
+        try:
+            os.chdir(os.path.dirname(path))  # pytest's tmp parents are closed to others
+            if as_uid is not None:
+                os.setgroups([])
+                os.setresgid(as_uid, as_uid, as_uid)
+                os.setresuid(as_uid, as_uid, as_uid)
+            peer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            peer.settimeout(TIMEOUT)
+            peer.connect(os.path.basename(path))
+            if message or fds:
+                peer.sendmsg(
+                    [message],
+                    [
+                        (
+                            socket.SOL_SOCKET,
+                            socket.SCM_RIGHTS,
+                            bytes(b"".join(fd.to_bytes(4, "little") for fd in fds)),
+                        )
+                    ]
+                    if fds
+                    else [],
+                )
+            os.write(reply_w, b"<" + peer.recv(64) + b">")
+        except BaseException as error:  # noqa: BLE001
+            os.write(reply_w, f"!{type(error).__name__}".encode())
+        finally:
+            os._exit(0)
+    os.close(reply_w)
+    with os.fdopen(reply_r, "rb") as reply:
+        said = reply.read()
+    os.waitpid(child, 0)
+    return said
+
+
+def good_request(argv: list[str], fds: list[int]) -> bytes:
+    from stunnel3 import warm_client
+
+    return warm_client.encode_request(argv, fds)
+
+
+def test_a_foreign_uid_is_refused(helper, stunnel_bin):
+    """Even with the socket opened to all, only root (or the helper's uid) is served."""
+    os.chmod(os.path.dirname(helper.path), 0o755)
+    os.chmod(helper.path, 0o666)
+    cwd = os.open("/", os.O_PATH)
+    try:
+        message = good_request(["stunnel", "-V"], [])
+        said = raw_request(helper.path, message, [cwd], as_uid=65534)
+        assert said in (b"<>", b"!BrokenPipeError", b"!ConnectionResetError")  # closed, no word
+        helper.wait_log("refused pid")
+        assert "uid 65534" in helper.log()
+        # root claiming another uid in its request is refused too, with NO
+        forged = message.replace(
+            b"uids\x003\x000\x000\x000", b"uids\x003\x0065534\x0065534\x0065534"
+        )
+        assert forged != message
+        assert raw_request(helper.path, forged, [cwd]) == b"<NO>"
+        assert "are not the peer's" in helper.wait_log("are not the peer's")
+    finally:
+        os.close(cwd)
+
+
+def test_garbage_never_hurts_the_helper(helper, stunnel_bin):
+    pair = socket.socketpair()
+    cwd = os.open("/", os.O_PATH)
+    valid = good_request(["stunnel", "-V"], [pair[0].fileno()])
+    try:
+        cases = [
+            (b"", []),
+            (b"garbage", []),
+            (b"garbage", [pair[0].fileno()] * 40),
+            (b"\0" * 1000, [cwd]),
+            (valid[:-5], [pair[0].fileno(), cwd]),
+            (valid, [cwd]),  # one descriptor short
+            (valid, [pair[0].fileno(), pair[1].fileno(), cwd]),  # one too many
+            (valid + b"x\0", [pair[0].fileno(), cwd]),
+            (b"y" * (150 * 1024), [cwd]),  # over the size limit
+            (valid.replace(b"umask\x001\x00", b"umask\x001\x00-"), [pair[0].fileno(), cwd]),
+        ]
+        for message, fds in cases:
+            assert raw_request(helper.path, message, fds) in (b"<NO>", b"<>"), message[:40]
+        helper.wait_log("refused request")
+    finally:
+        os.close(cwd)
+        pair[0].close()
+        pair[1].close()
+    deadline = time.monotonic() + TIMEOUT
+    while helper.sessions() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert helper.sessions() == []
+    assert helper.process.poll() is None
+    helper_fds = sorted(os.listdir(f"/proc/{helper.process.pid}/fd"))
+    assert len(helper_fds) <= 5, helper_fds  # 0, 1, 2, the listener: nothing received stays
+    # and it still serves
+    process, _, err = run_with_fd3(stunnel_bin, ["-x"], True)
+    assert process.returncode == 1 and process.pid not in logged_pids(err)
+
+
+def test_a_killed_client_ends_its_worker(helper, stunnel_bin, pki):
+    network, ours = socket.socketpair()
+    plain, plain_ours = socket.socketpair()
+    with network, ours, plain, plain_ours:
+        process = spawn(
+            stunnel_bin, ["-f", "-p", str(pki["server"]), "-F", "3"], True,
+            {0: ours.fileno(), 1: ours.fileno(), 3: plain.fileno()}, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        wait_stderr(process, b"stunnel 3.22 on")
+        time.sleep(0.2)
+        (worker,) = helper.workers()
+        process.kill()
+        said = process.communicate(timeout=TIMEOUT)[1]
+        deadline = time.monotonic() + TIMEOUT
+        while os.path.exists(f"/proc/{worker}") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not os.path.exists(f"/proc/{worker}")
+    assert b"Received signal 15; terminating" in said  # from the worker, on our stderr pipe
