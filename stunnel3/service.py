@@ -43,6 +43,11 @@ def run(options: Options, log) -> int:
     except (chroot.SetupError, ContextError) as error:
         log.err(error.text)
         return 1
+    finally:
+        # Past this point a SIGTERM must not raise into the interpreter's
+        # shutdown (a traceback would reach the log): it ends us at once.
+        signal.signal(signal.SIGTERM, _exit_by_signal)
+        signal.signal(signal.SIGINT, _exit_by_signal)
 
 
 def _run(options: Options, log) -> int:
@@ -295,6 +300,10 @@ def _exec_program(options, log, program: str, fd: int, extra: dict, limits) -> N
 
 def _terminate(signum, frame) -> None:
     raise Terminated(signum)
+
+
+def _exit_by_signal(signum, frame) -> None:
+    os._exit(3)
 
 
 def reap_children(signum=None, frame=None) -> None:
