@@ -8,8 +8,9 @@ Rules of this file:
 - A request is refused (BadRequest, then the client runs the direct path) if
   any field is malformed, if the client's ids are not all its socket's peer
   uid, or if the client lives in another world than the helper: another
-  namespace, another root, fewer capabilities, no_new_privs or seccomp. So a
-  worker can never do what the client itself could not.
+  namespace, another root, fewer capabilities, no_new_privs or seccomp, or
+  another OPENSSL_CONF (OpenSSL read the helper's when it was loaded). So a
+  worker can never do what the client itself could not, nor differently.
 - `become` recreates, in this order: cwd; the client's descriptors at their
   numbers and nothing else (the control descriptor apart, closed before the
   worker runs); umask; environment (and with it TZ and LC_CTYPE); gids and
@@ -46,6 +47,8 @@ SECTIONS = (
     "groups",
 )
 _STATUS_KEYS = ("CapEff", "CapPrm", "CapBnd", "NoNewPrivs", "Seccomp")
+# OpenSSL reads these once, when it is loaded: in the helper, at its start.
+_OPENSSL_AT_LOAD = (b"OPENSSL_CONF", b"OPENSSL_MODULES", b"OPENSSL_ENGINES", b"OPENSSL_ia32cap")
 _kept: list = []  # the helper's own stdio objects: never collected, never closing 0-2
 
 
@@ -153,6 +156,10 @@ def check_peer(request: Request, uid: int, gid: int, pid: int) -> None:
         sorted(os.getgroups()),
     ):
         raise BadRequest("groups differ from the helper's, which cannot change them")
+    environment = dict(request.env)
+    for variable in _OPENSSL_AT_LOAD:
+        if environment.get(variable) != os.environb.get(variable):
+            raise BadRequest(f"{variable.decode()} is not the helper's (OpenSSL read it at start)")
     try:
         mine, theirs = _world("self"), _world(str(pid))
     except OSError as error:

@@ -464,3 +464,38 @@ def test_a_killed_client_ends_its_worker(helper, stunnel_bin, pki):
             time.sleep(0.02)
         assert not os.path.exists(f"/proc/{worker}")
     assert b"Received signal 15; terminating" in said  # from the worker, on our stderr pipe
+
+
+def test_the_run_script_starts_a_helper(tmp_path, stunnel_bin, monkeypatch):
+    """compat/stunnel3-warm-run, changed only in SOCKET and PATH, serves and stops cleanly."""
+    compat = Path(__file__).resolve().parents[2] / "compat" / "stunnel3-warm-run"
+    socket_path = tmp_path / "run" / "warm.sock"
+    lines = compat.read_text().splitlines()
+    changed = [
+        f"SOCKET={socket_path}" if line.startswith("SOCKET=") else
+        f"PATH={Path(stunnel_bin).parent}:/usr/bin:/bin" if line.startswith("PATH=") else line
+        for line in lines
+    ]  # fmt: skip
+    assert sum(a != b for a, b in zip(lines, changed, strict=True)) == 2
+    script = tmp_path / "run-script"
+    script.write_text("\n".join(changed) + "\n")
+    log = tmp_path / "log"
+    with open(log, "wb") as out:
+        service = subprocess.Popen(
+            ["sh", str(script)], stdout=out, stdin=subprocess.DEVNULL, env=environment()
+        )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not socket_path.exists():
+            assert time.monotonic() < deadline and service.poll() is None, log.read_text()
+            time.sleep(0.02)
+        assert oct(socket_path.stat().st_mode & 0o777) == "0o600"
+        assert oct(socket_path.parent.stat().st_mode & 0o777) == "0o700"
+        monkeypatch.setenv("STUNNEL3_WARM_SOCKET", str(socket_path))
+        process, _, err = run_with_fd3(stunnel_bin, ["-x"], True)
+        assert process.returncode == 1 and logged_pids(err) - {process.pid}
+    finally:
+        service.terminate()
+        assert service.wait(TIMEOUT) == 0
+    assert not socket_path.exists()
+    assert "stunnel3-warm: info: stopped" in log.read_text()

@@ -105,6 +105,14 @@ def test_check_peer_refuses_another_uid():
         warm_worker.check_peer(request, os.geteuid(), os.getegid(), 0)
 
 
+def test_check_peer_refuses_another_openssl_configuration(monkeypatch):
+    monkeypatch.setenv("OPENSSL_CONF", "/nonexistent/openssl.cnf")
+    request = decode_request(request_for(["stunnel"], [0]), 2)
+    monkeypatch.delenv("OPENSSL_CONF")
+    with pytest.raises(BadRequest, match="OPENSSL_CONF"):
+        warm_worker.check_peer(request, os.geteuid(), os.getegid(), os.getpid())
+
+
 def in_child(body) -> bytes:
     """Run body() in a forked child; what it wrote to the pipe it gets as its one argument."""
     read, write = os.pipe()
