@@ -4,7 +4,8 @@
 
 Processes and descriptors:
 
-- makesock itself becomes PROG1 (exec, same pid). So the process tcpserver
+- makesock itself becomes PROG1 (exec, same pid; when PROG1 is our own
+  stunnel, its main runs in this process instead: see runs_our_stunnel). So the process tcpserver
   started, counts and waits for is PROG1, the one holding the network socket
   on 0 and 1, and tcpserver gets PROG1's exit status. PROG1 keeps 0, 1 and 2
   and gets its end of the pair on descriptor FD (3 by default).
@@ -31,10 +32,12 @@ and makesock starts on every SMTP connection.
 
 import _socket  # the C module: `socket` imports enum and selectors, ~10 ms more
 import os
+import sys
 
 from stunnel3 import unix
 
 PROG = "makesock"
+FRONT_MARK = b"# The front of a stunnel3 program."
 SEPARATOR = "-makesock_connect_to"
 USAGE = (
     "makesock [ -d fd ] [ -s separator ] [ -t stream|seqpacket|dgram ]"
@@ -151,6 +154,39 @@ def run_second(invocation: Invocation, end: int, gate: int) -> None:
     unix.fatal(PROG, "run " + invocation.second[0], unix.exec_program(invocation.second), True)
 
 
+def runs_our_stunnel(name: str) -> bool:
+    """Would exec'ing name start our own stunnel front with this very Python?
+
+    Then makesock runs stunnel's main in this process instead: the same code
+    under the same limits, environment and descriptors, one interpreter start
+    (~15 ms of CPU) less on every connection. STUNNEL3_MAKESOCK_EXEC=1 always
+    execs.
+    """
+    if os.environ.get("STUNNEL3_MAKESOCK_EXEC") == "1":
+        return False
+    for candidate in unix.candidates(name, os.environ):
+        if not os.path.isfile(candidate) or not os.access(candidate, os.X_OK):
+            continue  # exec would pass this one over too
+        try:
+            with open(candidate, "rb") as front:
+                head = front.read(2048)
+        except OSError:
+            return False
+        return _front_python(head, b"stunnel") == os.path.realpath(sys.executable)
+    return False
+
+
+def _front_python(head: bytes, prog: bytes) -> str | None:
+    """The interpreter a bin/ front of ours for prog would start, if head is one."""
+    if FRONT_MARK not in head or b"\nprog=" + prog + b"\n" not in head:
+        return None
+    _, _, rest = head.partition(b"\npy=${STUNNEL3_PYTHON:-")
+    path = os.environ.get("STUNNEL3_PYTHON") or os.fsdecode(rest.partition(b"}")[0])
+    if not path or not os.access(path, os.X_OK):
+        return None
+    return os.path.realpath(path)
+
+
 def main(argv: list[str]) -> int:
     invocation = parse(argv)
     try:
@@ -170,6 +206,11 @@ def main(argv: list[str]) -> int:
             os._exit(111)
     os.close(second_end)
     os.close(gate_read)
+    if runs_our_stunnel(invocation.first[0]):
+        os.close(gate_write)  # as a successful exec would: PROG2 may run
+        from stunnel3 import stunnel
+
+        return stunnel.main(["stunnel", *invocation.first[1:]])
     failure = unix.exec_program(invocation.first)
     try:
         os.write(gate_write, b"!")
@@ -180,6 +221,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main(sys.argv))

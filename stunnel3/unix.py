@@ -150,7 +150,7 @@ def fatal(prog: str, what: str, error: OSError, forked: bool = False) -> "NoRetu
     die(prog, FATAL, "fatal: unable to ", what, ": ", error_text(error.errno), forked=forked)
 
 
-def _candidates(file: str, environ) -> list[bytes]:
+def candidates(file: str, environ) -> list[bytes]:
     """Where djb's pathexec_run looks for file, in order.
 
     A name with a slash is used as it is; else each PATH element in turn (an
@@ -181,7 +181,7 @@ def exec_program(argv: list[str]) -> OSError:
         # is "dir/", which can never be executed, so the stand-in never runs.
         args[0] = b"-"
     found = OSError(errno.ENOENT, "file does not exist")
-    for candidate in _candidates(argv[0], environ):
+    for candidate in candidates(argv[0], environ):
         try:
             os.execve(candidate, args, environ)
         except OSError as error:

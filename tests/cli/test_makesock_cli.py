@@ -263,3 +263,37 @@ def test_the_original_invocation_does_not_import_docopt():
     )
     done = run(sys.executable, "-I", "-c", code)
     assert done.stdout == b"['a', '-x'] ['b'] 3 False\nTrue\n"
+
+
+def test_our_stunnel_runs_in_process_only_when_exec_would_start_it(stunnel_bin, monkeypatch):
+    from stunnel3 import makesock
+
+    scripts = os.path.dirname(stunnel_bin)
+    monkeypatch.setenv("PATH", f"{scripts}:/usr/bin:/bin")
+    assert makesock.runs_our_stunnel("stunnel")
+    assert makesock.runs_our_stunnel(stunnel_bin)
+    monkeypatch.setenv("PATH", f"/usr/bin:{scripts}:/bin")  # Debian's stunnel 5 comes first
+    assert not makesock.runs_our_stunnel("stunnel")
+    assert not makesock.runs_our_stunnel("fixcrio")
+    monkeypatch.setenv("STUNNEL3_MAKESOCK_EXEC", "1")
+    assert not makesock.runs_our_stunnel(stunnel_bin)
+
+
+def test_in_process_and_exec_give_the_same_session(makesock_bin, stunnel_bin, monkeypatch):
+    """stunnel -V and a parse error through makesock: same output, status either way."""
+    results = []
+    for exec_always in ("0", "1"):
+        env = dict(os.environ, STUNNEL3_MAKESOCK_EXEC=exec_always)
+        runs = [
+            subprocess.run(
+                [makesock_bin, stunnel_bin, *args, "-makesock_connect_to", "true"],
+                capture_output=True,
+                env=env,
+                timeout=30,
+            )
+            for args in (["-V"], ["-x"], ["-f", "-p", "/nonexistent.pem", "-F", "3"])
+        ]
+        masked = [re.sub(rb"(?m)^.* LOG(\d)\[\d+:\d+\]", rb"LOG\1", r.stderr) for r in runs]
+        results.append([(r.returncode, text) for r, text in zip(runs, masked, strict=True)])
+    assert results[0] == results[1]
+    assert [status for status, _ in results[0]] == [0, 1, 1]
