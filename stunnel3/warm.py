@@ -47,6 +47,7 @@ USAGE = "stunnel3-warm [ -s socket ] [ -c limit ]"
 DEFAULT_LIMIT = 400  # sessions at once; over it, clients run the direct path
 REQUEST_TIMEOUT = 5.0
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_HELPER_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
 
 
 class Stop(Exception):
@@ -197,26 +198,33 @@ def _accept_one(listener: socket.socket, sessions: set[int], limit: int) -> None
         select.select([], [], [], 0.1)
         return
     with conn:
-        pid, uid, gid = _CREDENTIALS.unpack(
-            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
-        )
-        if uid not in (0, os.geteuid()):
-            say(f"warning: refused pid {pid} uid {uid}: only root and uid {os.geteuid()} may")
-            return
-        if len(sessions) >= limit:
-            say(f"warning: refused pid {pid}: {limit} sessions already")
-            return
-        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])  # add the pid before reaping
         try:
-            _flush()
-            child = os.fork()
-            if child == 0:
-                os._exit(_session_process(conn, listener, (pid, uid, gid)))
-            sessions.add(child)
+            _start_session(conn, listener, sessions, limit)
         except OSError as error:
-            say(f"warning: unable to fork: {unix.error_text(error.errno)}")
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
+            say(f"warning: unable to start a session: {unix.error_text(error.errno)}")
+
+
+def _start_session(conn: socket.socket, listener, sessions: set[int], limit: int) -> None:
+    pid, uid, gid = _CREDENTIALS.unpack(
+        conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+    )
+    if uid not in (0, os.geteuid()):
+        say(f"warning: refused pid {pid} uid {uid}: only root and uid {os.geteuid()} may")
+        return
+    if len(sessions) >= limit:
+        say(f"warning: refused pid {pid}: {limit} sessions already")
+        return
+    # Until the child has its own handlers, neither our Stop nor our reaper may run in it;
+    # and here, the new pid is in `sessions` before the reaper can look for it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _HELPER_SIGNALS)
+    try:
+        _flush()
+        child = os.fork()
+        if child == 0:
+            os._exit(_session_process(conn, listener, (pid, uid, gid)))
+        sessions.add(child)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELPER_SIGNALS)
 
 
 # -- a session process -----------------------------------------------------------
@@ -225,9 +233,9 @@ def _accept_one(listener: socket.socket, sessions: set[int], limit: int) -> None
 def _session_process(conn: socket.socket, listener: socket.socket, peer) -> int:
     """The forked session: never returns into the helper's loop, never a traceback."""
     try:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        for signum in _HELPER_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELPER_SIGNALS)
         listener.close()
         _session(conn, peer)
     except BaseException as error:  # noqa: BLE001 - a peer must never see us crash
@@ -243,12 +251,10 @@ def _session(conn: socket.socket, peer) -> None:
         request = warm_worker.decode_request(data, len(received))
         warm_worker.check_peer(request, uid, gid, pid)
     except warm_worker.BadRequest as error:
+        _close_all(received)
         say(f"warning: refused request from pid {pid}: {error}")
         _send(conn, REFUSED)
         return
-    finally:
-        if "request" not in locals():
-            _close_all(received)
     started = _start_worker(conn, request, received)
     if started is None:
         _send(conn, REFUSED)
