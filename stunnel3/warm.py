@@ -40,7 +40,7 @@ import struct
 import sys
 
 from stunnel3 import unix, warm_client, warm_worker
-from stunnel3.warm_client import GO, MAX_FDS, MAX_REQUEST, READY, REFUSED
+from stunnel3.warm_client import GO, READY, REFUSED
 
 PROG = "stunnel3-warm"
 USAGE = "stunnel3-warm [ -s socket ] [ -c limit ]"
@@ -246,7 +246,7 @@ def _session_process(conn: socket.socket, listener: socket.socket, peer) -> int:
 def _session(conn: socket.socket, peer) -> None:
     pid, uid, gid = peer
     conn.settimeout(REQUEST_TIMEOUT)
-    data, received = _receive(conn)
+    data, received = warm_worker.receive_request(conn)
     try:
         request = warm_worker.decode_request(data, len(received))
         warm_worker.check_peer(request, uid, gid, pid)
@@ -268,26 +268,6 @@ def _session(conn: socket.socket, peer) -> None:
     os.write(control, b"G")
     os.close(control)
     _send(conn, _watch(conn, worker))
-
-
-def _receive(conn: socket.socket) -> tuple[bytes, list[int]]:
-    """One request message and its descriptors; b"" for anything out of bounds."""
-    try:
-        data, ancillary, flags, _ = conn.recvmsg(
-            MAX_REQUEST + 1, socket.CMSG_SPACE((MAX_FDS + 1) * 4), socket.MSG_CMSG_CLOEXEC
-        )
-    except (TimeoutError, OSError):
-        return b"", []
-    received: list[int] = []
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(payload) - len(payload) % 4
-            received += [
-                int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)
-            ]
-    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_REQUEST:
-        return b"", received  # too big: decode refuses b"", the descriptors are closed
-    return data, received
 
 
 def _start_worker(conn: socket.socket, request, received: list[int]) -> tuple[int, int] | None:
@@ -317,8 +297,9 @@ def _worker(request, received: list[int], control: int, sockets: list[socket.soc
         warm_worker.reset_signals(request.ignored)
         for sock in sockets:
             sock.detach()  # their numbers are about to be the client's: no object may close them
+        control = warm_worker.enter(request, received, control)  # failing: "no reply"
         try:
-            control = warm_worker.become(request, received, control)
+            warm_worker.become(request)
         except (OSError, ValueError) as error:
             os.write(control, b"F" + str(error).encode(errors="replace")[:200])
             os._exit(1)

@@ -11,10 +11,10 @@ Rules of this file:
   namespace, another root, fewer capabilities, no_new_privs or seccomp, or
   another OPENSSL_CONF (OpenSSL read the helper's when it was loaded). So a
   worker can never do what the client itself could not, nor differently.
-- `become` recreates, in this order: cwd; the client's descriptors at their
-  numbers and nothing else (the control descriptor apart, closed before the
-  worker runs); umask; environment (and with it TZ and LC_CTYPE); gids and
-  groups; every rlimit; then the signal mask. Signal dispositions are reset
+- `enter` takes the client's cwd and its descriptors at their numbers and
+  nothing else (the control descriptor apart, closed before the worker runs);
+  then `become`, in this order: umask; environment (and with it TZ and
+  LC_CTYPE); gids and groups; every rlimit; then the signal mask. Signal dispositions are reset
   first of all (`reset_signals`), to what a fresh Python has: default, but
   what the client inherited ignored, and SIGPIPE/SIGXFSZ ignored, SIGINT
   raising KeyboardInterrupt.
@@ -28,11 +28,12 @@ import io
 import os
 import resource
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
 
-from stunnel3.warm_client import MAGIC, open_descriptors
+from stunnel3.warm_client import MAGIC, MAX_FDS, MAX_REQUEST, open_descriptors
 
 SECTIONS = (
     "fds",
@@ -68,6 +69,26 @@ class Request:
     uids: tuple[int, ...]  # getresuid()
     gids: tuple[int, ...]  # getresgid()
     groups: tuple[int, ...]
+
+
+def receive_request(conn: socket.socket) -> tuple[bytes, list[int]]:
+    """One request message and its descriptors; b"" for anything out of bounds."""
+    try:
+        data, ancillary, flags, _ = conn.recvmsg(
+            MAX_REQUEST + 1, socket.CMSG_SPACE((MAX_FDS + 1) * 4), socket.MSG_CMSG_CLOEXEC
+        )
+    except (TimeoutError, OSError):
+        return b"", []
+    received: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            received += [
+                int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)
+            ]
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_REQUEST:
+        return b"", received  # too big: decode refuses b"", the descriptors are closed
+    return data, received
 
 
 def decode_request(data: bytes, received: int) -> Request:
@@ -206,10 +227,14 @@ def reset_signals(ignored: frozenset[int]) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def become(request: Request, received: list[int], control: int) -> int:
-    """Turn this forked process into the client; the control descriptor's new number."""
+def enter(request: Request, received: list[int], control: int) -> int:
+    """The client's cwd and descriptors; the control descriptor's new number."""
     os.fchdir(received[-1])
-    control = place_descriptors(dict(zip(request.fds, received[:-1], strict=True)), control)
+    return place_descriptors(dict(zip(request.fds, received[:-1], strict=True)), control)
+
+
+def become(request: Request) -> None:
+    """The rest of the client, once its descriptors are in place (enter)."""
     os.umask(request.umask)
     os.environb.clear()
     for key, value in request.env:
@@ -227,7 +252,6 @@ def become(request: Request, received: list[int], control: int) -> int:
     signal.pthread_sigmask(signal.SIG_SETMASK, request.blocked)
     _new_stdio()
     sys.argv = ["-c", *(os.fsdecode(arg) for arg in request.argv)]
-    return control
 
 
 def place_descriptors(targets: dict[int, int], control: int) -> int:
