@@ -55,11 +55,17 @@ def hand_over(argv: list[str]) -> int | None:
         cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
+    forwarded = [getattr(_signal, name) for name in FORWARDED]
     try:
-        request = encode_request(argv, fds)
+        request = encode_request(argv, fds)  # our signal mask as it was, in the request
         if len(request) > MAX_REQUEST:
             return None
-        sock = _connect(environ.get(SOCKET_ENV) or DEFAULT_SOCKET, request, fds + [cwd])
+        # A signal from here to GO is held, then relayed, or (no handoff) met as usual.
+        mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, forwarded)
+        try:
+            sock = _connect(environ.get(SOCKET_ENV) or DEFAULT_SOCKET, request, fds + [cwd])
+        finally:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
     finally:
         os.close(cwd)
     if sock is None:
@@ -82,8 +88,10 @@ def _connect(path: str, request: bytes, fds: list[int]):
             sock.close()
             return None
         sock.settimeout(None)
+        _relay_signals(sock)  # installed while they are held: none is lost or early
         sock.send(GO)
     except OSError:  # no helper, not allowed, gone, or slow: the direct path
+        _restore_signals()
         sock.close()
         return None
     return sock
@@ -129,8 +137,11 @@ def _rlimits() -> list[int]:
     return [getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")]
 
 
-def _await_status(sock) -> int:
-    """Relay our signals to the worker until its status comes; then leave as it did."""
+_saved: dict[int, object] = {}
+
+
+def _relay_signals(sock) -> None:
+    """Each terminating signal we get goes to the worker (S<signum>) instead."""
 
     def forward(signum, frame):
         try:
@@ -141,7 +152,17 @@ def _await_status(sock) -> int:
     for name in FORWARDED:
         signum = getattr(_signal, name)
         if _signal.getsignal(signum) != _signal.SIG_IGN:
-            _signal.signal(signum, forward)
+            _saved[signum] = _signal.signal(signum, forward)
+
+
+def _restore_signals() -> None:
+    for signum, handler in _saved.items():
+        _signal.signal(signum, handler)
+    _saved.clear()
+
+
+def _await_status(sock) -> int:
+    """Wait for the worker's status, reaping our own children; then leave as it did."""
     _signal.signal(_signal.SIGCHLD, _reap)  # makesock's PROG2 is our child, as before
     try:
         reply = sock.recv(64)
