@@ -166,7 +166,15 @@ def test_statuses_and_texts_equal_the_direct_path(helper, stunnel_bin, args, sta
     assert results[True][0] == status
 
 
-def test_sigterm_mid_session_is_status_3_and_its_log_line(helper, stunnel_bin, pki):
+@pytest.mark.parametrize(
+    "signum, status, line",
+    [
+        (signal.SIGTERM, 3, b"Received signal 15; terminating"),
+        (signal.SIGINT, 3, b"Received signal 2; terminating"),
+        (signal.SIGHUP, -signal.SIGHUP, None),  # not handled: it dies of it, and so do we
+    ],
+)
+def test_a_signal_mid_session_ends_it_as_directly(helper, stunnel_bin, pki, signum, status, line):
     for warm in (True, False):
         network, ours = socket.socketpair()
         plain, plain_ours = socket.socketpair()
@@ -179,10 +187,10 @@ def test_sigterm_mid_session_is_status_3_and_its_log_line(helper, stunnel_bin, p
             said = wait_stderr(process, b"stunnel 3.22 on")
             time.sleep(0.3)  # into the relay: it waits for a ClientHello
             assert len(helper.workers()) == (1 if warm else 0)
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signum)
             said += process.communicate(timeout=TIMEOUT)[1]
-        assert process.returncode == 3
-        assert b"Received signal 15; terminating" in said
+        assert process.returncode == status
+        assert line is None or line in said
         assert (process.pid in logged_pids(said)) is not warm
 
 
