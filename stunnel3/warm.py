@@ -95,31 +95,25 @@ def _parse(args: list[str]) -> tuple[str, int]:
 
 
 def _preload() -> None:
-    """Everything a session imports, direct path or not (the jail holds no Python)."""
+    """Everything a session imports, direct path or not: the stdlib and OpenSSL pieces
+    service._load_modules names, and every module of ours (new protocols included)."""
     import encodings.idna  # noqa: F401
+    import importlib
+    import pkgutil
     import syslog  # noqa: F401
     import termios  # noqa: F401
 
     from cryptography import x509  # noqa: F401
     from OpenSSL import SSL  # noqa: F401
 
-    from stunnel3 import (  # noqa: F401
-        chroot,
-        client_negotiation,
-        daemon,
-        endpoints,
-        ident,
-        limits,
-        log,
-        options,
-        protocol,
-        relay,
-        service,
-        smtp,
-        stunnel,
-        tls,
-        usage,
-    )
+    import stunnel3
+
+    for module in pkgutil.iter_modules(stunnel3.__path__):
+        if module.name != "setup_service":  # an administrator's tool, not a session's
+            try:
+                importlib.import_module(f"stunnel3.{module.name}")
+            except Exception as error:  # noqa: BLE001 - the worker meets it as stunnel would
+                say(f"warning: unable to load stunnel3.{module.name}: {error}")
 
 
 def _listen(path: str) -> tuple[socket.socket, int]:
