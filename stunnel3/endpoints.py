@@ -7,8 +7,12 @@ What differs is only how its write side is closed and how errors read:
 - a socket half-closes with shutdown(SHUT_WR), whatever fd names it;
 - a pipe's write side is closed; two different fds are two pipes;
 - a pty cannot half-close (its EOF is the child's exit: read gives EIO).
+
+What waits for an end to become writable sits in a `ByteQueue`: the chunks as
+they came (no copying them into one buffer), written with one writev().
 """
 
+import collections
 import errno
 import os
 import socket
@@ -68,6 +72,52 @@ def peer_address(fd: int) -> tuple[str, int] | None:
     return host, address[1]
 
 
+IOV_MAX = 64  # chunks per writev: far below the kernel's 1024, and enough for a burst
+
+
+class ByteQueue:
+    """Bytes in order, kept as the chunks they were queued in; len() is the byte count."""
+
+    def __init__(self) -> None:
+        self._chunks: collections.deque[bytes | memoryview] = collections.deque()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bool__(self) -> bool:
+        return self._size > 0
+
+    def __iadd__(self, data) -> "ByteQueue":
+        if data:
+            # Only immutable bytes are kept as they are: a caller may reuse its bytearray.
+            self._chunks.append(data if isinstance(data, bytes) else bytes(data))
+            self._size += len(data)
+        return self
+
+    def front(self, limit: int) -> list[bytes | memoryview]:
+        """The first chunks, about `limit` bytes of them (at least one chunk)."""
+        chunks: list[bytes | memoryview] = []
+        total = 0
+        for chunk in self._chunks:
+            if chunks and (total + len(chunk) > limit or len(chunks) == IOV_MAX):
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        return chunks
+
+    def consume(self, count: int) -> None:
+        """Drop the first `count` bytes (a partial write cuts a chunk with a view)."""
+        self._size -= count
+        while count:
+            chunk = self._chunks[0]
+            if count < len(chunk):
+                self._chunks[0] = memoryview(chunk)[count:]
+                return
+            count -= len(chunk)
+            self._chunks.popleft()
+
+
 class Endpoint:
     """One side of the relay: non-blocking reads and writes on its fds."""
 
@@ -98,6 +148,18 @@ class Endpoint:
             return 0
         except OSError as error:
             raise PeerError(f"write ({self.label}): {error.strerror} ({error.errno})") from None
+
+    def write_from(self, queue: ByteQueue, limit: int) -> int:
+        """Write up to about `limit` bytes from the front of queue; drop what was written."""
+        chunks = queue.front(limit)
+        try:
+            sent = os.writev(self.wfd, chunks) if len(chunks) > 1 else os.write(self.wfd, chunks[0])
+        except BlockingIOError:
+            return 0
+        except OSError as error:
+            raise PeerError(f"write ({self.label}): {error.strerror} ({error.errno})") from None
+        queue.consume(sent)
+        return sent
 
     def shut_write(self) -> None:
         """Tell the peer we are done writing; reading goes on."""

@@ -10,7 +10,8 @@ plaintext byte and decides what goes where (see protocol.py).
 
 Each pass of the loop: move what can move without waiting (handshake, TLS
 records in and out), derive the poll set from the state, wait, read and write.
-Three byte queues hold what waits for a writable fd or for TLS:
+Three byte queues (ByteQueue: chunks as they came, never copied together)
+hold what waits for a writable fd or for TLS:
 
     net_out    ciphertext (or raw bytes before TLS) for the network
     plain_out  plaintext for TLS: held during the handshake, or back-pressured
@@ -30,7 +31,7 @@ import os
 import select
 import time
 
-from stunnel3.endpoints import Endpoint, PeerError
+from stunnel3.endpoints import ByteQueue, Endpoint, PeerError
 from stunnel3.protocol import Action, Close, Log, StartTls, ToBackend, ToClient
 from stunnel3.tls import TlsError, TlsSession
 
@@ -68,9 +69,9 @@ class Relay:
         self.new_tls = new_tls  # () -> TlsSession
         self.log = log
         self.tls: TlsSession | None = None
-        self.net_out = bytearray()
-        self.plain_out = bytearray()
-        self.back_out = bytearray()
+        self.net_out = ByteQueue()
+        self.plain_out = ByteQueue()
+        self.back_out = ByteQueue()
         self.net_reading = self.back_reading = True
         self.net_writing = self.back_writing = True
         self.net_eof_queued = self.back_eof_queued = False  # ToClient(b"") / ToBackend(b"")
@@ -131,11 +132,7 @@ class Relay:
                 self.backend = self.open_backend(tls)
             self._apply(self.layer.tls_started(info))
         while self.plain_out and len(self.net_out) < BUFFER and self.net_writing:
-            chunk = bytes(self.plain_out[:READ_SIZE])
-            del self.plain_out[:READ_SIZE]
-            tls.write(chunk)
-            self.ssl_bytes += len(chunk)
-            self.net_out += tls.outgoing()
+            self.ssl_bytes += self._encrypt(tls)
         # Rule: EOF from the layer towards the network becomes close_notify once
         # every queued plaintext byte is encrypted.
         if self.net_eof_queued and not self.plain_out and self.net_writing:
@@ -143,14 +140,26 @@ class Relay:
             self.net_out += tls.outgoing()
             self.net_writing = False
         while self.net_reading and len(self.back_out) < BUFFER and not self._layer_paused():
-            plain = tls.read()
-            self.net_out += tls.outgoing()
+            plain = tls.read_many(READ_SIZE)
             if plain is None:
                 break
             if not plain:
                 self.net_reading = False
                 self.log.debug("SSL closed on SSL_read")
             self._apply(self.layer.feed_client(plain))
+        # Reading may have produced records of its own (a key update's answer).
+        self.net_out += tls.outgoing()
+
+    def _encrypt(self, tls: TlsSession) -> int:
+        """Move about BUFFER bytes of plain_out through TLS into net_out."""
+        chunks = self.plain_out.front(BUFFER)
+        moved = 0
+        for chunk in chunks:
+            tls.write(chunk)
+            moved += len(chunk)
+        self.plain_out.consume(moved)
+        self.net_out += tls.outgoing()
+        return moved
 
     def _flush_closes(self) -> None:
         # Rule: once the network's EOF is queued and nothing is left to send,
@@ -243,10 +252,9 @@ class Relay:
             self.log.debug("Socket closed on read (backend)")
         self._apply(self.layer.feed_backend(data))
 
-    def _write(self, endpoint: Endpoint, queue: bytearray) -> int:
-        sent = endpoint.write(memoryview(queue)[:BUFFER])
+    def _write(self, endpoint: Endpoint, queue: ByteQueue) -> int:
+        sent = endpoint.write_from(queue, BUFFER)
         if sent:
-            del queue[:sent]
             self.last_activity = time.monotonic()
         return sent
 

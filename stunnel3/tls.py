@@ -27,6 +27,15 @@ already: the protocol layer hands them back (`StartTls.early`) and the relay
 feeds them first with `receive()`. Bytes the peer sent before the switch never
 reach TLS.
 
+Bulk: a memory BIO cannot block, so partial writes are off (SSL_write takes a
+whole buffer and cuts its records itself, one call instead of one per 16 KiB),
+and `outgoing()` sizes its read from what was written since the last drain:
+one BIO_read for a whole burst, stopped by a short read rather than by an
+exception. Calls that cannot change anything are not made: `outgoing()` after
+no SSL call, `read()` again after "want read" with no bytes received since.
+`read()` returns what one SSL_read gives (a record at most); `read_many()`
+joins records up to a size, for a caller that wants fewer, larger pieces.
+
 EOF: close_notify makes `read()` return b"". A TCP EOF without close_notify
 (`receive(b"")`) reads the same (OP_IGNORE_UNEXPECTED_EOF): many SMTP clients
 half-close or close after QUIT, and 3.22 treated that as a close, not an error.
@@ -51,6 +60,10 @@ from stunnel3.protocol import TlsInfo
 DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:ECDHE+AES:!aNULL:!eNULL"
 SESSION_ID_CONTEXT = b"stunnel SID"  # 3.22's sid_ctx
 RECORD = 16384  # the largest TLS record's plaintext
+# SSL_MODE_ENABLE_PARTIAL_WRITE (ssl.h; pyOpenSSL turns it on for every context
+# and names no constant for it): only a blocking transport needs it.
+_PARTIAL_WRITE = 0x1
+_DRAIN_MIN = 65536  # a handshake flight, an alert, a ticket fit in one read
 
 # The X509_V_ERR_* texts a mail administrator meets most (x509_vfy.h numbers).
 _VERIFY_ERRORS = {
@@ -199,6 +212,7 @@ def make_context(options: Options, log) -> SSL.Context:
         | SSL.OP_CIPHER_SERVER_PREFERENCE
         | SSL.OP_IGNORE_UNEXPECTED_EOF
     )
+    ctx.clear_mode(_PARTIAL_WRITE)
     try:
         ctx.set_cipher_list((options.cipher_list or DEFAULT_CIPHERS).encode())
     except SSL.Error as error:
@@ -222,23 +236,40 @@ class TlsSession:
         else:
             self._conn.set_connect_state()
         self.established = False
+        self._written = 0  # plaintext written since the last drain
+        self._held: bytes | TlsError | None = None  # what ended read_many's last batch
+        self._stirred = False  # an SSL call since the last drain (it may have output)
+        self._starved = False  # the last read wanted bytes, and none came since
 
     def receive(self, data: bytes) -> None:
+        self._starved = False
         if data:
             self._conn.bio_write(data)
         else:
             self._conn.bio_shutdown()
 
     def outgoing(self) -> bytes:
+        if not self._stirred:
+            return b""  # no SSL call since the last drain: nothing can be waiting
+        self._stirred = False
+        # Each record adds well under 1/64 of 16 KiB (header, tag, padding):
+        # one read takes a whole burst. A full read means more may wait.
+        size = max(_DRAIN_MIN, self._written + self._written // 64)
+        self._written = 0
         chunks = []
         while True:
             try:
-                chunks.append(self._conn.bio_read(65536))
+                chunk = self._conn.bio_read(size)
             except SSL.WantReadError:
-                return b"".join(chunks)
+                break
+            chunks.append(chunk)
+            if len(chunk) < size:
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def handshake(self) -> bool:
         """Advance the handshake; True once it is complete."""
+        self._stirred, self._starved = True, False
         try:
             self._conn.do_handshake()
         except SSL.WantReadError:
@@ -252,9 +283,13 @@ class TlsSession:
 
     def read(self) -> bytes | None:
         """Plaintext (up to one record), None for "need more bytes", b"" at EOF."""
+        if self._starved:
+            return None  # it wanted bytes and none came since: it still does
+        self._stirred = True
         try:
             return self._conn.recv(RECORD)
         except SSL.WantReadError:
+            self._starved = True
             return None
         except SSL.ZeroReturnError:
             return b""
@@ -263,17 +298,49 @@ class TlsSession:
         except SSL.Error as error:
             raise TlsError(f"SSL_read: {_ssl_reason(error)}") from None
 
-    def write(self, data: bytes) -> None:
+    def read_many(self, size: int) -> bytes | None:
+        """Whole records joined up to about `size` bytes; None and b"" as read().
+
+        An EOF or an error after some plaintext ends the batch: the plaintext
+        goes out first, the next call reports the rest."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            if isinstance(held, TlsError):
+                raise held
+            return held
+        first = self.read()
+        if not first:
+            return first
+        chunks = [first]
+        total = len(first)
+        while total < size:
+            try:
+                plain = self.read()
+            except TlsError as error:
+                self._held = error
+                break
+            if not plain:
+                self._held = plain  # b"" (EOF) waits for the next call; None is not kept
+                break
+            chunks.append(plain)
+            total += len(plain)
+        return first if len(chunks) == 1 else b"".join(chunks)
+
+    def write(self, data) -> None:
+        """Encrypt all of data (bytes, bytearray or memoryview) into the outgoing BIO."""
         view = memoryview(data)
+        self._written += len(view)
+        self._stirred = True
         while view:
             try:
-                sent = self._conn.send(view[:RECORD])
+                sent = self._conn.send(view)
             except SSL.Error as error:
                 raise TlsError(f"SSL_write: {_ssl_reason(error)}") from None
             view = view[sent:]
 
     def close(self) -> None:
         """Queue our close_notify (the peer's may come later or never)."""
+        self._stirred = True
         try:
             self._conn.shutdown()
         except SSL.Error:
