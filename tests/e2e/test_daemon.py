@@ -65,6 +65,10 @@ def test_fifty_concurrent_connections_then_sigterm(tmp_path, stunnel_bin, pki):
             assert (proto, ip, local_port, host) == ("TCP", "127.0.0.1", str(port), "unset")
             assert int(remote_port) > 0
             assert rest == f"payload {n}\r\n".encode() * 100
+        # Each client has its bytes; its worker may still be closing: let all 50 finish.
+        deadline = time.monotonic() + TIMEOUT
+        while server.log().count("Connection closed:") < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
         # SIGTERM to the parent alone: it ends its workers and exits 3
         os.kill(server.process.pid, signal.SIGTERM)
         assert server.process.wait(TIMEOUT) == 3
