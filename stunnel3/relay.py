@@ -81,6 +81,8 @@ class Relay:
         self.idle_timeout = _timeout("STUNNEL3_IDLE_TIMEOUT", 600)
         self.handshake_deadline: float | None = None
         self.last_activity = time.monotonic()
+        self._poller = select.poll()
+        self._watched: dict[int, int] = {}
 
     # -- the layer's actions -------------------------------------------------
 
@@ -267,10 +269,8 @@ class Relay:
         wanted = self._poll_set()
         deadline, why = self._deadline()
         wait = max(0.0, deadline - time.monotonic())
-        poller = select.poll()
-        for fd, events in wanted.items():
-            poller.register(fd, events)
-        ready = dict(poller.poll(wait * 1000)) if wanted or wait else {}
+        self._watch(wanted)
+        ready = dict(self._poller.poll(wait * 1000)) if wanted or wait else {}
         if not ready:
             if time.monotonic() >= deadline:
                 if not why:
@@ -280,6 +280,17 @@ class Relay:
             return True
         self._serve(ready)
         return True
+
+    def _watch(self, wanted: dict[int, int]) -> None:
+        """Make the poll set `wanted`, touching only what changed since the last pass."""
+        if wanted == self._watched:
+            return
+        for fd in self._watched.keys() - wanted.keys():
+            self._poller.unregister(fd)
+        for fd, events in wanted.items():
+            if self._watched.get(fd) != events:
+                self._poller.register(fd, events)
+        self._watched = wanted
 
     def _serve(self, ready: dict[int, int]) -> None:
         net, back = self.network, self.backend
