@@ -68,6 +68,16 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else "." for c in text)
 
 
+_shown_pid: int | None = None
+
+
+def show_pid(pid: int) -> None:
+    """Log as pid: a stunnel3-warm worker logs under the pid of the process that
+    handed it the session (the pid tcpserver reports), its own in the tid field."""
+    global _shown_pid
+    _shown_pid = pid
+
+
 def format_line(level: int, text: str, when: float | None = None) -> str:
     """One line as 3.22 wrote it to a file or stderr, without the newline."""
     t = time.localtime(when)
@@ -75,7 +85,7 @@ def format_line(level: int, text: str, when: float | None = None) -> str:
         f"{t.tm_year:04d}.{t.tm_mon:02d}.{t.tm_mday:02d} "
         f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
     )
-    return f"{stamp} LOG{level}[{os.getpid()}:{get_native_id()}]: {printable(text)}"
+    return f"{stamp} LOG{level}[{_shown_pid or os.getpid()}:{get_native_id()}]: {printable(text)}"
 
 
 def stderr_line(level: int, text: str) -> None:

@@ -249,7 +249,7 @@ def _session(conn: socket.socket, peer) -> None:
         say(f"warning: refused request from pid {pid}: {error}")
         _send(conn, REFUSED)
         return
-    started = _start_worker(conn, request, received)
+    started = _start_worker(conn, request, received, pid)
     if started is None:
         _send(conn, REFUSED)
         return
@@ -264,13 +264,15 @@ def _session(conn: socket.socket, peer) -> None:
     _send(conn, _watch(conn, worker))
 
 
-def _start_worker(conn: socket.socket, request, received: list[int]) -> tuple[int, int] | None:
+def _start_worker(
+    conn: socket.socket, request, received: list[int], client: int
+) -> tuple[int, int] | None:
     """Fork the worker, wait until it has become the client: (pid, control fd) or None."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     _flush()
     worker = os.fork()
     if worker == 0:
-        _worker(request, received, theirs.detach(), [conn, ours])
+        _worker(request, received, theirs.detach(), [conn, ours], client)
     theirs.close()
     _close_all(received)
     ours.settimeout(REQUEST_TIMEOUT)
@@ -284,7 +286,9 @@ def _start_worker(conn: socket.socket, request, received: list[int]) -> tuple[in
     return None
 
 
-def _worker(request, received: list[int], control: int, sockets: list[socket.socket]) -> None:
+def _worker(
+    request, received: list[int], control: int, sockets: list[socket.socket], client: int
+) -> None:
     """The forked worker: become the client, wait for G, run stunnel; never returns."""
     status = 1
     try:
@@ -302,8 +306,9 @@ def _worker(request, received: list[int], control: int, sockets: list[socket.soc
         os.close(control)
         if go != b"G":
             os._exit(0)
-        from stunnel3 import stunnel
+        from stunnel3 import log, stunnel
 
+        log.show_pid(client)  # administrators match log lines to tcpserver's "pid N"
         status = stunnel.run([os.fsdecode(arg) for arg in request.argv])
         _flush()
     finally:

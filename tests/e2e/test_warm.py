@@ -37,6 +37,7 @@ from test_jail import (
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 LOG_PID = re.compile(rb"LOG\d\[(\d+):\d+\]")
+LOG_IDS = re.compile(rb"LOG\d\[(\d+):(\d+)\]")
 
 
 class Helper:
@@ -110,8 +111,9 @@ def masked(text: bytes) -> bytes:
     return LOG_PID.sub(b"LOG", text)
 
 
-def logged_pids(text: bytes) -> set[int]:
-    return {int(pid) for pid in LOG_PID.findall(text)}
+def serving_ids(text: bytes) -> set[int]:
+    """The tids of the log lines: who served (the pid field is always the caller's)."""
+    return {int(tid) for _, tid in LOG_IDS.findall(text)}
 
 
 def spawn(stunnel_bin, args, warm: bool, fds: dict[int, int], **popen) -> subprocess.Popen:
@@ -157,11 +159,11 @@ def test_statuses_and_texts_equal_the_direct_path(helper, stunnel_bin, args, sta
     for warm in (True, False):
         process, out, err = run_with_fd3(stunnel_bin, args, warm)
         results[warm] = (process.returncode, out, masked(err))
-        pids = logged_pids(err)
-        if warm and pids:
-            assert process.pid not in pids  # the worker served
-        elif pids:
-            assert pids == {process.pid}
+        ids = set(LOG_IDS.findall(err))
+        if ids:  # the pid is always the one the caller started; the tid tells who served
+            assert {int(pid) for pid, _ in ids} == {process.pid}
+            served = {int(tid) for _, tid in ids}
+            assert (process.pid not in served) if warm else (served == {process.pid})
     assert results[True] == results[False]
     assert results[True][0] == status
 
@@ -191,7 +193,7 @@ def test_a_signal_mid_session_ends_it_as_directly(helper, stunnel_bin, pki, sign
             said += process.communicate(timeout=TIMEOUT)[1]
         assert process.returncode == status
         assert line is None or line in said
-        assert (process.pid in logged_pids(said)) is not warm
+        assert (process.pid in serving_ids(said)) is not warm
 
 
 def wait_stderr(process: subprocess.Popen, text: bytes) -> bytes:
@@ -346,7 +348,7 @@ def test_without_a_helper_stunnel_runs_itself(helper, stunnel_bin, tmp_path, mon
             monkeypatch.setenv("WARM_BIG2", extra)
             process, _, err = run_with_fd3(stunnel_bin, args, True)
             assert process.returncode == 1
-            assert logged_pids(err) == {process.pid}
+            assert serving_ids(err) == {process.pid}
             assert b"/nonexistent/x.pem: No such file or directory (2)" in err
     assert "Traceback" not in helper.log()
 
@@ -451,7 +453,7 @@ def test_garbage_never_hurts_the_helper(helper, stunnel_bin):
     assert len(helper_fds) <= 5, helper_fds  # 0, 1, 2, the listener: nothing received stays
     # and it still serves
     process, _, err = run_with_fd3(stunnel_bin, ["-x"], True)
-    assert process.returncode == 1 and process.pid not in logged_pids(err)
+    assert process.returncode == 1 and process.pid not in serving_ids(err)
 
 
 def test_a_killed_client_ends_its_worker(helper, stunnel_bin, pki):
@@ -501,7 +503,7 @@ def test_the_run_script_starts_a_helper(tmp_path, stunnel_bin, monkeypatch):
         assert oct(socket_path.parent.stat().st_mode & 0o777) == "0o700"
         monkeypatch.setenv("STUNNEL3_WARM_SOCKET", str(socket_path))
         process, _, err = run_with_fd3(stunnel_bin, ["-x"], True)
-        assert process.returncode == 1 and logged_pids(err) - {process.pid}
+        assert process.returncode == 1 and serving_ids(err) - {process.pid}
     finally:
         service.terminate()
         assert service.wait(TIMEOUT) == 0
