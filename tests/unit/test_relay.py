@@ -13,7 +13,7 @@ import time
 import pytest
 import trustme
 
-from stunnel3.endpoints import Endpoint
+from stunnel3.endpoints import ByteQueue, Endpoint
 from stunnel3.options import Options
 from stunnel3.protocol import Passthrough, StartTls, ToBackend, ToClient
 from stunnel3.relay import BUFFER, READ_SIZE, Relay
@@ -314,3 +314,40 @@ def test_a_paused_layer_is_not_fed(ctx):
     h.net_ours.close()
     h.back_ours.close()
     h.finish()
+
+
+def test_byte_queue_keeps_order_across_partial_writes():
+    queue = ByteQueue()
+    reused = bytearray(b"cd")
+    queue += b"ab"
+    queue += reused
+    queue += b""
+    reused[:] = b"XX"  # a caller's buffer may change after it queued it
+    queue += b"efgh"
+    assert len(queue) == 8
+    assert [bytes(c) for c in queue.front(3)] == [b"ab"]  # at least one chunk, then the limit
+    assert [bytes(c) for c in queue.front(4)] == [b"ab", b"cd"]
+    queue.consume(3)  # a write that ended inside the second chunk
+    assert len(queue) == 5
+    assert b"".join(bytes(c) for c in queue.front(100)) == b"defgh"
+    queue.consume(5)
+    assert not queue and len(queue) == 0
+
+
+def test_write_from_sends_several_chunks_in_one_call():
+    ours, theirs = socket.socketpair()
+    fd = theirs.detach()
+    end = Endpoint(fd, fd, "pair")
+    queue = ByteQueue()
+    for n in range(5):
+        queue += bytes([n]) * 1000
+    assert end.write_from(queue, 3000) == 3000  # chunks up to the limit, one writev
+    assert end.write_from(queue, 1 << 20) == 2000
+    assert not queue
+    ours.settimeout(5)
+    got = b""
+    while len(got) < 5000:
+        got += ours.recv(65536)
+    assert got == b"".join(bytes([n]) * 1000 for n in range(5))
+    end.close()
+    ours.close()

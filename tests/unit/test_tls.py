@@ -235,3 +235,36 @@ def test_bad_ca_file_and_cipher_list(certs, tmp_path):
         )
     with pytest.raises(ContextError, match="SSL_CTX_set_cipher_list"):
         make_context(Options(pem=certs["server"], cipher_list="NOTHING-AT-ALL"), Lines())
+
+
+def test_a_large_write_is_one_burst_and_read_many_batches_records(certs):
+    client, server, _ = handshake(Options(pem=certs["server"]), Options(client=True))
+    payload = bytes(range(256)) * 1024  # 256 KiB: 16 records
+    server.write(bytearray(payload))  # no partial write: all of it is encrypted at once
+    burst = server.outgoing()
+    assert server.outgoing() == b""  # the sized read took everything
+    assert len(payload) < len(burst) < len(payload) + 16 * 64
+    client.receive(burst)
+    first = client.read_many(64 * 1024)
+    assert first == payload[: 64 * 1024]  # whole records, joined up to the size
+    rest = client.read_many(1 << 20)
+    assert first + rest == payload
+    assert client.read_many(1 << 20) is None
+
+
+def test_read_many_gives_the_plaintext_before_the_eof(certs):
+    client, server, _ = handshake(Options(pem=certs["server"]), Options(client=True))
+    client.write(b"QUIT\r\n")
+    client.close()
+    server.receive(client.outgoing())
+    assert server.read_many(1 << 20) == b"QUIT\r\n"
+    assert server.read_many(1 << 20) == b""
+    assert server.read_many(1 << 20) == b""  # EOF stays EOF
+
+
+def test_want_read_is_remembered_until_bytes_arrive(certs):
+    client, server, _ = handshake(Options(pem=certs["server"]), Options(client=True))
+    assert server.read() is None and server.read() is None
+    client.write(b"x")
+    server.receive(client.outgoing())
+    assert server.read() == b"x"
