@@ -33,7 +33,8 @@ class Context:
 def start(ctx: Context, server: Server, mode: str, port: int, prefix=(), env=None) -> Running:
     argv = [*prefix, *server.command(ctx.setup, port, mode)]
     log = ctx.logdir / f"{server.name}.log"
-    running = Running(argv, log, ctx.setup.workdir, {**ctx.env, **(env or {})})
+    env = {**ctx.env, **server.env(ctx.setup), **(env or {})}
+    running = Running(argv, log, ctx.setup.workdir, env)
     if not running.wait_listening(port, ctx.reaper):
         running.stop(ctx.reaper)
         raise RuntimeError(f"{server.name} did not listen on {port} (see {log})")

@@ -1,19 +1,26 @@
 #!/usr/bin/env python3
 """stunnel3 side by side with Debian's stunnel4 and tlswrapper-smtp, in one interleaved run.
 
-    pip install matplotlib            # once; the rest is the test extra (cryptography)
-    python3 bench/run.py              # the full run: a few minutes, writes docs/benchmarks.md
+    python3 -m venv /tmp/benchvenv && /tmp/benchvenv/bin/pip install . matplotlib
+    /tmp/benchvenv/bin/python bench/run.py   # the full run: minutes, writes docs/benchmarks.md
     python3 bench/run.py --smoke --out /tmp/b   # seconds: proves the harness still works
 
-Run as root (the jail variant chowns its ssl/ directory) on a quiet machine. The servers take
+The stunnel3 measured is the one installed for the Python that runs this script (its scripts
+directory): run it with a regular install's Python, as above, to measure what users run.
+Run as root (the jail variant chowns its ssl/ directory, makes a throwaway account for its
+`setuidgid`) on a quiet machine. The servers take
 turns (round-robin, a different order each round) so that noise hits all of them alike; every
 number is reported next to its ratio to stunnel4. See docs/benchmarks.md for what is measured.
 """
 
 import argparse
+import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +32,7 @@ import client
 import measure
 import report
 import startup
-from servers import SERVERS, Reaper, Setup, make_jail, write_backends
+from servers import SERVERS, Reaper, Setup, make_jail, scripts_dir, write_backends
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,8 +91,8 @@ def interleaved(ctx: measure.Context, servers: list, keys: list[str], args) -> d
                 speeds.setdefault((server.name, key), []).append(result)
         ctx.setup = ctx.setups[keys[0]]
         for server in order:
-            if server.name == "stunnel3-jail":
-                continue  # the same relay as stunnel3; its jail holds no bulk backend
+            if server.name in ("stunnel3-jail", "stunnel3-warm"):
+                continue  # the same relay as stunnel3 (the jail holds no bulk backend)
             for direction in ("upload", "download"):
                 try:
                     mbps = measure.bulk(ctx, server, direction)
@@ -128,7 +135,8 @@ def main(argv: list[str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="stunnel3-bench-"))
     kept = True
     try:
-        status = run(args, argv, workdir)
+        with throwaway_account() as account:
+            status = run(args, argv, workdir, account)
         kept = args.keep or status != 0
         return status
     finally:
@@ -139,8 +147,53 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, argv: list[str], workdir: Path) -> int:
+@contextlib.contextmanager
+def throwaway_account():
+    """The README's `setuidgid qmaild`: a fresh account (no home, no shell), removed after.
+    None when it cannot be made or cannot run our fixcrio (an install under /root)."""
+    name = f"st3b{secrets.token_hex(3)}"
+    made = subprocess.run(
+        ["useradd", "-M", "-U", "-d", "/nonexistent", "-s", "/usr/sbin/nologin", name],
+        capture_output=True, timeout=30, check=False,
+    ).returncode == 0  # fmt: skip
+    try:
+        reachable = made and subprocess.run(
+            ["setuidgid", name, str(scripts_dir() / "fixcrio"), "true"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False,
+        ).returncode == 0  # fmt: skip
+        yield name if reachable else None
+    finally:
+        if made:
+            subprocess.run(["userdel", name], capture_output=True, timeout=30, check=False)
+            subprocess.run(["groupdel", name], capture_output=True, timeout=30, check=False)
+
+
+def installed() -> dict:
+    """Which stunnel3 is measured, and whether it is the editable dev install."""
+    import stunnel3
+
+    home = Path(stunnel3.__file__).resolve().parent
+    return {"scripts": str(scripts_dir()), "package": str(home),
+            "editable": "site-packages" not in home.parts}  # fmt: skip
+
+
+def warm_stats(log: Path) -> dict[str, int]:
+    """Who served the warm variant's sessions, from stunnel's log lines `LOGn[pid:tid]`: the
+    thin stunnel's pid with a worker's tid when the helper served, the same number when the
+    direct path did (see docs/warm.md)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    ids = re.findall(r"LOG\d\[(\d+):(\d+)\]: stunnel connected from", text)
+    return {
+        "helpers": text.count("stunnel3-warm: info: listening on"),
+        "handed_over": sum(pid != tid for pid, tid in ids),
+        "direct": sum(pid == tid for pid, tid in ids),
+        "tracebacks": text.count("Traceback"),
+    }
+
+
+def run(args: argparse.Namespace, argv: list[str], workdir: Path, account: str | None) -> int:
     started = time.time()
+    load_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     workdir.chmod(0o755)
     keys = args.keys.split(",")
     setups = {}
@@ -148,7 +201,7 @@ def run(args: argparse.Namespace, argv: list[str], workdir: Path) -> int:
         sub = workdir / key
         sub.mkdir()
         sub.chmod(0o755)
-        setup = Setup(sub, certs.write_pem(sub, key), args.bulk_mib << 20)
+        setup = Setup(sub, certs.write_pem(sub, key), args.bulk_mib << 20, account)
         write_backends(setup)
         make_jail(setup)
         setups[key] = setup
@@ -164,9 +217,13 @@ def run(args: argparse.Namespace, argv: list[str], workdir: Path) -> int:
         return 1
     results = interleaved(ctx, servers, keys, args)
     memories = {server.name: measure.memory(ctx, server, args.hold) for server in servers}
+    warm = warm_stats(workdir / "stunnel3-warm.log")  # before the bisection's starved helpers
     bounds = {} if args.no_bisect else limits(ctx, servers, args.smoke)
     data = report.collect(args, argv, servers, missing, results, memories, bounds)
     data["seconds"] = round(time.time() - started)
+    data["machine"]["load at start"] = load_start
+    data["install"] = {**installed(), "setuidgid": account}
+    data["warm"] = warm
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(data, indent=1, default=asdict))
     report.write(data, args.out)

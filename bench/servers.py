@@ -34,6 +34,11 @@ class Setup:
     workdir: Path
     pem: Path  # key + certificate, world-readable (it is a throwaway)
     bulk_bytes: int
+    account: str | None = None  # the jail variant's `setuidgid` account, when there is one
+
+    @property
+    def warm_socket(self) -> str:
+        return str(self.workdir / "warm" / "warm.sock")
 
     def backend(self, mode: str) -> str:
         return str(self.workdir / f"backend-{mode}.sh")
@@ -57,11 +62,18 @@ def write_backends(setup: Setup) -> None:
 
 @dataclass(frozen=True)
 class Server:
-    """name: short key; label: for people; command(setup, port, mode) -> argv or None when the
-    server has no such mode; env: extra environment; cwd_jail: runs in the jail's parent."""
+    """name: short key; label: for people; command(setup, port, mode) -> argv; env(setup): its
+    extra environment. Every server runs in setup.workdir (the jail's parent)."""
 
     name: str
     label: str
+
+    def env(self, setup: Setup) -> dict[str, str]:
+        if self.name == "stunnel3-warm":
+            return {"STUNNEL3_WARM_SOCKET": setup.warm_socket}
+        if self.name.startswith("stunnel3"):
+            return {"STUNNEL3_WARM": "0"}  # never a helper someone runs on this machine
+        return {}
 
     def command(self, setup: Setup, port: int, mode: str) -> list[str]:
         backend = setup.backend(mode)
@@ -91,16 +103,22 @@ class Server:
         fixcrio = str(scripts_dir() / "fixcrio")
         smtp = ["-n", "smtp-"] if mode == "smtp" else []
         after = [fixcrio, backend] if mode == "smtp" else [backend]
+        chain = [makesock, stunnel, "-p", str(setup.pem), *smtp, "-f", "-F", "3",
+                 "-makesock_connect_to", *after]  # fmt: skip
         if self.name == "stunnel3":
-            pem = ["-p", str(setup.pem)]
-            return [*listen, makesock, stunnel, *pem, *smtp, "-f", "-F", "3",
-                    "-makesock_connect_to", *after]  # fmt: skip
+            return [*listen, *chain]
+        if self.name == "stunnel3-warm":
+            # The helper starts first, in the server's own session: its CPU and memory are
+            # charged to this server, and stopping the server stops it.
+            helper = str(scripts_dir() / "stunnel3-warm")
+            return [str(HERE / "warm-chain.sh"), setup.warm_socket, helper, *listen, *chain]
         if self.name == "stunnel3-jail":
-            # The README's whole set: jail, ids, seed. (Its `setuidgid qmaild` before fixcrio
-            # is left out: here our fixcrio lives under /root, which only root may enter.)
+            # The README's whole set: jail, ids, seed, and `setuidgid qmaild` before fixcrio
+            # when the run could make such an account (our fixcrio must be reachable by it).
             jail = ["-/", "ssl", "-s", "65534", "-g", "65534", "-i", "-R", "seed"]
+            drop = ["setuidgid", setup.account] if setup.account and mode == "smtp" else []
             return [*listen, makesock, stunnel, *jail, "-p", "stunnel.pem", *smtp, "-f", "-F",
-                    "3", "-makesock_connect_to", *after]  # fmt: skip
+                    "3", "-makesock_connect_to", *drop, *after]  # fmt: skip
         if self.name == "stunnel3-daemon":
             return [stunnel, "-d", f"127.0.0.1:{port}", "-p", str(setup.pem), *smtp, "-f",
                     "-l", backend]  # fmt: skip
@@ -111,7 +129,8 @@ SERVERS = [
     Server("stunnel4", "Debian stunnel4 (stunnel 5, inetd under tcpserver)"),
     Server("tlswrapper", "tlswrapper + tlswrapper-smtp"),
     Server("stunnel3", "stunnel3 users' chain (makesock, -n smtp- -F 3, fixcrio)"),
-    Server("stunnel3-jail", "stunnel3 users' chain with -/ ssl -s -g -i -R seed"),
+    Server("stunnel3-warm", "the same chain with stunnel3-warm running (its CPU counted)"),
+    Server("stunnel3-jail", "stunnel3 users' chain with -/ ssl -s -g -i -R seed (+ setuidgid)"),
     Server("stunnel3-daemon", "stunnel3 daemon mode (-d, -l backend)"),
 ]
 

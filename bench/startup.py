@@ -23,6 +23,7 @@ SESSION_MODULES = ["stunnel3.stunnel", "stunnel3.service", "stunnel3.relay", "st
                    "stunnel3.tls", "OpenSSL.SSL"]  # fmt: skip
 # The fronts' own way in: -I -S, then site-packages by hand (see bin/stunnel).
 PRELUDE = """import sys, site
+site.venv(None)
 sys.path += site.getsitepackages()
 try:
     import stunnel3
@@ -121,7 +122,7 @@ def regular_install_prelude() -> str:
     import stunnel3
 
     home = str(Path(stunnel3.__file__).resolve().parent.parent)
-    return f"import sys, site\nsys.path += site.getsitepackages() + [{home!r}]\n"
+    return f"import sys, site\nsite.venv(None)\nsys.path += site.getsitepackages() + [{home!r}]\n"
 
 
 def profile(pem: str, repeat: int = 15, key: str = "rsa") -> dict:
@@ -135,7 +136,7 @@ def profile(pem: str, repeat: int = 15, key: str = "rsa") -> dict:
             [str(SCRIPTS / "stunnel")], repeat, front_env
         ),
         "python -I -S -c pass": cost([*python, "-c", "pass"], repeat),
-        "+ the front's path and `import stunnel3`, as installed here (editable: site.main())": cost(
+        "+ the front's path and `import stunnel3`, as installed here": cost(
             [*python, "-c", PRELUDE], repeat
         ),
         "+ the same, were it a regular `pip install .`": cost([*python, "-c", regular], repeat),

@@ -17,10 +17,11 @@ in the same run (higher is better for sessions/s and MB/s; lower for CPU, latenc
 
 ## How to run it
 
-As root, on a quiet machine, from the top of the checkout (the package and its test extra
-installed, and matplotlib):
+As root, on a quiet machine, from the top of the checkout. Measure a regular install, as users
+have it, not the editable dev install (its finder, and any .pth files of the machine, add tens of
+ms to every Python start): the harness measures the stunnel3 of the Python that runs it.
 
-    pip install -e '.[test]' matplotlib
+    /usr/bin/python3 -m venv /tmp/benchvenv && /tmp/benchvenv/bin/pip install -q . matplotlib
     {data["command"]}
 
 `--smoke` runs it with tiny numbers in seconds (the test suite does, into a temporary
@@ -28,8 +29,10 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
 
 ## This run
 
-- machine: {m["nproc"]} cores, {m["cpu"]}, Linux {m["kernel"]}, load average before the
-  run {m["load average"]}; Python {m["python"]}, {m["openssl"]}; {m["stunnel4"]}
+- machine: {m["nproc"]} cores, {m["cpu"]}, Linux {m["kernel"]}; load average (1, 5, 15 min)
+  at the start {m.get("load at start", "?")}, at the end {m["load average"]}; Python
+  {m["python"]}, {m["openssl"]}; {m["stunnel4"]}
+- stunnel3 measured: {install_line(data.get("install"))}
 - {p["rounds"]} rounds, servers round-robin in a rotated order each round; per round and key:
   {p["latency_n"]} sessions with one client, then {p["seconds"]} s of load from {p["clients"]}
   concurrent clients; bulk {p["bulk_mib"]} MiB each way once per round; {p["hold"]} sessions
@@ -50,11 +53,17 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   inetd mode (a config with no service section: `cert`, `protocol = smtp`, `exec`, `execArgs`);
   tlswrapper as its manual says (`tlswrapper -n -f pem tlswrapper-smtp backend`); stunnel3 as
   the users run it: `makesock stunnel -p pem -n smtp- -f -F 3 -makesock_connect_to fixcrio
-  backend`; the same with the README's whole set `-/ ssl -s 65534 -g 65534 -i -R seed` (the
-  README's `setuidgid qmaild` before fixcrio left out: it costs every server the same); and
-  stunnel3's daemon mode, `stunnel -d 127.0.0.1:PORT -p pem -n smtp- -f -l backend`. Under
-  load, stunnel4's and tlswrapper's per-connection processes are forked by tcpserver and exec
-  C; stunnel3's chain starts Python twice (stunnel, fixcrio) per connection.
+  backend`; the same chain with `stunnel3-warm` running on a private socket
+  (`STUNNEL3_WARM_SOCKET` set for the helper and the chain; the helper is started with each
+  server instance, in its process tree, so its start-up and all its CPU and memory are
+  charged to it; see docs/warm.md); the same chain with the README's whole set `-/ ssl -s
+  65534 -g 65534 -i -R seed` and `setuidgid` to a throwaway account (the README's qmaild)
+  before fixcrio; and stunnel3's daemon mode, `stunnel -d 127.0.0.1:PORT -p pem -n smtp- -f
+  -l backend`. The other stunnel3 servers run with `STUNNEL3_WARM=0`. Under load, stunnel4's
+  and tlswrapper's per-connection processes are forked by tcpserver and exec C; stunnel3's
+  chain starts Python twice per connection (makesock, which runs stunnel in its own process,
+  and fixcrio); with the helper, the makesock process hands the connection to a worker forked
+  from the helper and imports no OpenSSL.
 - **Session.** Greeting, EHLO, STARTTLS, handshake, EHLO, QUIT, with Python's `ssl` (no
   certificate verification: the same for all) on blocking sockets, one thread per client.
 - **sessions/s**: the clients start sessions for the load time and finish those in flight.
@@ -82,6 +91,14 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
 {profile_section(data.get("profile"))}"""
 
 
+def install_line(install) -> str:
+    if not install:
+        return "?"
+    kind = "the editable dev install" if install["editable"] else "a regular install"
+    who = f"`setuidgid {install['setuidgid']}`" if install.get("setuidgid") else "no setuidgid"
+    return f"{kind}, `{install['package']}`, programs from `{install['scripts']}`; jail: {who}"
+
+
 def profile_section(profile) -> str:
     if not profile:
         return ""
@@ -93,8 +110,8 @@ def profile_section(profile) -> str:
 
 Measured by `bench/startup.py` (medians of {profile["repeat"]} runs; wall-clock and CPU ms,
 the CPU of the process and its children; these run before the load, on a quiet machine).
-Every connection of the users' chain starts Python three times: makesock, then stunnel
-(makesock execs it) and fixcrio (makesock's child execs it).
+Every connection of the users' chain starts Python twice: makesock (which then runs stunnel
+in its own process) and fixcrio (makesock's child execs it).
 
 | piece | wall ms | CPU ms |
 |---|---|---|

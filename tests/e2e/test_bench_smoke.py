@@ -10,7 +10,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVERS = {"stunnel4", "tlswrapper", "stunnel3", "stunnel3-jail", "stunnel3-daemon"}
+SERVERS = {
+    "stunnel4",
+    "tlswrapper",
+    "stunnel3",
+    "stunnel3-warm",
+    "stunnel3-jail",
+    "stunnel3-daemon",
+}
+SAME_RELAY = {"stunnel3-jail", "stunnel3-warm"}  # no bulk of their own
 
 
 def test_bench_smoke_measures_every_server(tmp_path, stunnel_bin):
@@ -33,9 +41,12 @@ def test_bench_smoke_measures_every_server(tmp_path, stunnel_bin):
             assert row["tls"].startswith("TLSv1.")
         assert data["memory"][name]["processes"] >= 1
         assert data["limits"][name]["softlimit"] is not None
-        if name != "stunnel3-jail":
+        if name not in SAME_RELAY:
             assert set(data["bulk"][name]) == {"upload", "download"}
     assert data["limits"]["stunnel3"]["floor"] is not None
+    # The warm variant was served by the helper's workers, not by the direct path.
+    assert data["warm"]["helpers"] > 0 and data["warm"]["handed_over"] > 0, data["warm"]
+    assert data["warm"]["direct"] == 0 and data["warm"]["tracebacks"] == 0, data["warm"]
     assert set(data["profile"]["pieces"]) and data["profile"]["imports"]
     text = (tmp_path / "benchmarks.md").read_text()
     assert data["command"] in text and "| stunnel3-daemon |" in text
