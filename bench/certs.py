@@ -11,6 +11,7 @@ from cryptography.x509.oid import NameOID
 
 
 def write_pem(directory: Path, key_type: str) -> Path:
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
     if key_type == "rsa":
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     elif key_type == "ecdsa":

@@ -285,7 +285,7 @@ def session_members(sid: int) -> list[int]:
 
 @dataclass
 class Memory:
-    processes: int
+    processes: float  # a count, or per session
     rss_kib: int  # sum of VmHWM (peak RSS)
     pss_kib: int
 

@@ -1,5 +1,7 @@
 """The prose of docs/benchmarks.md around the tables: how to run, what is measured, the machine."""
 
+import targets
+
 
 def document(data: dict, tables: str) -> str:
     m, p = data["machine"], data["parameters"]
@@ -38,11 +40,12 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   concurrent clients; bulk {p["bulk_mib"]} MiB each way once per round; {p["hold"]} sessions
   held open for memory; {data.get("seconds", "?")} s in all
 - the client's own CPU under load peaked at {client:.2f} of one core (of {m["nproc"]})
+- {warm_line(data.get("warm"))}
 
 {servers}{missing}
 {tables}
 ![sessions per second, CPU, latency and memory per server](benchmarks.png)
-
+{targets.section(data)}
 ## What is measured, and how
 
 - **Servers.** Each listens under `tcpserver -R -H -c 200 -b 128 127.0.0.1 PORT` (stunnel3's
@@ -80,7 +83,8 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   one client, sessions in a row; median and p99 over all rounds.
 - **memory**: {p["hold"]} sessions held open after the second EHLO; the sum over the server's
   processes (the listener and the dash backends left out) of peak RSS (`VmHWM`) and PSS
-  (`/proc/PID/smaps_rollup`), divided by the sessions held.
+  (`/proc/PID/smaps_rollup`), divided by the sessions held. For the warm variant that sum
+  includes the helper itself (its PSS is shared with its workers).
 - **bulk**: one connection through a plain TLS relay (no SMTP: stunnel4 without `protocol`,
   tlswrapper without `-n`, stunnel3 without `-n`) to a backend that reads exactly the bytes then
   says `done` (upload), or writes them (download). MB are 10^6 bytes.
@@ -89,6 +93,15 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   `STUNNEL3_MEMORY_FLOOR`, so for it the last column bisects that floor under `softlimit -m
   5000000`, as the users run it.
 {profile_section(data.get("profile"))}"""
+
+
+def warm_line(warm) -> str:
+    if not warm:
+        return "stunnel3-warm: not run"
+    return (
+        f"stunnel3-warm: {warm['helpers']} helper starts; sessions handed to its workers:"
+        f" {warm['handed_over']}, served by the direct path: {warm['direct']} (from the log)"
+    )
 
 
 def install_line(install) -> str:
