@@ -1,6 +1,7 @@
 """IMAP STARTTLS proxy (-n imap-, sg2): a sans-I/O state machine (SPEC section 6).
 
 Bytes from the client and from the backend go in; actions come out (protocol.py).
+The relay's calls, client buffering, EOF and the error rule are layer.LineProxy's.
 The rules, each kept in one place (docs/imap-pop3.md has the reasons):
 
   framing     a line ends at LF. A line ending in `{n}` or `{n+}` (also `~{n}`,
@@ -36,7 +37,8 @@ import enum
 import re
 from dataclasses import dataclass
 
-from stunnel3.protocol import Action, Close, Log, StartTls, TlsInfo, ToBackend, ToClient
+from stunnel3.layer import LineProxy, ProxyError
+from stunnel3.protocol import StartTls, ToBackend, ToClient
 
 # RFC 2595 section 3.1 and RFC 9051 section 6.2.1 wording.
 BEGIN_TLS = b"OK Begin TLS negotiation now\r\n"
@@ -64,12 +66,8 @@ OK = re.compile(rb"OK\b")
 CAPABILITY_CODE = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 
 
-class ImapError(Exception):
-    """The session cannot go on: `reply` goes to the client, then it ends."""
-
-    def __init__(self, reply: bytes):
-        super().__init__(reply.decode("ascii").strip())
-        self.reply = reply
+class ImapError(ProxyError):
+    """The IMAP layer's error family (layer.ProxyError): the reply ends the session."""
 
 
 class State(enum.Enum):
@@ -131,16 +129,14 @@ def rewrite_line(line: bytes, offer_starttls: bool) -> bytes:
     )
 
 
-class ImapProxy:
+class ImapProxy(LineProxy):
+    COMMAND, HANDSHAKE, CLOSED = State.COMMAND, State.HANDSHAKE, State.CLOSED
+
     def __init__(self, log_dialogue: bool = False):
-        self.log_dialogue = log_dialogue
-        self.state = State.COMMAND
+        super().__init__(log_dialogue)
         self._tls_active = False
         self._authenticated = False
         self._pending: list[Pending] = [Pending(b"*", Kind.GREETING)]
-        self._client = bytearray()
-        self._client_eof = False
-        self._backend_eof_sent = False
         self._literal_left = 0  # client bytes still to pass as a literal
         self._literal_wait: tuple[Pending | None, int] | None = None  # {n}: awaiting `+`
         self._continuing: Pending | None = None  # the command a next line continues
@@ -148,75 +144,19 @@ class ImapProxy:
         self._server = b""
         self._server_literal = 0  # server bytes still to pass as a literal
         self._in_response = False  # the server's next line continues a response
-        self._out: list[Action] = []
 
-    # -- the interface the relay drives (protocol.py) --------------------------
+    # -- the backend's bytes (the rest of the relay's interface is LineProxy's) --
 
-    def start(self) -> list[Action]:
-        return []
-
-    def feed_client(self, data: bytes) -> list[Action]:
-        if self.state is State.CLOSED or self._client_eof:
-            return []
-        if data:
-            self._client += data
-        else:
-            self._client_eof = True
-        self._guarded(self._pump)
-        return self._take()
-
-    def feed_backend(self, data: bytes) -> list[Action]:
-        if self.state is State.CLOSED:
-            return []
-        if not data:
-            if self._server:  # an unfinished response still reaches the client
-                self._emit(ToClient(self._server))
-            self._emit(ToClient(b""))
-            self._close("server closed the connection")
-            return self._take()
+    def _backend_bytes(self, data: bytes) -> None:
         self._server += data
         self._guarded(self._responses)
         self._guarded(self._pump)
-        return self._take()
 
-    def tls_started(self, info: TlsInfo) -> list[Action]:
-        self._log(f"P: TLS started: {info.version} {info.cipher} {info.bits} bits")
-        if self.state is State.HANDSHAKE:
-            self.state = State.COMMAND
-            self._guarded(self._pump)
-        return self._take()
-
-    # -- plumbing ---------------------------------------------------------------
-
-    def _emit(self, action: Action) -> None:
-        self._out.append(action)
-
-    def _take(self) -> list[Action]:
-        out, self._out = self._out, []
-        return out
-
-    def _log(self, line: str) -> None:
-        if self.log_dialogue:
-            self._out.append(Log(7, line))
-
-    def _close(self, reason: str) -> None:
-        self._emit(Close(reason))
-        self.state = State.CLOSED
-
-    def _guarded(self, step) -> None:
-        if self.state is State.CLOSED:
-            return
-        try:
-            step()
-        except ImapError as error:
-            self._log("P: " + str(error))
-            self._emit(ToClient(error.reply))
-            self._close(str(error))
+    def _unfinished_response(self) -> bytes:
+        return self._server
 
     def _reply(self, tag: bytes, response: bytes) -> None:
-        line = tag + b" " + response
-        self._log("P: " + line.rstrip(b"\r\n").decode("latin-1"))
-        self._emit(ToClient(line))
+        self._say(tag + b" " + response)
 
     # -- the client side --------------------------------------------------------
 
@@ -247,10 +187,8 @@ class ImapProxy:
             self._client_line(line)
         if len(self._client) > MAX_HELD:
             raise ImapError(TOO_MUCH_PIPELINING)
-        waiting = self._client and self.state is not State.CLOSED
-        if self._client_eof and not waiting and not self._backend_eof_sent:
-            self._emit(ToBackend(b""))
-            self._backend_eof_sent = True
+        if self._client_eof_due():
+            self._end_backend_input()
 
     def _next_line(self) -> bytes | None:
         end = self._client.find(b"\n")

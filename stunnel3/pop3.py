@@ -1,6 +1,7 @@
 """POP3 STLS proxy (-n pop3-, -n pop3): a sans-I/O state machine (SPEC section 6).
 
 Bytes from the client and from the backend go in; actions come out (protocol.py).
+The relay's calls, client buffering, EOF and the error rule are layer.LineProxy's.
 The rules, each kept in one place (docs/imap-pop3.md has the reasons):
 
   greeting    the backend's greeting passes unchanged; no command is parsed before it.
@@ -31,7 +32,8 @@ import enum
 from collections import deque
 from dataclasses import dataclass
 
-from stunnel3.protocol import Action, Close, Log, StartTls, TlsInfo, ToBackend, ToClient
+from stunnel3.layer import LineProxy, ProxyError
+from stunnel3.protocol import StartTls, ToBackend, ToClient
 
 # RFC 2595 section 4: the positive answer to STLS; refusals as its examples word them.
 BEGIN_TLS = b"+OK Begin TLS negotiation\r\n"
@@ -80,12 +82,8 @@ KEPT_CAPABILITIES = frozenset(
 )
 
 
-class Pop3Error(Exception):
-    """The session cannot go on: `reply` goes to the client, then it ends."""
-
-    def __init__(self, reply: bytes):
-        super().__init__(reply.decode("ascii").strip())
-        self.reply = reply
+class Pop3Error(ProxyError):
+    """The POP3 layer's error family (layer.ProxyError): the reply ends the session."""
 
 
 class State(enum.Enum):
@@ -175,92 +173,32 @@ class Body:
         return data
 
 
-class Pop3Proxy:
+class Pop3Proxy(LineProxy):
     """require_tls: -n pop3 (STLS first); False for -n pop3- (plaintext fallback)."""
 
+    COMMAND, HANDSHAKE, CLOSED = State.COMMAND, State.HANDSHAKE, State.CLOSED
+
     def __init__(self, require_tls: bool = False, log_dialogue: bool = False):
+        super().__init__(log_dialogue)
         self.require_tls = require_tls
-        self.log_dialogue = log_dialogue
-        self.state = State.COMMAND
         self._tls_active = False
         self._logged_in = False  # a +OK to PASS, APOP or AUTH: the TRANSACTION state
         self._sasl = False  # the next client line answers a `+ ` continuation
         self._discarding = False  # the rest of a too-long line is being dropped
-        self._client = bytearray()
-        self._client_eof = False
-        self._backend_eof_sent = False
         self._server = b""
         self._body: Body | None = None
         self._capabilities: list[bytes] | None = None  # a CAPA body being collected
         self._pending: deque[Pending] = deque([Pending(Expect.GREETING)])
-        self._out: list[Action] = []
 
-    # -- the interface the relay drives (protocol.py) --------------------------
+    # -- the backend's bytes (the rest of the relay's interface is LineProxy's) --
 
-    def start(self) -> list[Action]:
-        return []
-
-    def feed_client(self, data: bytes) -> list[Action]:
-        if self.state is State.CLOSED or self._client_eof:
-            return []
-        if data:
-            self._client += data
-        else:
-            self._client_eof = True
-        self._guarded(self._pump)
-        return self._take()
-
-    def feed_backend(self, data: bytes) -> list[Action]:
-        if self.state is State.CLOSED:
-            return []
-        if not data:
-            if self._server:  # an unfinished line still reaches the client
-                self._emit(ToClient(self._server))
-            self._emit(ToClient(b""))
-            self._close("server closed the connection")
-            return self._take()
+    def _backend_bytes(self, data: bytes) -> None:
         self._server += data
         self._guarded(self._responses)
         self._guarded(self._pump)
-        return self._take()
 
-    def tls_started(self, info: TlsInfo) -> list[Action]:
-        self._log(f"P: TLS started: {info.version} {info.cipher} {info.bits} bits")
-        if self.state is State.HANDSHAKE:
-            self.state = State.COMMAND
-            self._guarded(self._pump)
-        return self._take()
-
-    # -- plumbing ---------------------------------------------------------------
-
-    def _emit(self, action: Action) -> None:
-        self._out.append(action)
-
-    def _take(self) -> list[Action]:
-        out, self._out = self._out, []
-        return out
-
-    def _log(self, line: str) -> None:
-        if self.log_dialogue:
-            self._out.append(Log(7, line))
-
-    def _close(self, reason: str) -> None:
-        self._emit(Close(reason))
-        self.state = State.CLOSED
-
-    def _guarded(self, step) -> None:
-        if self.state is State.CLOSED:
-            return
-        try:
-            step()
-        except Pop3Error as error:
-            self._log("P: " + str(error))
-            self._emit(ToClient(error.reply))
-            self._close(str(error))
-
-    def _reply(self, reply: bytes) -> None:
-        self._log("P: " + reply.decode("latin-1").rstrip())
-        self._emit(ToClient(reply))
+    def _unfinished_response(self) -> bytes:
+        return self._server
 
     def _queue(self, entry: Pending) -> None:
         self._pending.append(entry)
@@ -282,10 +220,8 @@ class Pop3Proxy:
                 break
         if len(self._client) > MAX_HELD:
             raise Pop3Error(TOO_MUCH_PIPELINING)
-        waiting = self._client and self.state is not State.CLOSED
-        if self._client_eof and not waiting and not self._backend_eof_sent:
-            self._emit(ToBackend(b""))
-            self._backend_eof_sent = True
+        if self._client_eof_due():
+            self._end_backend_input()
 
     def _next_line(self) -> bool:
         end = self._client.find(b"\n")
@@ -336,22 +272,22 @@ class Pop3Proxy:
         while self._pending and self._pending[0].expect in (Expect.LOCAL, Expect.STLS):
             entry = self._pending.popleft()
             if entry.expect is Expect.LOCAL:
-                self._reply(entry.reply)
+                self._say(entry.reply)
             elif self._stls(entry.reply):
                 return
 
     def _stls(self, argument: bytes) -> bool:
         """Answer STLS; True if TLS starts (nothing more is answered before it)."""
         if self._tls_active:
-            self._reply(STLS_TWICE)
+            self._say(STLS_TWICE)
         elif argument:
-            self._reply(STLS_ARGUMENTS)
+            self._say(STLS_ARGUMENTS)
         elif self._logged_in:
-            self._reply(STLS_AFTER_LOGIN)
+            self._say(STLS_AFTER_LOGIN)
         elif self._client:
             raise Pop3Error(STLS_INJECTION)
         else:
-            self._reply(BEGIN_TLS)
+            self._say(BEGIN_TLS)
             self._emit(StartTls())
             self._tls_active = True
             self.state = State.HANDSHAKE

@@ -1,6 +1,7 @@
 """SMTP STARTTLS proxy (-n smtp-, -n smtp): a sans-I/O state machine (SPEC section 6).
 
 Bytes from the client and from the backend go in; actions come out (protocol.py).
+The relay's calls, client buffering, EOF and the error rule are layer.LineProxy's.
 No sockets, no TLS, no clock but the one passed in. The rules, each kept in one place:
 
   greeting    the backend's greeting passes unchanged; if client bytes are already
@@ -37,7 +38,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from stunnel3 import smtp_text as text
-from stunnel3.protocol import Action, Close, Log, StartTls, TlsInfo, ToBackend, ToClient
+from stunnel3.layer import LineProxy
+from stunnel3.protocol import StartTls, ToBackend, ToClient
 from stunnel3.smtp_command import (
     ALLOWED_BEFORE_HELO,
     ALLOWED_BEFORE_TLS,
@@ -48,7 +50,7 @@ from stunnel3.smtp_command import (
 )
 from stunnel3.smtp_data import MessageData
 from stunnel3.smtp_reply import Reply, ReplyReader, ReplyTooLong, rewrite_ehlo
-from stunnel3.smtp_text import BackendError, ClientError, SmtpError
+from stunnel3.smtp_text import BackendError, ClientError, SmtpError  # noqa: F401 (tests)
 
 TLS_HANDSHAKE_RECORD = b"\x16"  # the first byte of a ClientHello (RFC 8446 section 5.1)
 
@@ -90,7 +92,7 @@ class Pending:
     reply: bytes = b""  # LOCAL: the reply; STARTTLS: its parameters
 
 
-class SmtpProxy:
+class SmtpProxy(LineProxy):
     """require_tls: -n smtp (530 until STARTTLS); False for -n smtp- (plaintext fallback).
 
     log_dialogue: Log(7, ...) for every line (the relay sets it at -D 7).
@@ -100,6 +102,8 @@ class SmtpProxy:
     clock: seconds since the epoch, for that line's date.
     """
 
+    COMMAND, HANDSHAKE, CLOSED = State.COMMAND, State.HANDSHAKE, State.CLOSED
+
     def __init__(
         self,
         require_tls: bool = False,
@@ -107,12 +111,10 @@ class SmtpProxy:
         received_header: bool = True,
         clock=time.time,
     ):
+        super().__init__(log_dialogue)
         self.require_tls = require_tls
-        self.log_dialogue = log_dialogue
         self.received_header = received_header
         self.clock = clock
-        self.state = State.COMMAND
-        self.tls: TlsInfo | None = None
         self._tls_active = False  # StartTls issued (handshake may be under way)
         self._greeted = False  # a positive reply to EHLO/HELO since the last reset
         self._must_greet = False  # after STARTTLS: EHLO/HELO before anything else
@@ -121,15 +123,9 @@ class SmtpProxy:
         self._sasl = False  # the next client line answers a 334
         self._discarding = False  # the rest of a too-long line is being dropped
         self._skip = 0  # bytes of a refused BDAT chunk still to drop
-        # Client bytes not yet parsed. A bytearray: `del buffer[:n]` is O(1) in CPython,
-        # so taking pipelined lines off its front costs no copy of the rest.
-        self._client = bytearray()
-        self._client_eof = False
-        self._backend_eof_sent = False
         self._pending: deque[Pending] = deque([Pending(Expect.GREETING)])
         self._replies = ReplyReader()
         self._message: MessageData | None = None
-        self._out: list[Action] = []
 
     @property
     def client_paused(self) -> bool:
@@ -137,85 +133,22 @@ class SmtpProxy:
         stop reading the client until a later call makes it False again."""
         return len(self._client) > text.PAUSE_HELD
 
-    # -- the interface the relay drives (protocol.py) --------------------------
+    # -- the backend's bytes (the rest of the relay's interface is LineProxy's) --
 
-    def start(self) -> list[Action]:
-        return []
-
-    def feed_client(self, data: bytes) -> list[Action]:
-        if self.state is State.CLOSED or self._client_eof:
-            return []
-        if data:
-            self._client += data
-        else:
-            self._client_eof = True
-        self._guarded(self._pump)
-        return self._take()
-
-    def feed_backend(self, data: bytes) -> list[Action]:
-        if self.state is State.CLOSED:
-            return []
-        if not data:
-            leftover = self._replies.leftover()
-            if leftover:  # an unfinished reply still goes to the client
-                self._emit(ToClient(leftover))
-            self._emit(ToClient(b""))
-            self._close("server closed the connection")
-            return self._take()
+    def _backend_bytes(self, data: bytes) -> None:
         try:
             replies = self._replies.feed(data)
         except ReplyTooLong:
             self._fail(BackendError(text.BACKEND_LINE_TOO_LONG))
-            return self._take()
+            return
         for reply in replies:
             if self.state is State.CLOSED:
                 break
             self._guarded(lambda r=reply: self._on_reply(r))
             self._guarded(self._pump)
-        return self._take()
 
-    def tls_started(self, info: TlsInfo) -> list[Action]:
-        self.tls = info
-        self._log(f"P: TLS started: {info.version} {info.cipher} {info.bits} bits")
-        if self.state is State.HANDSHAKE:
-            self.state = State.COMMAND
-            self._guarded(self._pump)
-        return self._take()
-
-    # -- plumbing ---------------------------------------------------------------
-
-    def _emit(self, action: Action) -> None:
-        self._out.append(action)
-
-    def _take(self) -> list[Action]:
-        out, self._out = self._out, []
-        return out
-
-    def _log(self, line: str) -> None:
-        if self.log_dialogue:
-            self._out.append(Log(7, line))
-
-    def _log_lines(self, prefix: str, data: bytes) -> None:
-        if self.log_dialogue:
-            for line in data.splitlines():
-                self._log(prefix + line.decode("latin-1"))
-
-    def _close(self, reason: str) -> None:
-        self._emit(Close(reason))
-        self.state = State.CLOSED
-
-    def _guarded(self, step) -> None:
-        if self.state is State.CLOSED:
-            return
-        try:
-            step()
-        except SmtpError as error:
-            self._fail(error)
-
-    def _fail(self, error: SmtpError) -> None:
-        self._log_lines("P: ", error.reply)
-        self._emit(ToClient(error.reply))
-        self._close(str(error))
+    def _unfinished_response(self) -> bytes:
+        return self._replies.leftover()
 
     def _queue(self, entry: Pending) -> None:
         self._pending.append(entry)
@@ -247,12 +180,10 @@ class SmtpProxy:
                 break
         if len(self._client) > text.MAX_HELD:
             raise ClientError(text.TOO_MUCH_PIPELINING)
-        waiting = self._client and self.state is not State.CLOSED
-        if self._client_eof and not waiting and not self._backend_eof_sent:
+        if self._client_eof_due():
             if self._message is not None:
                 self._emit(ToBackend(self._message.flush()))
-            self._emit(ToBackend(b""))
-            self._backend_eof_sent = True
+            self._end_backend_input()
             self._client.clear()
 
     def _next_line(self) -> bool:
@@ -341,8 +272,7 @@ class SmtpProxy:
             if entry.expect is Expect.STARTTLS:
                 self._starttls(entry.reply)
             else:
-                self._log_lines("P: ", entry.reply)
-                self._emit(ToClient(entry.reply))
+                self._say(entry.reply)
 
     def _starttls(self, argument: bytes) -> None:
         if self._tls_active:
@@ -356,8 +286,7 @@ class SmtpProxy:
         elif self._client:
             raise ClientError(text.STARTTLS_INJECTION)
         else:
-            self._log_lines("P: ", text.READY_TO_START_TLS)
-            self._emit(ToClient(text.READY_TO_START_TLS))
+            self._say(text.READY_TO_START_TLS)
             self._emit(StartTls())
             self._begin_tls()
             # RFC 3207 section 4.2: the server must discard what it knew of the
@@ -367,8 +296,7 @@ class SmtpProxy:
             self._pending.append(Pending(Expect.RESET_AFTER_TLS))
             self._must_greet = True
             return
-        self._log_lines("P: ", refusal)
-        self._emit(ToClient(refusal))
+        self._say(refusal)
 
     def _begin_tls(self) -> None:
         self._tls_active = True

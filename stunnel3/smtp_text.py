@@ -5,6 +5,8 @@ Codes and wording follow RFC 5321 (basic codes), RFC 3463 (enhanced codes),
 RFC 3207 (STARTTLS) and RFC 3030 (BDAT). Each reply is a whole CRLF line.
 """
 
+from stunnel3.layer import ProxyError
+
 # RFC 3207 section 4: the only positive answer to STARTTLS.
 READY_TO_START_TLS = b"220 2.0.0 Ready to start TLS\r\n"
 # RFC 3207 section 4: STARTTLS takes no parameters.
@@ -86,14 +88,8 @@ KEPT_EXTENSIONS = frozenset(
 )
 
 
-class SmtpError(Exception):
-    """An error the session cannot go on from: `reply` goes to the client, then the
-    session ends and input is refused (h11's rule). Errors a session survives (a
-    line too long, a refused STARTTLS) are plain replies queued in turn, not these."""
-
-    def __init__(self, reply: bytes):
-        super().__init__(reply.decode("ascii").strip())
-        self.reply = reply
+class SmtpError(ProxyError):
+    """The SMTP layer's error family (layer.ProxyError): the reply ends the session."""
 
 
 class ClientError(SmtpError):
