@@ -5,7 +5,8 @@ can run under `softlimit -m 5000000`, and left the originals in
 STUNNEL3_RLIMITS as `as:data:stack`, each in KiB or `unlimited` (what
 `ulimit -S` prints). Every program started by our code (makesock's PROG1 and
 PROG2, fixcrio's program, stunnel's -l program) must run under the limits the
-administrator chose, so `prepare_child()` restores them right before exec.
+administrator chose, so `prepare_child()` restores them right before exec;
+`reap_children()` collects them when they end, so none stays a zombie.
 """
 
 import _signal as signal  # the C module: `signal` builds enums (~8 ms on every connection)
@@ -63,3 +64,16 @@ def prepare_child(environ=os.environ) -> None:
         resource.setrlimit(limit, (soft, hard))
     for name in ("SIGPIPE", "SIGXFSZ"):
         signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
+def reap_children() -> list[int]:
+    """Collect every child that has ended, without waiting; the pids collected."""
+    reaped: list[int] = []
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped.append(pid)

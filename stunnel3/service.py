@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 
-from stunnel3 import chroot, tls
+from stunnel3 import chroot, limits, tls
 from stunnel3.endpoints import Endpoint, apply_socket_options, peer_address, set_nodelay
 from stunnel3.options import Options, program_argv, service_name
 from stunnel3.protocol import Passthrough
@@ -308,13 +308,7 @@ def _exit_by_signal(signum, frame) -> None:
 
 def reap_children(signum=None, frame=None) -> None:
     """makesock leaves PROG2 as our child, and -l programs are ours: no zombies."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    limits.reap_children()
 
 
 def _install_signals() -> None:

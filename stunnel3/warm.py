@@ -39,7 +39,7 @@ import stat
 import struct
 import sys
 
-from stunnel3 import unix, warm_client, warm_worker
+from stunnel3 import limits, unix, warm_client, warm_worker
 from stunnel3.warm_client import GO, READY, REFUSED
 
 PROG = "stunnel3-warm"
@@ -60,7 +60,9 @@ def main(argv: list[str]) -> int:
     listener, inode = _listen(path)
     say(f"info: listening on {path} (pid {os.getpid()})")
     sessions: set[int] = set()
-    signal.signal(signal.SIGCHLD, lambda signum, frame: _reap(sessions))
+    signal.signal(
+        signal.SIGCHLD, lambda signum, frame: sessions.difference_update(limits.reap_children())
+    )
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nothing to reload: imports are code
@@ -171,17 +173,6 @@ def _remove(path: str, inode: int) -> None:
 
 def _stop(signum, frame) -> None:
     raise Stop
-
-
-def _reap(sessions: set[int]) -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        sessions.discard(pid)
 
 
 def _accept_one(listener: socket.socket, sessions: set[int], limit: int) -> None:
