@@ -59,7 +59,7 @@ def obstacles(data: dict) -> str:
     """The chain's CPU per session next to what starting Python costs, from bench/startup.py."""
     profile, key = data.get("profile"), data["parameters"]["keys"].split(",")[0]
     base, chain, warm = (_cpu(data, n, key) for n in (BASE, "stunnel3", "stunnel3-warm"))
-    if not profile or None in (base, chain):
+    if not profile or base is None or chain is None:
         return ""
     start = _piece(profile, "python -I -S -c pass") or 0.0
     path = _piece(profile, "+ the front's path") or 0.0

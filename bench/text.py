@@ -32,7 +32,8 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
 ## This run
 
 - machine: {m["nproc"]} cores, {m["cpu"]}, Linux {m["kernel"]}; load average (1, 5, 15 min)
-  at the start {m.get("load at start", "?")}, at the end {m["load average"]}; Python
+  at the start {m.get("load at start", "?")}, at the end {m["load average"]} (the run's own
+  load included: {p["clients"]} clients and the servers' processes); Python
   {m["python"]}, {m["openssl"]}; {m["stunnel4"]}
 - stunnel3 measured: {install_line(data.get("install"))}
 - {p["rounds"]} rounds, servers round-robin in a rotated order each round; per round and key:
