@@ -5,6 +5,7 @@ import platform
 import shlex
 import ssl
 import subprocess
+import sys
 from pathlib import Path
 
 import measure
@@ -36,6 +37,12 @@ def machine() -> dict:
     }
 
 
+def python_name() -> str:
+    """How the command names the Python that ran it: a venv's by its path (that is what says
+    which stunnel3 was measured), else python3."""
+    return sys.executable if sys.prefix != sys.base_prefix else "python3"
+
+
 def collect(args, argv, servers, missing, results, memories, bounds) -> dict:
     rows: dict = {}
     for (name, key), runs in results["speeds"].items():
@@ -56,7 +63,7 @@ def collect(args, argv, servers, missing, results, memories, bounds) -> dict:
     for (name, direction), values in results["bulks"].items():
         bulk.setdefault(name, {})[direction] = measure.median(values)
     return {
-        "command": shlex.join(["python3", "bench/run.py", *argv]),
+        "command": shlex.join([python_name(), "bench/run.py", *argv]),
         "machine": machine(),
         "parameters": {
             k: getattr(args, k)
