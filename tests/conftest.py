@@ -75,3 +75,33 @@ def free_port(family: int = socket.AF_INET) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+class RecordingLog:
+    """A stunnel Log (log.py's interface) that keeps (level, text) for each line."""
+
+    level = 7
+
+    def __init__(self):
+        self.lines: list[tuple[int, str]] = []
+
+    def log(self, level, text):
+        self.lines.append((level, text))
+
+    def err(self, text):
+        self.log(3, text)
+
+    def warning(self, text):
+        self.log(4, text)
+
+    def notice(self, text):
+        self.log(5, text)
+
+    def info(self, text):
+        self.log(6, text)
+
+    def debug(self, text):
+        self.log(7, text)
+
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)

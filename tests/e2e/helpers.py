@@ -221,3 +221,50 @@ def accounts_lock():
         yield
     finally:
         os.close(fd)
+
+
+# stunnel's last line of a session: `Connection closed/reset: N bytes sent to SSL, ...`
+SESSION_END = b" bytes sent to SSL, "
+
+
+def start_chain(argv: list[str], log: Path, port: int, env: dict | None = None):
+    """Start the tcpserver chain `argv` (listening on `port`, all output to `log`);
+    return its Popen once one probe connection's whole session has ended, so that
+    none overlaps a test's. A chain that does not get there is stopped."""
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env
+        )
+    deadline = time.monotonic() + 10
+    try:
+        while True:
+            assert time.monotonic() < deadline and server.poll() is None, log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        while log.read_bytes().count(SESSION_END) < 1:
+            assert time.monotonic() < deadline + TIMEOUT, "the probe's session did not end"
+            time.sleep(0.05)
+    except BaseException:
+        stop_chain(server)
+        raise
+    return server
+
+
+def stop_chain(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=TIMEOUT)
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry))
+    return found

@@ -18,7 +18,6 @@ import imaplib
 import os
 import poplib
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -27,10 +26,9 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
-from helpers import tls_client
+from helpers import SESSION_END, start_chain, stop_chain, tls_client
 
 TIMEOUT = 20
-SESSION_END = b" bytes sent to SSL, "
 USER, PASSWORD = "alice", "hunter2-secret"
 NOBODY = 65534
 MARKER = "imap-pop3-e2e-marker"
@@ -96,36 +94,7 @@ def start(workdir: Path, stunnel: list[str], backend: list[str], env: dict):
     chain = Chain(workdir / f"chain-{port}.log", port)
     argv = ["tcpserver", "-H", "-R", "-c", "8", "127.0.0.1", str(port), *stunnel]
     argv += ["-makesock_connect_to", "recordio", *backend]
-    with chain.log.open("wb") as log:
-        server = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            env={**os.environ, **env},
-        )
-    deadline = time.monotonic() + 10
-    try:
-        while True:  # one probe session, ended before any test's
-            assert time.monotonic() < deadline and server.poll() is None, chain.log.read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        while chain.log.read_bytes().count(SESSION_END) < 1:
-            assert time.monotonic() < deadline + TIMEOUT, "the probe's session did not end"
-            time.sleep(0.05)
-    except BaseException:
-        stop(server)
-        raise
-    return server, chain
-
-
-def stop(server):
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=TIMEOUT)
+    return start_chain(argv, chain.log, port, {**os.environ, **env}), chain
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +118,7 @@ def chains(tmp_path_factory, pki, stunnel_bin, makesock_bin, mailhome):
 
     yield get
     for server, _ in started.values():
-        stop(server)
+        stop_chain(server)
 
 
 def run(argv, stdin=b""):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
+from helpers import children
 
 TIMEOUT = 10
 
@@ -126,17 +127,6 @@ def client_context(pki) -> ssl.SSLContext:
     return context
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid:
-                    found.append(int(entry))
-    return found
-
-
 def stunnel_process(tcpserver_pid: int, jail: Path) -> int:
     """The session's stunnel: below tcpserver, with our jail on its command line."""
     pending, seen = [tcpserver_pid], []
@@ -158,8 +148,10 @@ def status_fields(pid: int) -> dict[str, list[str]]:
     return {key: value.split() for key, value in (line.split(":", 1) for line in lines)}
 
 
-def session_through_jail(port, server_pid, jail, pki):
-    """One TLS session with a byte echo; returns what /proc said while it was open."""
+def session_through_jail(port, server_pid, jail, pki, serving=None):
+    """One TLS session with a byte echo; returns what /proc said while it was open
+    about the process serving it: serving() if given (test_warm: the helper's
+    worker), else the session's stunnel below tcpserver."""
     with socket.create_connection(("127.0.0.1", port), TIMEOUT) as raw:
         with client_context(pki).wrap_socket(raw, server_hostname="localhost") as tls:
             tls.sendall(b"through the jail\n")
@@ -168,7 +160,7 @@ def session_through_jail(port, server_pid, jail, pki):
                 chunk = tls.recv(100)
                 assert chunk, "the session ended before the echo"
                 echoed += chunk
-            pid = stunnel_process(server_pid, jail)
+            pid = stunnel_process(server_pid, jail) if serving is None else serving()
             seen = os.readlink(f"/proc/{pid}/root"), status_fields(pid)
     return echoed, seen
 

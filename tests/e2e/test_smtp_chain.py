@@ -17,8 +17,6 @@ the debug log.
 """
 
 import base64
-import os
-import signal
 import smtplib
 import socket
 import ssl
@@ -28,9 +26,9 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
+from helpers import SESSION_END, start_chain, stop_chain
 
 TIMEOUT = 20
-SESSION_END = b" bytes sent to SSL, "  # stunnel's last line: Connection closed/reset: N bytes ...
 
 
 class Chain:
@@ -60,7 +58,7 @@ class Chain:
         return result, received, sent, log
 
 
-def start_chain(tmp_path_factory, pki, stunnel_bin, makesock_bin, fixcrio_bin, mode):
+def start_exim_chain(tmp_path_factory, pki, stunnel_bin, makesock_bin, fixcrio_bin, mode):
     workdir = tmp_path_factory.mktemp(f"chain{mode}")
     port = free_port()
     chain = Chain(workdir, port, pki["ca"])
@@ -68,31 +66,7 @@ def start_chain(tmp_path_factory, pki, stunnel_bin, makesock_bin, fixcrio_bin, m
     argv += [stunnel_bin, "-f", "-D", "7", "-p", str(pki["server"]), "-n", mode, "-F", "3"]
     argv += ["-makesock_connect_to", fixcrio_bin, "setuidgid", "Debian-exim"]
     argv += ["recordio", "exim4", "-bs", "-N"]
-    with chain.log.open("wb") as log:
-        server = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + 10
-        while True:  # one probe connection, then its whole session, so none overlaps a test's
-            assert time.monotonic() < deadline and server.poll() is None, "chain did not start"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        while chain.log.read_bytes().count(SESSION_END) < 1:
-            assert time.monotonic() < deadline + TIMEOUT, "the probe's session did not end"
-            time.sleep(0.05)
-    except BaseException:
-        stop(server)
-        raise
-    return server, chain
-
-
-def stop(server):
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=TIMEOUT)
+    return start_chain(argv, chain.log, port), chain
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +75,14 @@ def chains(tmp_path_factory, pki, stunnel_bin, makesock_bin, fixcrio_bin):
 
     def get(mode: str, fixcrio: str = fixcrio_bin) -> Chain:
         if (mode, fixcrio) not in started:
-            started[mode, fixcrio] = start_chain(
+            started[mode, fixcrio] = start_exim_chain(
                 tmp_path_factory, pki, stunnel_bin, makesock_bin, fixcrio, mode
             )
         return started[mode, fixcrio][1]
 
     yield get
     for server, _ in started.values():
-        stop(server)
+        stop_chain(server)
 
 
 def run(argv, stdin=b""):

@@ -7,7 +7,6 @@ serves. Whether the helper served is told by the pid in the log lines: the
 worker's, not the `stunnel` process's own.
 """
 
-import contextlib
 import os
 import re
 import signal
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import (  # noqa: F401  (no_leftovers is a fixture)
     TIMEOUT,
+    children,
     environment,
     no_leftovers,
     tcpserver,
@@ -28,10 +28,9 @@ from test_jail import (
     account,  # noqa: F401  (a fixture, asked for by name)
     args_for,
     chain,
-    client_context,
     make_jail,
+    session_through_jail,
     status_fields,
-    stunnel_process,
     wait_for,
 )
 
@@ -92,17 +91,6 @@ def helper(tmp_path, monkeypatch, stunnel_bin):
     finally:
         if warm.process.poll() is None:
             warm.stop()
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid:
-                    found.append(int(entry))
-    return found
 
 
 def masked(text: bytes) -> bytes:
@@ -235,20 +223,12 @@ def test_the_jailed_chain_through_the_helper(
 
 def jailed_session(port: int, pki, helper: Helper | None, server: int, jail: Path):
     """One echo through TLS; while it is open, /proc of the worker (test_jail's check)."""
-    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as raw:
-        with client_context(pki).wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(b"through the jail\n")
-            echoed = b""
-            while not echoed.endswith(b"\n"):
-                chunk = tls.recv(100)
-                assert chunk, "the session ended before the echo"
-                echoed += chunk
-            if helper is None:
-                serving = stunnel_process(server, jail)
-            else:
-                (serving,) = helper.workers()
-            seen = os.readlink(f"/proc/{serving}/root"), status_fields(serving)
-    return echoed, seen
+
+    def worker() -> int:
+        (serving,) = helper.workers()
+        return serving
+
+    return session_through_jail(port, server, jail, pki, None if helper is None else worker)
 
 
 def serving_state(pid: int, ours: dict[int, int]) -> dict:

@@ -15,33 +15,11 @@ import sys
 import time
 
 import pytest
+from conftest import RecordingLog
 
 from stunnel3 import chroot
 from stunnel3.chroot import Ids, SetupError
 from stunnel3.options import Address, Options
-
-
-class RecordingLog:
-    def __init__(self):
-        self.lines: list[tuple[int, str]] = []
-
-    def log(self, level, text):
-        self.lines.append((level, text))
-
-    def err(self, text):
-        self.log(3, text)
-
-    def warning(self, text):
-        self.log(4, text)
-
-    def notice(self, text):
-        self.log(5, text)
-
-    def info(self, text):
-        self.log(6, text)
-
-    def debug(self, text):
-        self.log(7, text)
 
 
 def in_child(work, timeout=10.0):

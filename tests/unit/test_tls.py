@@ -7,41 +7,12 @@ import os
 
 import pytest
 import trustme
+from conftest import RecordingLog
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
 from stunnel3.options import Options
 from stunnel3.tls import ContextError, TlsError, TlsSession, make_context
-
-
-class Lines:
-    """A Log that keeps its lines."""
-
-    level = 7
-
-    def __init__(self):
-        self.lines: list[tuple[int, str]] = []
-
-    def log(self, level, text):
-        self.lines.append((level, text))
-
-    def err(self, text):
-        self.log(3, text)
-
-    def warning(self, text):
-        self.log(4, text)
-
-    def notice(self, text):
-        self.log(5, text)
-
-    def info(self, text):
-        self.log(6, text)
-
-    def debug(self, text):
-        self.log(7, text)
-
-    def text(self) -> str:
-        return "\n".join(line for _, line in self.lines)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +62,7 @@ def pump(client: TlsSession, server: TlsSession) -> None:
 
 
 def handshake(server_opts: Options, client_opts: Options, log=None):
-    log = log or Lines()
+    log = log or RecordingLog()
     server = TlsSession(make_context(server_opts, log), server=True)
     client = TlsSession(make_context(client_opts, log), server=False)
     client.handshake()
@@ -139,7 +110,7 @@ def test_tls_1_1_is_refused(certs):
     old = SSL.Context(SSL.TLS_METHOD)
     old.set_max_proto_version(SSL.TLS1_1_VERSION)
     old.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
-    server = TlsSession(make_context(Options(pem=certs["server"]), Lines()), server=True)
+    server = TlsSession(make_context(Options(pem=certs["server"]), RecordingLog()), server=True)
     client = TlsSession(old, server=False)
     client.handshake()
     with pytest.raises(TlsError, match="SSL_accept"):
@@ -147,7 +118,7 @@ def test_tls_1_1_is_refused(certs):
 
 
 def test_compression_and_renegotiation_are_off(certs):
-    ctx = make_context(Options(pem=certs["server"]), Lines())
+    ctx = make_context(Options(pem=certs["server"]), RecordingLog())
     options = ctx.set_options(0)
     assert options & SSL.OP_NO_COMPRESSION and options & SSL.OP_NO_RENEGOTIATION
 
@@ -166,7 +137,7 @@ def test_compression_and_renegotiation_are_off(certs):
 def test_verify_levels(certs, level, client_pem, ok, said):
     server_opts = Options(pem=certs["server"], verify_level=level, ca_file=certs["ca"])
     client_opts = Options(client=True, pem=certs[client_pem] if client_pem else None)
-    log = Lines()
+    log = RecordingLog()
     if ok:
         client, server, _ = handshake(server_opts, client_opts, log)
         assert server.established
@@ -198,31 +169,31 @@ def test_client_verifies_the_server(certs):
 def test_missing_pem_is_3_22s_line(tmp_path):
     missing = str(tmp_path / "nope.pem")
     with pytest.raises(ContextError) as error:
-        make_context(Options(pem=missing), Lines())
+        make_context(Options(pem=missing), RecordingLog())
     assert error.value.text == f"{missing}: No such file or directory (2)"
 
 
 def test_key_that_does_not_match(certs):
     with pytest.raises(ContextError, match="Private key does not match the certificate"):
-        make_context(Options(pem=certs["mismatch"]), Lines())
+        make_context(Options(pem=certs["mismatch"]), RecordingLog())
 
 
 def test_pem_without_key_and_garbage(tmp_path, certs):
     only_cert = tmp_path / "cert.pem"
     only_cert.write_bytes(open(certs["client_cert"], "rb").read())
     with pytest.raises(ContextError, match="SSL_CTX_use_PrivateKey_file"):
-        make_context(Options(pem=str(only_cert)), Lines())
+        make_context(Options(pem=str(only_cert)), RecordingLog())
     garbage = tmp_path / "garbage.pem"
     garbage.write_bytes(b"not a pem\n")
     with pytest.raises(ContextError, match="SSL_CTX_use_certificate_chain_file"):
-        make_context(Options(pem=str(garbage)), Lines())
+        make_context(Options(pem=str(garbage)), RecordingLog())
 
 
 def test_world_readable_pem_is_warned_about(certs, tmp_path):
     loose = tmp_path / "loose.pem"
     loose.write_bytes(open(certs["server"], "rb").read())
     os.chmod(loose, 0o644)
-    log = Lines()
+    log = RecordingLog()
     make_context(Options(pem=str(loose)), log)
     assert (4, f"Wrong permissions on {loose}") in log.lines
 
@@ -231,10 +202,10 @@ def test_bad_ca_file_and_cipher_list(certs, tmp_path):
     with pytest.raises(ContextError, match="Error loading verify certificates from"):
         make_context(
             Options(pem=certs["server"], verify_level=2, ca_file=str(tmp_path / "none.pem")),
-            Lines(),
+            RecordingLog(),
         )
     with pytest.raises(ContextError, match="SSL_CTX_set_cipher_list"):
-        make_context(Options(pem=certs["server"], cipher_list="NOTHING-AT-ALL"), Lines())
+        make_context(Options(pem=certs["server"], cipher_list="NOTHING-AT-ALL"), RecordingLog())
 
 
 def test_a_large_write_is_one_burst_and_read_many_batches_records(certs):
