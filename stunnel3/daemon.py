@@ -46,9 +46,17 @@ def serve(options: Options, log, ids, run_session) -> int:
     ctx = tls.make_context(options, log)
     if listener is None:
         listener = bind(options, log)
+    ready = None
     if not options.foreground:
+        ready, ready_w = os.pipe()
         if os.fork() > 0:
-            os._exit(0)  # the shell gets its prompt back; the daemon goes on
+            # The shell gets its prompt back once the daemon has written its pid
+            # file (the pipe's EOF): whoever reads it next finds the pid.
+            os.close(ready_w)
+            os.read(ready, 1)
+            os._exit(0)
+        os.close(ready)
+        ready = ready_w
         os.setsid()
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
@@ -56,6 +64,8 @@ def serve(options: Options, log, ids, run_session) -> int:
     if pid_file is not None:
         os.write(pid_file[1], f"{os.getpid()}\n".encode())
         os.close(pid_file[1])
+    if ready is not None:
+        os.close(ready)
     workers: set[int] = set()
     try:
         _accept_loop(options, log, listener, workers, lambda fd, env: run_session(ctx, fd, env))
