@@ -78,6 +78,8 @@ def obstacles(data: dict) -> str:
         f" {modules + fixcrio:.0f} ms go before the first byte of TLS, on every connection:"
         f" {(modules + fixcrio) / base:.1f} times stunnel4's whole session."
     )
+    slowest = ", ".join(f"`{name}` {ms:.0f} ms" for name, ms in profile["imports"][:4])
+    text += f" The slowest imports (cumulative, `-X importtime`; table below): {slowest}."
     if warm is not None:
         text += (
             f" The warm helper removes the import ({warm:.1f} ms per session, helper included),"
