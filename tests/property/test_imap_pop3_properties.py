@@ -9,14 +9,13 @@
 
 from itertools import pairwise
 
+from dialogues import replay
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stunnel3.imap import ImapProxy
 from stunnel3.pop3 import Pop3Proxy
-from stunnel3.protocol import Close, Log, StartTls, TlsInfo, ToBackend, ToClient
-
-TLS = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256)
+from stunnel3.protocol import Close, StartTls, ToBackend
 
 # (side, bytes): "C" client, "B" backend, "T" the handshake is done.
 IMAP_DIALOGUE = [
@@ -52,38 +51,6 @@ POP3_DIALOGUE = [
     ("C", b""),
     ("B", b""),
 ]
-
-
-def normalised(actions):
-    """Bytes per side (the client's cut at StartTls), and the other actions in order."""
-    client, backend, control = [b""], b"", []
-    for action in actions:
-        if isinstance(action, ToClient):
-            client[-1] += action.data if action.data else b"<EOF>"
-        elif isinstance(action, ToBackend):
-            backend += action.data if action.data else b"<EOF>"
-        elif isinstance(action, StartTls):
-            client.append(b"")
-            control.append(action)
-        elif isinstance(action, (Close, Log)):
-            control.append(action)
-    return client, backend, control
-
-
-def replay(proxy, dialogue, cuts):
-    actions = proxy.start()
-    for index, (side, data) in enumerate(dialogue):
-        if side == "T":
-            actions += proxy.tls_started(TLS)
-            continue
-        feed = proxy.feed_client if side == "C" else proxy.feed_backend
-        if not data:
-            actions += feed(b"")
-            continue
-        points = sorted({cut % (len(data) + 1) for cut in cuts[index]} | {0, len(data)})
-        for start, end in pairwise(points):
-            actions += feed(data[start:end])
-    return normalised(actions)
 
 
 def cut_lists(dialogue):

@@ -9,13 +9,12 @@
   transformation it ends exactly once, where the client ended it.
 """
 
+from dialogues import TLS, replay
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stunnel3.protocol import Close, Log, StartTls, TlsInfo, ToBackend, ToClient
+from stunnel3.protocol import Log, StartTls, ToBackend
 from stunnel3.smtp import SmtpProxy
-
-TLS = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256)
 
 # (side, bytes): "C" client, "B" backend, "T" the handshake is done.
 DIALOGUE = [
@@ -44,37 +43,8 @@ DIALOGUE = [
 ]
 
 
-def normalised(actions):
-    """Bytes per side (the client's cut at StartTls), and the other actions in order."""
-    client, backend, control = [b""], b"", []
-    for action in actions:
-        if isinstance(action, ToClient):
-            client[-1] += action.data if action.data else b"<EOF>"
-        elif isinstance(action, ToBackend):
-            backend += action.data if action.data else b"<EOF>"
-        elif isinstance(action, StartTls):
-            client.append(b"")
-            control.append(action)
-        elif isinstance(action, (Close, Log)):
-            control.append(action)
-    return client, backend, control
-
-
 def play(dialogue, cuts):
-    proxy = SmtpProxy(log_dialogue=True, clock=lambda: 0)
-    actions = proxy.start()
-    for index, (side, data) in enumerate(dialogue):
-        if side == "T":
-            actions += proxy.tls_started(TLS)
-            continue
-        feed = proxy.feed_client if side == "C" else proxy.feed_backend
-        if not data:
-            actions += feed(b"")
-            continue
-        points = sorted({c % len(data) for c in cuts[index]} | {0, len(data)})
-        for start, end in zip(points, points[1:], strict=False):
-            actions += feed(data[start:end])
-    return normalised(actions)
+    return replay(SmtpProxy(log_dialogue=True, clock=lambda: 0), dialogue, cuts)
 
 
 @settings(max_examples=60)
