@@ -1,44 +1,17 @@
 """A throwaway self-signed certificate per run: RSA-2048 or ECDSA P-256, key first (the order
-stunnel 3.22's `-p` pem has)."""
+stunnel 3.22's `-p` pem has), made by the same code as stunnel3-setup's."""
 
-import datetime
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from stunnel3.setup_service import self_signed
+
+KEY_TYPES = {"rsa": "rsa", "ecdsa": "ec"}  # the bench's names -> stunnel3-setup's
 
 
 def write_pem(directory: Path, key_type: str) -> Path:
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-    if key_type == "rsa":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    elif key_type == "ecdsa":
-        key = ec.generate_private_key(ec.SECP256R1())
-    else:
+    if key_type not in KEY_TYPES:
         raise ValueError(f"key type {key_type!r}: rsa or ecdsa")
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
     pem = directory / f"{key_type}.pem"
-    pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-        + cert.public_bytes(serialization.Encoding.PEM)
-    )
+    pem.write_bytes(self_signed("localhost", KEY_TYPES[key_type]))
     pem.chmod(0o600)  # all the servers read it as root
     return pem
