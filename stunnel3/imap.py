@@ -37,7 +37,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from stunnel3.layer import LineProxy, ProxyError
+from stunnel3.layer import LineProxy, ProxyError, next_line
 from stunnel3.protocol import StartTls, ToBackend, ToClient
 
 # RFC 2595 section 3.1 and RFC 9051 section 6.2.1 wording.
@@ -307,12 +307,9 @@ class ImapProxy(LineProxy):
                 self._server_literal -= len(taken)
                 self._emit(ToClient(taken))
                 continue
-            end = self._server.find(b"\n")
-            if end < 0:
-                if len(self._server) > MAX_LINE:
-                    raise ImapError(BACKEND_LINE_TOO_LONG)
+            line, self._server = next_line(self._server, MAX_LINE, BACKEND_LINE_TOO_LONG, ImapError)
+            if line is None:
                 return
-            line, self._server = self._server[: end + 1], self._server[end + 1 :]
             self._response_line(line)
 
     def _response_line(self, line: bytes) -> None:

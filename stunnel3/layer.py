@@ -38,6 +38,19 @@ class ProxyError(Exception):
         self.reply = reply
 
 
+def next_line(
+    buffer: bytes, limit: int, too_long: bytes, error: type[ProxyError] = ProxyError
+) -> tuple[bytes | None, bytes]:
+    """(the first whole line of buffer, LF included, and the rest), or (None, buffer)
+    while it has not all come; a partial line longer than limit raises error(too_long)."""
+    end = buffer.find(b"\n")
+    if end < 0:
+        if len(buffer) > limit:
+            raise error(too_long)
+        return None, buffer
+    return buffer[: end + 1], buffer[end + 1 :]
+
+
 class LineProxy:
     COMMAND: ClassVar[enum.Enum]
     HANDSHAKE: ClassVar[enum.Enum]

@@ -32,7 +32,7 @@ import enum
 from collections import deque
 from dataclasses import dataclass
 
-from stunnel3.layer import LineProxy, ProxyError
+from stunnel3.layer import LineProxy, ProxyError, next_line
 from stunnel3.protocol import StartTls, ToBackend, ToClient
 
 # RFC 2595 section 4: the positive answer to STLS; refusals as its examples word them.
@@ -300,12 +300,9 @@ class Pop3Proxy(LineProxy):
             if self._body is not None:
                 self._body_bytes()
                 continue
-            end = self._server.find(b"\n")
-            if end < 0:
-                if len(self._server) > MAX_LINE:
-                    raise Pop3Error(BACKEND_LINE_TOO_LONG)
+            line, self._server = next_line(self._server, MAX_LINE, BACKEND_LINE_TOO_LONG, Pop3Error)
+            if line is None:
                 return
-            line, self._server = self._server[: end + 1], self._server[end + 1 :]
             self._response_line(line)
 
     def _response_line(self, line: bytes) -> None:

@@ -126,24 +126,8 @@ def _alive(pid: int) -> bool:
 def test_background_with_pid_file(tmp_path, stunnel_bin, pki):
     port = free_port()
     pid_file, log_file = tmp_path / "stunnel.pid", tmp_path / "stunnel.log"
-    started = subprocess.run(
-        [
-            stunnel_bin,
-            "-d",
-            f"127.0.0.1:{port}",
-            "-P",
-            str(pid_file),
-            "-o",
-            str(log_file),
-            "-p",
-            str(pki["server"]),
-            "-l",
-            "/bin/cat",
-        ],
-        capture_output=True,
-        timeout=TIMEOUT,
-        env=environment(),
-        stdin=subprocess.DEVNULL,
+    started = run_cat_daemon(
+        stunnel_bin, pki, "-d", f"127.0.0.1:{port}", "-P", str(pid_file), "-o", str(log_file)
     )
     assert started.returncode == 0, started.stderr
     wait_port(port)
@@ -161,27 +145,21 @@ def test_background_with_pid_file(tmp_path, stunnel_bin, pki):
     assert "Received signal 15; terminating" in log_file.read_text()
 
 
+def run_cat_daemon(stunnel_bin, pki, *options) -> subprocess.CompletedProcess:
+    """`stunnel OPTIONS -p server.pem -l /bin/cat`, until it exits or goes to the background."""
+    return subprocess.run(
+        [stunnel_bin, *options, "-p", str(pki["server"]), "-l", "/bin/cat"],
+        capture_output=True,
+        timeout=TIMEOUT,
+        env=environment(),
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def test_bind_error_is_exit_1(tmp_path, stunnel_bin, pki):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        done = subprocess.run(
-            [
-                stunnel_bin,
-                "-f",
-                "-d",
-                f"127.0.0.1:{port}",
-                "-P",
-                "none",
-                "-p",
-                str(pki["server"]),
-                "-l",
-                "/bin/cat",
-            ],
-            capture_output=True,
-            timeout=TIMEOUT,
-            env=environment(),
-            stdin=subprocess.DEVNULL,
-        )
+        done = run_cat_daemon(stunnel_bin, pki, "-f", "-d", f"127.0.0.1:{port}", "-P", "none")
     assert done.returncode == 1
     assert b"bind: Address already in use (98)" in done.stderr
 
