@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass
 
 from stunnel3.layer import LineProxy, ProxyError, next_line
-from stunnel3.protocol import StartTls, ToBackend, ToClient
+from stunnel3.protocol import ToBackend, ToClient
 
 # RFC 2595 section 3.1 and RFC 9051 section 6.2.1 wording.
 BEGIN_TLS = b"OK Begin TLS negotiation now\r\n"
@@ -134,7 +134,6 @@ class ImapProxy(LineProxy):
 
     def __init__(self, log_dialogue: bool = False):
         super().__init__(log_dialogue)
-        self._tls_active = False
         self._authenticated = False
         self._pending: list[Pending] = [Pending(b"*", Kind.GREETING)]
         self._literal_left = 0  # client bytes still to pass as a literal
@@ -293,9 +292,7 @@ class ImapProxy(LineProxy):
             raise ImapError(CLOSING)
         else:
             self._reply(tag, BEGIN_TLS)
-            self._emit(StartTls())
-            self._tls_active = True
-            self.state = State.HANDSHAKE
+            self._start_tls()
             return True
         return False
 

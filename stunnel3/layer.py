@@ -18,14 +18,15 @@ The rules kept here, once for all layers:
               EOF passes what is left of a response, then EOF, then the session ends.
   errors      one family (h11's rule): a ProxyError carries the reply the client
               gets, the session then ends and all later input is ignored.
-  TLS         when the handshake completes, parsing resumes where STARTTLS held it.
+  TLS         _start_tls() asks the relay for the handshake and holds parsing in
+              HANDSHAKE; when it completes, parsing resumes where STARTTLS held it.
   log         Log(7) per line only when log_dialogue; P: marks the proxy's own lines.
 """
 
 import enum
 from typing import ClassVar
 
-from stunnel3.protocol import Action, Close, Log, TlsInfo, ToBackend, ToClient
+from stunnel3.protocol import Action, Close, Log, StartTls, TlsInfo, ToBackend, ToClient
 
 
 class ProxyError(Exception):
@@ -60,6 +61,7 @@ class LineProxy:
         self.log_dialogue = log_dialogue
         self.state: enum.Enum = self.COMMAND
         self.tls: TlsInfo | None = None
+        self._tls_active = False  # StartTls issued (the handshake may be under way)
         # Client bytes not yet parsed. A bytearray: `del buffer[:n]` is O(1) in CPython,
         # so taking pipelined lines off its front costs no copy of the rest.
         self._client = bytearray()
@@ -115,6 +117,12 @@ class LineProxy:
         raise NotImplementedError
 
     # -- plumbing ---------------------------------------------------------------
+
+    def _start_tls(self, early: bytes = b"") -> None:
+        """Ask the relay for the handshake; parsing waits in HANDSHAKE until it is done."""
+        self._emit(StartTls(early=early))
+        self._tls_active = True
+        self.state = self.HANDSHAKE
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)

@@ -33,7 +33,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from stunnel3.layer import LineProxy, ProxyError, next_line
-from stunnel3.protocol import StartTls, ToBackend, ToClient
+from stunnel3.protocol import ToBackend, ToClient
 
 # RFC 2595 section 4: the positive answer to STLS; refusals as its examples word them.
 BEGIN_TLS = b"+OK Begin TLS negotiation\r\n"
@@ -181,7 +181,6 @@ class Pop3Proxy(LineProxy):
     def __init__(self, require_tls: bool = False, log_dialogue: bool = False):
         super().__init__(log_dialogue)
         self.require_tls = require_tls
-        self._tls_active = False
         self._logged_in = False  # a +OK to PASS, APOP or AUTH: the TRANSACTION state
         self._sasl = False  # the next client line answers a `+ ` continuation
         self._discarding = False  # the rest of a too-long line is being dropped
@@ -288,9 +287,7 @@ class Pop3Proxy(LineProxy):
             raise Pop3Error(STLS_INJECTION)
         else:
             self._say(BEGIN_TLS)
-            self._emit(StartTls())
-            self._tls_active = True
-            self.state = State.HANDSHAKE
+            self._start_tls()
             return True
         return False
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from stunnel3 import smtp_text as text
 from stunnel3.layer import LineProxy
-from stunnel3.protocol import StartTls, ToBackend, ToClient
+from stunnel3.protocol import ToBackend, ToClient
 from stunnel3.smtp_command import (
     ALLOWED_BEFORE_HELO,
     ALLOWED_BEFORE_TLS,
@@ -115,7 +115,6 @@ class SmtpProxy(LineProxy):
         self.require_tls = require_tls
         self.received_header = received_header
         self.clock = clock
-        self._tls_active = False  # StartTls issued (handshake may be under way)
         self._greeted = False  # a positive reply to EHLO/HELO since the last reset
         self._must_greet = False  # after STARTTLS: EHLO/HELO before anything else
         self._transaction = False
@@ -287,7 +286,6 @@ class SmtpProxy(LineProxy):
             raise ClientError(text.STARTTLS_INJECTION)
         else:
             self._say(text.READY_TO_START_TLS)
-            self._emit(StartTls())
             self._begin_tls()
             # RFC 3207 section 4.2: the server must discard what it knew of the
             # client; RSET ends any state the backend keeps beyond a transaction.
@@ -298,11 +296,10 @@ class SmtpProxy(LineProxy):
             return
         self._say(refusal)
 
-    def _begin_tls(self) -> None:
-        self._tls_active = True
+    def _begin_tls(self, early: bytes = b"") -> None:
+        self._start_tls(early)
         self._greeted = False
         self._transaction = False
-        self.state = State.HANDSHAKE
 
     def _on_reply(self, reply: Reply) -> None:
         self._log_lines("S: ", reply.raw)
@@ -320,9 +317,9 @@ class SmtpProxy(LineProxy):
     def _reply_greeting(self, reply: Reply) -> None:
         if self._client[:1] == TLS_HANDSHAKE_RECORD:
             self._log("P: implicit TLS: the client sent a TLS handshake first")
-            self._emit(StartTls(early=bytes(self._client)))
+            early = bytes(self._client)
             self._client.clear()
-            self._begin_tls()
+            self._begin_tls(early)
         self._emit(ToClient(reply.raw))
 
     def _reply_ehlo(self, reply: Reply) -> None:
