@@ -116,6 +116,9 @@ def _preload() -> None:
                 importlib.import_module(f"stunnel3.{module.name}")
             except Exception as error:  # noqa: BLE001 - the worker meets it as stunnel would
                 say(f"warning: unable to load stunnel3.{module.name}: {error}")
+    from stunnel3 import tls
+
+    tls.warm_up(lambda text: say(f"warning: {text}"))  # OpenSSL's first-use work, shared
 
 
 def _listen(path: str) -> tuple[socket.socket, int]:

@@ -239,3 +239,57 @@ def test_want_read_is_remembered_until_bytes_arrive(certs):
     client.write(b"x")
     server.receive(client.outgoing())
     assert server.read() == b"x"
+
+
+# -- warm_up: OpenSSL's first-use work done once, before forking ----------------------
+
+
+def test_warm_up_alone_handshakes_with_throwaway_rsa_and_ec_keys(monkeypatch):
+    from stunnel3 import tls
+
+    made = []
+    real = tls._throwaway_pem
+    monkeypatch.setattr(tls, "_throwaway_pem", lambda kind: made.append(kind) or real(kind))
+    warned: list[str] = []
+    tls.warm_up(warned.append)
+    assert warned == []
+    assert made == ["rsa", "ec"]
+
+
+@pytest.mark.parametrize("client", [False, True])
+def test_warm_up_on_the_real_context_logs_nothing_and_imports_nothing(certs, client):
+    """The daemon warms up inside its jail: a verifying context's callback stays silent,
+    and no module may be imported (the jail holds no Python)."""
+    import subprocess
+    import sys
+
+    if client:
+        options = Options(client=True, verify_level=2, ca_file=certs["ca"])
+    else:
+        options = Options(pem=certs["server"], verify_level=2, ca_file=certs["ca"])
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = {sys.path!r}\n"
+        "from conftest import RecordingLog\n"
+        "from stunnel3 import tls\n"
+        "from stunnel3.options import Options\n"
+        f"log = RecordingLog(); ctx = tls.make_context({options!r}, log); log.lines.clear()\n"
+        "sys.meta_path.clear()  # from here on, any import fails\n"
+        f"warned = []; tls.warm_up(warned.append, ctx, server={not client})\n"
+        "print(warned, log.lines)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )  # fmt: skip
+    assert done.stdout == "[] []\n", done.stderr
+
+
+def test_a_failed_warm_up_is_one_warning_never_an_exception():
+    from stunnel3 import tls
+
+    keyless = make_context(Options(client=True), RecordingLog())  # a "server" with no key
+    warned: list[str] = []
+    tls.warm_up(warned.append, keyless, server=True)
+    assert len(warned) == 1
+    assert warned[0].startswith("TLS warm-up failed: ")
