@@ -2,29 +2,30 @@
 
     stunnel3-warm [ -s socket ] [ -c limit ]
 
-It imports, once, everything a `stunnel` session needs, then listens on a Unix
-socket (SOCK_SEQPACKET; default /run/stunnel3/warm.sock, or STUNNEL3_WARM_SOCKET;
-its directory 0700, the socket 0600, both ours). Each `stunnel` started by the
-users' chain (warm_client.py) hands itself over; see docs/warm.md.
+It imports, once, everything a `stunnel` session needs (and warms OpenSSL up:
+tls.warm_up), then listens on a Unix socket (SOCK_SEQPACKET; default
+/run/stunnel3/warm.sock, or STUNNEL3_WARM_SOCKET; its directory 0700, the
+socket 0600, both ours). Each `stunnel` started by the users' chain
+(warm_client.py) hands itself over; see docs/warm.md.
 
-Processes, for each connection to the socket:
+One process per connection to the socket:
 
-    helper (root, resident) --fork--> session --fork--> worker
-                                         |                 becomes the client,
-    thin client <== SEQPACKET ==========>|                 runs stunnel.run()
-                                         waits for the worker, relays signals
-                                         one way and the exit status the other
+    helper (root, resident) --fork--> worker: reads the request, becomes
+       |  waits for it (pidfd),                the client, READY, waits for GO,
+       |  sends its end: X<status>/K<sig>      runs stunnel.run()
+    thin client <====== SEQPACKET ======> (the same connection)
 
-- The helper checks the peer's uid (SO_PEERCRED: 0 or our own) and forks;
-  it never reads a request itself, so no peer can make it wait or crash.
-  It reaps its sessions; SIGTERM (or SIGINT) closes and removes the socket
-  and ends it; sessions already running finish on their own.
-- The session reads the request (size, descriptors and time bounded), checks
-  it (warm_worker.check_peer), forks the worker and waits until it has become
-  the client; then READY, GO (warm_client.py has the exchange), and it waits
-  for the worker: a signal number from the client is sent on to the worker,
-  the client's end of the socket closing is SIGTERM to the worker, and the
-  worker's end is reported as X<status> or K<signal>.
+- The helper checks the peer's uid (SO_PEERCRED: 0 or our own) and forks the
+  worker; it never reads from a connection, so no peer can make it wait or
+  crash. It polls the listener, each worker's pidfd and each connection (for a
+  hang-up only). A worker's end: waitpid, X<status> or K<signal> to its client.
+  A client's hang-up: SIGTERM to its worker (3.22's end on SIGTERM).
+- The worker reads the request (size, descriptors and time bounded), checks it
+  (warm_worker.check_peer), becomes the client, says READY <pid> with a pidfd
+  of itself, and runs stunnel only after GO (warm_client.py has the exchange).
+- SIGTERM (or SIGINT): the socket is closed and removed at once, and the
+  helper leaves when its last worker has ended: it alone can tell each client
+  its worker's status (tcpserver must see what the session ended with).
 - Anything wrong is one log line on stderr and NO (or a closed socket): the
   client then runs the direct path, so a refusal never costs a connection.
 """
@@ -38,20 +39,18 @@ import socket
 import stat
 import struct
 import sys
+import time
 
-from stunnel3 import limits, unix, warm_client, warm_worker
-from stunnel3.warm_client import GO, READY, REFUSED
+from stunnel3 import unix, warm_client, warm_worker
+from stunnel3.warm_client import GO, HANDSHAKE_TIMEOUT, READY, REFUSED
 
 PROG = "stunnel3-warm"
 USAGE = "stunnel3-warm [ -s socket ] [ -c limit ]"
-DEFAULT_LIMIT = 400  # sessions at once; over it, clients run the direct path
+DEFAULT_LIMIT = 400  # workers at once; over it, clients run the direct path
 REQUEST_TIMEOUT = 5.0
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
-_HELPER_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
-
-
-class Stop(Exception):
-    """SIGTERM or SIGINT: close the socket and leave."""
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_log_fd: int | None = 2  # the helper's stderr; a worker keeps it aside, then drops it
 
 
 def main(argv: list[str]) -> int:
@@ -59,22 +58,18 @@ def main(argv: list[str]) -> int:
     _preload()
     listener, inode = _listen(path)
     say(f"info: listening on {path} (pid {os.getpid()})")
-    sessions: set[int] = set()
-    signal.signal(
-        signal.SIGCHLD, lambda signum, frame: sessions.difference_update(limits.reap_children())
-    )
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nothing to reload: imports are code
+    helper = Helper(listener, limit)
     gc.freeze()  # the imported world stays shared with every fork, not copied
     try:
-        while True:
-            _accept_one(listener, sessions, limit)
-    except Stop:
-        pass
+        while not helper.stopping:
+            helper.turn()
     finally:
+        helper.close_listener()
         _remove(path, inode)
-        listener.close()
+    if helper.workers:
+        say(f"info: stopping once {len(helper.workers)} sessions have ended")
+    while helper.workers:
+        helper.turn()
     say("info: stopped")
     return 0
 
@@ -174,64 +169,153 @@ def _remove(path: str, inode: int) -> None:
         pass
 
 
-def _stop(signum, frame) -> None:
-    raise Stop
+class Helper:
+    """The listener, the live workers and one poll set over them all."""
 
+    def __init__(self, listener: socket.socket, limit: int):
+        self.listener: socket.socket | None = listener
+        self.limit = limit
+        self.stopping = False
+        self.workers: dict[int, tuple[int, socket.socket | None]] = {}  # pidfd: (pid, conn)
+        self.conns: dict[int, int] = {}  # a connection's fd: its worker's pidfd
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)  # a signal makes poll return: the pipe is in it
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, lambda signum, frame: None)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nothing to reload: imports are code
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # never SIG_IGN: we want the statuses
+        self.poller = select.poll()
+        self.poller.register(self.wake_r, select.POLLIN)
+        self.poller.register(listener, select.POLLIN)
 
-def _accept_one(listener: socket.socket, sessions: set[int], limit: int) -> None:
-    try:
-        conn, _ = listener.accept()
-    except OSError as error:  # EMFILE and the like: say it, breathe, go on
-        say(f"warning: unable to accept: {unix.error_text(error.errno)}")
-        select.select([], [], [], 0.1)
-        return
-    with conn:
+    def turn(self) -> None:
+        for fd, _ in self.poller.poll():
+            if fd == self.wake_r:
+                self._signals()
+            elif self.listener is not None and fd == self.listener.fileno():
+                self._accept()
+            elif fd in self.workers:
+                self._ended(fd)
+            elif fd in self.conns:
+                self._hung_up(fd)
+
+    def close_listener(self) -> None:
+        if self.listener is not None:
+            self.poller.unregister(self.listener)
+            self.listener.close()
+            self.listener = None
+
+    def _signals(self) -> None:
         try:
-            _start_session(conn, listener, sessions, limit)
+            got = os.read(self.wake_r, 64)
+        except BlockingIOError:
+            return
+        if _STOP_SIGNALS & set(got):
+            self.stopping = True
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            conn, _ = self.listener.accept()
+        except OSError as error:  # EMFILE and the like: say it, breathe, go on
+            say(f"warning: unable to accept: {unix.error_text(error.errno)}")
+            time.sleep(0.1)
+            return
+        try:
+            self._start_worker(conn)
         except OSError as error:
-            say(f"warning: unable to start a session: {unix.error_text(error.errno)}")
+            conn.close()
+            say(f"warning: unable to start a worker: {unix.error_text(error.errno)}")
+
+    def _start_worker(self, conn: socket.socket) -> None:
+        peer = _CREDENTIALS.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+        )
+        pid, uid, _ = peer
+        if uid not in (0, os.geteuid()):
+            conn.close()
+            say(f"warning: refused pid {pid} uid {uid}: only root and uid {os.geteuid()} may")
+            return
+        if len(self.workers) >= self.limit:
+            conn.close()
+            say(f"warning: refused pid {pid}: {self.limit} sessions already")
+            return
+        # Until the child has dropped our handlers and wake-up pipe, no signal may reach them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            _flush()
+            worker = os.fork()
+            if worker == 0:
+                self._become_worker(conn, peer)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        try:
+            pidfd = os.pidfd_open(worker)
+        except OSError:
+            os.kill(worker, signal.SIGKILL)  # untracked, it could not be reported: never run it
+            os.waitpid(worker, 0)
+            raise
+        self.workers[pidfd] = (worker, conn)
+        self.conns[conn.fileno()] = pidfd
+        self.poller.register(pidfd, select.POLLIN)
+        self.poller.register(conn, 0)  # a hang-up only: the worker does the reading
+
+    def _ended(self, pidfd: int) -> None:
+        """A worker ended: tell its client how (the client may be gone: no matter)."""
+        pid, conn = self.workers.pop(pidfd)
+        self.poller.unregister(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        if conn is not None:
+            del self.conns[conn.fileno()]
+            self.poller.unregister(conn)
+            code = os.waitstatus_to_exitcode(status)
+            _send(conn, b"X%d" % code if code >= 0 else b"K%d" % -code)
+            conn.close()
+
+    def _hung_up(self, fd: int) -> None:
+        """The client is gone (SIGKILL, or it gave up before GO): so is its session."""
+        pidfd = self.conns.pop(fd)
+        pid, conn = self.workers[pidfd]
+        self.poller.unregister(fd)
+        if conn is not None:
+            conn.close()
+        self.workers[pidfd] = (pid, None)
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def _become_worker(self, conn: socket.socket, peer: tuple[int, int, int]) -> None:
+        """In the forked child: drop the helper's part, serve; never returns."""
+        status = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for signum in _STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            if self.listener is not None:
+                self.listener.close()
+            for pidfd, (_, other) in self.workers.items():
+                os.close(pidfd)
+                if other is not None:
+                    other.close()
+            status = _worker(conn, peer)
+        except BaseException as error:  # noqa: BLE001 - a peer must never see us crash
+            say(f"warning: worker for pid {peer[0]}: {type(error).__name__}: {error}")
+        finally:
+            _flush()
+            os._exit(status & 0xFF)
 
 
-def _start_session(conn: socket.socket, listener, sessions: set[int], limit: int) -> None:
-    pid, uid, gid = _CREDENTIALS.unpack(
-        conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
-    )
-    if uid not in (0, os.geteuid()):
-        say(f"warning: refused pid {pid} uid {uid}: only root and uid {os.geteuid()} may")
-        return
-    if len(sessions) >= limit:
-        say(f"warning: refused pid {pid}: {limit} sessions already")
-        return
-    # Until the child has its own handlers, neither our Stop nor our reaper may run in it;
-    # and here, the new pid is in `sessions` before the reaper can look for it.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _HELPER_SIGNALS)
-    try:
-        _flush()
-        child = os.fork()
-        if child == 0:
-            os._exit(_session_process(conn, listener, (pid, uid, gid)))
-        sessions.add(child)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELPER_SIGNALS)
+# -- a worker ----------------------------------------------------------------------
 
 
-# -- a session process -----------------------------------------------------------
-
-
-def _session_process(conn: socket.socket, listener: socket.socket, peer) -> int:
-    """The forked session: never returns into the helper's loop, never a traceback."""
-    try:
-        for signum in _HELPER_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELPER_SIGNALS)
-        listener.close()
-        _session(conn, peer)
-    except BaseException as error:  # noqa: BLE001 - a peer must never see us crash
-        say(f"warning: session for pid {peer[0]}: {type(error).__name__}: {error}")
-    return 0
-
-
-def _session(conn: socket.socket, peer) -> None:
+def _worker(conn: socket.socket, peer: tuple[int, int, int]) -> int:
+    """Read and check the request, become the client, READY, GO, run stunnel: its status."""
+    global _log_fd
     pid, uid, gid = peer
     conn.settimeout(REQUEST_TIMEOUT)
     data, received = warm_worker.receive_request(conn)
@@ -242,115 +326,49 @@ def _session(conn: socket.socket, peer) -> None:
         _close_all(received)
         say(f"warning: refused request from pid {pid}: {error}")
         _send(conn, REFUSED)
-        return
-    started = _start_worker(conn, request, received, pid)
-    if started is None:
-        _send(conn, REFUSED)
-        return
-    worker, control = started
-    if not _send(conn, READY) or _receive_quietly(conn) != GO:
-        os.close(control)  # it has run nothing yet: the client went direct
-        os.kill(worker, signal.SIGKILL)
-        os.waitpid(worker, 0)
-        return
-    os.write(control, b"G")
-    os.close(control)
-    _send(conn, _watch(conn, worker))
+        return 0
+    warm_worker.reset_signals(request.ignored)
+    control, _log_fd = warm_worker.enter(request, received, [conn.detach(), os.dup(2)])
+    try:
+        warm_worker.become(request)
+    except (OSError, ValueError) as error:
+        say(f"warning: cannot become the client: {error}")
+        os.write(control, REFUSED)
+        return 1
+    if not _ready(control):
+        return 0  # no GO: it has run nothing, and the client runs the direct path
+    from stunnel3 import log, stunnel
 
-
-def _start_worker(
-    conn: socket.socket, request, received: list[int], client: int
-) -> tuple[int, int] | None:
-    """Fork the worker, wait until it has become the client: (pid, control fd) or None."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    log.show_pid(pid)  # administrators match log lines to tcpserver's "pid N"
+    status = stunnel.run([os.fsdecode(arg) for arg in request.argv])
     _flush()
-    worker = os.fork()
-    if worker == 0:
-        _worker(request, received, theirs.detach(), [conn, ours], client)
-    theirs.close()
-    _close_all(received)
-    ours.settimeout(REQUEST_TIMEOUT)
-    said = _receive_quietly(ours)
-    if said == b"R":
-        return worker, ours.detach()
-    ours.close()
-    os.kill(worker, signal.SIGKILL)
-    os.waitpid(worker, 0)
-    say(f"warning: cannot become the client: {said[1:].decode(errors='replace') or 'no reply'}")
-    return None
+    return status
 
 
-def _worker(
-    request, received: list[int], control: int, sockets: list[socket.socket], client: int
-) -> None:
-    """The forked worker: become the client, wait for G, run stunnel; never returns."""
-    status = 1
+def _ready(control: int) -> bool:
+    """READY <pid> with our pidfd, then wait for GO; both descriptors closed either way."""
+    global _log_fd
+    pidfd = os.pidfd_open(os.getpid())
+    sock = socket.socket(fileno=control)
     try:
-        warm_worker.reset_signals(request.ignored)
-        for sock in sockets:
-            sock.detach()  # their numbers are about to be the client's: no object may close them
-        control = warm_worker.enter(request, received, control)  # failing: "no reply"
-        try:
-            warm_worker.become(request)
-        except (OSError, ValueError) as error:
-            os.write(control, b"F" + str(error).encode(errors="replace")[:200])
-            os._exit(1)
-        os.write(control, b"R")
-        go = os.read(control, 1)
-        os.close(control)
-        if go != b"G":
-            os._exit(0)
-        from stunnel3 import log, stunnel
-
-        log.show_pid(client)  # administrators match log lines to tcpserver's "pid N"
-        status = stunnel.run([os.fsdecode(arg) for arg in request.argv])
-        _flush()
-    finally:
-        os._exit(status & 0xFF)
-
-
-def _watch(conn: socket.socket, worker: int) -> bytes:
-    """Relay the client's signals to the worker until it ends; its status message."""
-    conn.settimeout(None)
-    pidfd = os.pidfd_open(worker)
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    poller.register(conn, select.POLLIN)
-    while True:
-        ready = {fd for fd, _ in poller.poll()}
-        if pidfd in ready:
-            _, status = os.waitpid(worker, 0)
-            code = os.waitstatus_to_exitcode(status)
-            return b"X%d" % code if code >= 0 else b"K%d" % -code
-        message = _receive_quietly(conn)
-        if message[:1] == b"S" and message[1:].isdigit():
-            signum = int(message[1:])
-            if signum in signal.valid_signals():
-                _kill(worker, signum)
-        elif not message:  # the client is gone: so is the session (3.22 on SIGTERM)
-            _kill(worker, signal.SIGTERM)
-            poller.unregister(conn)
-
-
-def _receive_quietly(sock: socket.socket) -> bytes:
-    try:
-        return sock.recv(256)
-    except (TimeoutError, OSError):
-        return b""
-
-
-def _send(sock: socket.socket, message: bytes) -> bool:
-    try:
-        sock.send(message)
+        socket.send_fds(sock, [READY + b" %d" % os.getpid()], [pidfd])
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        go = sock.recv(64)
     except OSError:
-        return False
-    return True
+        go = b""
+    finally:
+        os.close(pidfd)
+        sock.close()
+        if _log_fd is not None:
+            os.close(_log_fd)
+            _log_fd = None  # from here, stderr is the client's and the log is stunnel's
+    return go == GO
 
 
-def _kill(pid: int, signum: int) -> None:
+def _send(sock: socket.socket, message: bytes) -> None:
     try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
+        sock.send(message, socket.MSG_NOSIGNAL)
+    except OSError:
         pass
 
 
@@ -373,8 +391,10 @@ def _flush() -> None:
 
 
 def say(text: str) -> None:
-    """One line on stderr, written at once (sessions are forked processes)."""
+    """One line on the helper's stderr, written at once (workers are forked processes)."""
+    if _log_fd is None:
+        return
     try:
-        os.write(2, f"{PROG}: {text}\n".encode(errors="replace"))
+        os.write(_log_fd, f"{PROG}: {text}\n".encode(errors="replace"))
     except OSError:
         pass

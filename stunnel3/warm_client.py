@@ -12,14 +12,18 @@ Rules of this file:
 - Any doubt before the worker is committed means None: the caller runs the
   direct path as if the helper did not exist (no socket, refused, too big,
   the helper gone or slow). Nothing has been done to the connection yet.
-- The exchange (SOCK_SEQPACKET, one message each):
-      client -> helper  the request, all our descriptors attached (SCM_RIGHTS)
-      helper -> client  READY (the worker is set up and waits) or NO
-      client -> helper  GO; from now on the worker owns the connection
-      client -> helper  S<signum> for each signal we receive
+- The exchange (SOCK_SEQPACKET, one message each; the helper forks a worker
+  for the connection, and the worker itself does the talking until GO):
+      client -> worker  the request, all our descriptors attached (SCM_RIGHTS)
+      worker -> client  READY <pid> with a pidfd of itself attached (the worker
+                        is set up and waits), or NO
+      client -> worker  GO; from now on the worker owns the connection
       helper -> client  X<status> (exit) or K<signum> (killed by a signal)
+  Signals we receive after GO go to the worker through its pidfd
+  (pidfd_send_signal): a pidfd names that one process even once its pid is
+  free again, which a pid taken from READY would not if the worker had died.
   GO makes the handoff race-free: a client that timed out waiting for READY
-  closes the socket instead, and the worker, which has run nothing, is killed.
+  closes the socket instead, and the worker, which has run nothing, exits.
 - After GO we close every descriptor we handed over (but stderr, for our own
   last words): a socket or pipe must reach EOF when the worker closes it.
 """
@@ -33,7 +37,7 @@ import sys
 DEFAULT_SOCKET = "/run/stunnel3/warm.sock"
 SOCKET_ENV = "STUNNEL3_WARM_SOCKET"
 SWITCH_ENV = "STUNNEL3_WARM"  # "0": never hand over
-MAGIC = b"STUNNEL3-WARM/1"
+MAGIC = b"STUNNEL3-WARM/2"  # /2: one process per connection, signals by pidfd
 MAX_REQUEST = 128 * 1024  # under the kernel's default socket buffer (208 KiB)
 MAX_FDS = 252  # SCM_MAX_FD is 253: ours, then the cwd
 HANDSHAKE_TIMEOUT = 10.0  # seconds for READY: a stuck helper costs one wait, not the session
@@ -84,17 +88,39 @@ def _connect(path: str, request: bytes, fds: list[int]):
         sock.connect(path)
         rights = b"".join(fd.to_bytes(FD_SIZE, sys.byteorder) for fd in fds)
         sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
-        if sock.recv(64) != READY:
+        pidfd = _ready(sock)
+        if pidfd is None:
             sock.close()
             return None
         sock.settimeout(None)
-        _relay_signals(sock)  # installed while they are held: none is lost or early
+        _relay_signals(pidfd)  # installed while they are held: none is lost or early
         sock.send(GO)
     except OSError:  # no helper, not allowed, gone, or slow: the direct path
         _restore_signals()
         sock.close()
         return None
     return sock
+
+
+def _ready(sock):
+    """The worker's pidfd if it said READY <pid> with exactly that one descriptor, else None."""
+    message, ancillary, flags, _ = sock.recvmsg(
+        64, _socket.CMSG_SPACE(2 * FD_SIZE), _socket.MSG_CMSG_CLOEXEC
+    )
+    fds = []
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % FD_SIZE
+            fds += [
+                int.from_bytes(payload[i : i + FD_SIZE], sys.byteorder)
+                for i in range(0, usable, FD_SIZE)
+            ]
+    word, _, pid = message.partition(b" ")
+    if word == READY and pid.isdigit() and len(fds) == 1 and not flags & _socket.MSG_CTRUNC:
+        return fds[0]
+    for fd in fds:
+        _close(fd)
+    return None
 
 
 def open_descriptors() -> list[int]:
@@ -140,14 +166,15 @@ def _rlimits() -> list[int]:
 _saved: dict[int, object] = {}
 
 
-def _relay_signals(sock) -> None:
-    """Each terminating signal we get goes to the worker (S<signum>) instead."""
+def _relay_signals(pidfd: int) -> None:
+    """Each terminating signal we get goes to the worker instead (root may signal it
+    after its setuid, as kill(2) may; a worker of the helper's own uid keeps ours)."""
 
     def forward(signum, frame):
         try:
-            sock.send(b"S%d" % signum)
+            _signal.pidfd_send_signal(pidfd, signum)
         except OSError:
-            pass
+            pass  # it has ended: its status is on its way
 
     for name in FORWARDED:
         signum = getattr(_signal, name)

@@ -12,7 +12,8 @@ Rules of this file:
   another OPENSSL_CONF (OpenSSL read the helper's when it was loaded). So a
   worker can never do what the client itself could not, nor differently.
 - `enter` takes the client's cwd and its descriptors at their numbers and
-  nothing else (the control descriptor apart, closed before the worker runs);
+  nothing else (the connection to the client and the helper's log apart,
+  both closed before the worker runs);
   then `become`, in this order: umask; environment (and with it TZ and
   LC_CTYPE); gids and groups; every rlimit; then the signal mask. Signal dispositions are reset
   first of all (`reset_signals`), to what a fresh Python has: default, but
@@ -227,10 +228,10 @@ def reset_signals(ignored: frozenset[int]) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def enter(request: Request, received: list[int], control: int) -> int:
-    """The client's cwd and descriptors; the control descriptor's new number."""
+def enter(request: Request, received: list[int], keep: list[int]) -> list[int]:
+    """The client's cwd and descriptors; the new numbers of the `keep` descriptors."""
     os.fchdir(received[-1])
-    return place_descriptors(dict(zip(request.fds, received[:-1], strict=True)), control)
+    return place_descriptors(dict(zip(request.fds, received[:-1], strict=True)), keep)
 
 
 def become(request: Request) -> None:
@@ -254,23 +255,24 @@ def become(request: Request) -> None:
     sys.argv = ["-c", *(os.fsdecode(arg) for arg in request.argv)]
 
 
-def place_descriptors(targets: dict[int, int], control: int) -> int:
-    """Each received descriptor at its client number, nothing else open but `control`.
+def place_descriptors(targets: dict[int, int], keep: list[int]) -> list[int]:
+    """Each received descriptor at its client number, nothing else open but `keep`
+    (moved out of the way, close-on-exec: their new numbers are returned).
 
     First everything moves above every number in play (so no dup2 lands on a
     descriptor still needed), then the rest is closed, then each goes home.
     """
-    high = max([*targets, *targets.values(), control]) + 1
+    high = max([*targets, *targets.values(), *keep]) + 1
     moved = {home: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, high) for home, fd in targets.items()}
-    control = fcntl.fcntl(control, fcntl.F_DUPFD_CLOEXEC, high)
-    wanted = {*moved.values(), control}
+    kept = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, high) for fd in keep]
+    wanted = {*moved.values(), *kept}
     for fd in open_descriptors():
         if fd not in wanted:
             os.close(fd)
     for home, fd in moved.items():
         os.dup2(fd, home)
         os.close(fd)
-    return control
+    return kept
 
 
 def _new_stdio() -> None:

@@ -63,17 +63,18 @@ class Helper:
             time.sleep(0.02)
         return said
 
-    def sessions(self) -> list[int]:
+    def workers(self) -> list[int]:
+        """The helper's children: one worker per connection, nothing in between."""
         return children(self.process.pid)
 
-    def workers(self) -> list[int]:
-        return [worker for session in self.sessions() for worker in children(session)]
+    def wait_no_workers(self) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while self.workers() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.workers() == [], "workers outlived their clients"
 
     def stop(self) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while self.sessions() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert self.sessions() == [], "sessions outlived their clients"
+        self.wait_no_workers()
         self.process.send_signal(signal.SIGTERM)
         assert self.process.wait(TIMEOUT) == 0
         assert not os.path.exists(self.path)
@@ -279,9 +280,13 @@ def test_the_worker_is_the_client_recreated(helper, stunnel_bin, pki, tmp_path):
             serving = helper.workers()[0] if warm else process.pid
             assert process.stderr is not None
             seen[warm] = serving_state(serving, {**fds, 2: process.stderr.fileno()})
-            if warm:  # the thin client kept only stderr and its line to the helper
-                left = os.listdir(f"/proc/{process.pid}/fd")
-                assert "2" in left and len(left) == 2
+            if warm:  # the thin client kept only stderr, its line to the helper, the pidfd
+                left = {
+                    os.readlink(f"/proc/{process.pid}/fd/{fd}")
+                    for fd in os.listdir(f"/proc/{process.pid}/fd")
+                    if fd != "2"
+                }
+                assert len(left) == 2 and "anon_inode:[pidfd]" in left, left
             network.close()  # EOF before any TLS: the session ends, status 0
             process.communicate(timeout=TIMEOUT)
             assert process.returncode == 0
@@ -424,13 +429,14 @@ def test_garbage_never_hurts_the_helper(helper, stunnel_bin):
         os.close(cwd)
         pair[0].close()
         pair[1].close()
-    deadline = time.monotonic() + TIMEOUT
-    while helper.sessions() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert helper.sessions() == []
+    helper.wait_no_workers()
     assert helper.process.poll() is None
-    helper_fds = sorted(os.listdir(f"/proc/{helper.process.pid}/fd"))
-    assert len(helper_fds) <= 5, helper_fds  # 0, 1, 2, the listener: nothing received stays
+    helper_fds = [
+        os.readlink(f"/proc/{helper.process.pid}/fd/{fd}")
+        for fd in os.listdir(f"/proc/{helper.process.pid}/fd")
+        if int(fd) > 2
+    ]  # the listener and its wake-up pipe: nothing received, no worker's pidfd stays
+    assert len(helper_fds) == 3 and sum(fd.startswith("socket:") for fd in helper_fds) == 1
     # and it still serves
     process, _, err = run_with_fd3(stunnel_bin, ["-x"], True)
     assert process.returncode == 1 and process.pid not in serving_ids(err)

@@ -54,7 +54,7 @@ def test_the_thin_side_imports_only_c_modules():
     "change",
     [
         lambda d: d[:-1],  # not NUL-terminated
-        lambda d: d.replace(b"STUNNEL3-WARM/1", b"STUNNEL3-WARM/2"),
+        lambda d: d.replace(warm_client.MAGIC, b"STUNNEL3-WARM/1"),  # the older exchange
         lambda d: d.replace(b"\0argv\0", b"\0argz\0"),
         lambda d: d + b"extra\0",
         lambda d: d.replace(b"\0umask\x001\0", b"\0umask\x002\0"),
@@ -134,14 +134,16 @@ def test_place_descriptors_leaves_exactly_the_asked_ones():
         a, b = os.pipe()
         c = os.open("/dev/null", os.O_RDONLY)
         # a goes to 5, c to 0, b to a's own number: every collision at once
-        control = warm_worker.place_descriptors({5: a, 0: c, a: b}, out)
-        have = [fd for fd in warm_client.open_descriptors() if fd != control]
+        control, spare = warm_worker.place_descriptors({5: a, 0: c, a: b}, [out, c])
+        have = [fd for fd in warm_client.open_descriptors() if fd not in (control, spare)]
         same_pipe = os.fstat(a).st_ino == os.fstat(5).st_ino
-        os.write(control, repr((have, a, os.readlink("/proc/self/fd/0"), same_pipe)).encode())
+        zero, kept = (os.readlink(f"/proc/self/fd/{fd}") for fd in (0, spare))
+        os.write(control, repr((have, a, zero, same_pipe, kept, spare > a)).encode())
 
-    have, a, zero, same_pipe = eval(in_child(body))  # noqa: S307 - our own child's repr
+    have, a, zero, same_pipe, kept, above = eval(in_child(body))  # noqa: S307 - our child's repr
     assert have == sorted({0, 5, a})
     assert zero == "/dev/null" and same_pipe
+    assert kept == "/dev/null" and above  # a kept descriptor: moved out of the client's way
 
 
 def test_reset_signals_is_a_fresh_python():
