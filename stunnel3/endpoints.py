@@ -121,11 +121,12 @@ class ByteQueue:
 class Endpoint:
     """One side of the relay: non-blocking reads and writes on its fds."""
 
-    def __init__(self, rfd: int, wfd: int, label: str, pty: bool = False):
+    def __init__(self, rfd: int, wfd: int, label: str, pty: bool = False, add_cr: bool = False):
         self.rfd = rfd
         self.wfd = wfd
         self.label = label
         self.pty = pty
+        self.add_cr = add_cr  # fixcrio's rule applies to this end's bytes (see Relay)
         self.socket = is_socket(wfd)
         for fd in {rfd, wfd}:
             os.set_blocking(fd, False)

@@ -56,6 +56,20 @@ def add_cr(data: bytes, after_cr: bool) -> tuple[bytes, bool]:
     return fixed, data[-1] == _CR
 
 
+class CrAdder:
+    """One direction of fixcrio's rule with its state: stunnel's relay applies it on -F's
+    descriptor when makesock has left fixcrio out of PROG2 (makesock.without_fixcrio)."""
+
+    __slots__ = ("after_cr",)
+
+    def __init__(self) -> None:
+        self.after_cr = False
+
+    def __call__(self, data: bytes) -> bytes:
+        fixed, self.after_cr = add_cr(data, self.after_cr)
+        return fixed
+
+
 class Direction:
     """One way through the pump: read from source, add CRs, write to sink."""
 

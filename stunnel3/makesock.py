@@ -9,7 +9,9 @@ Processes and descriptors:
   started, counts and waits for is PROG1, the one holding the network socket
   on 0 and 1, and tcpserver gets PROG1's exit status. PROG1 keeps 0, 1 and 2
   and gets its end of the pair on descriptor FD (3 by default).
-- PROG2 is a forked child with the other end on 0 and 1; it keeps 2.
+- PROG2 is a forked child with the other end on 0 and 1; it keeps 2. When
+  our in-process stunnel can add fixcrio's CRs itself, a fixcrio in PROG2
+  is left out (without_fixcrio).
 - Nothing we open leaks: the pair, and the gate pipe below, are close-on-exec
   until placed. Descriptors the caller passed in above 2 are passed on as is,
   as any chain-loader does (except FD, which PROG1's end replaces).
@@ -39,6 +41,7 @@ from stunnel3 import unix
 PROG = "makesock"
 FRONT_MARK = b"# The front of a stunnel3 program."
 SEPARATOR = "-makesock_connect_to"
+FIXCRIO_ENV = "STUNNEL3_FIXCRIO_FD"  # see without_fixcrio
 USAGE = (
     "makesock [ -d fd ] [ -s separator ] [ -t stream|seqpacket|dgram ]"
     " prog1 [ arg ... ] -makesock_connect_to prog2 [ arg ... ]"
@@ -138,9 +141,9 @@ def make_pair(invocation: Invocation) -> int:
     return second_fd
 
 
-def run_second(invocation: Invocation, end: int, gate: int) -> None:
-    """The child: wait for PROG1's exec, then become PROG2 on end."""
-    os.close(invocation.fd)
+def run_second(argv: list[str], name: str, fd: int, end: int, gate: int) -> None:
+    """The child: wait for PROG1's exec, then become PROG2 (argv) on end."""
+    os.close(fd)
     if os.read(gate, 1):
         os._exit(0)  # PROG1 could not run and said so: PROG2 must not run alone
     os.close(gate)
@@ -151,7 +154,7 @@ def run_second(invocation: Invocation, end: int, gate: int) -> None:
             os.dup2(end, target)
     if end > 1:
         os.close(end)
-    unix.fatal(PROG, "run " + invocation.second[0], unix.exec_program(invocation.second), True)
+    unix.fatal(name, "run " + argv[0], unix.exec_program(argv), True)
 
 
 def runs_our_stunnel(name: str) -> bool:
@@ -164,31 +167,91 @@ def runs_our_stunnel(name: str) -> bool:
     """
     if os.environ.get("STUNNEL3_MAKESOCK_EXEC") == "1":
         return False
-    for candidate in unix.candidates(name, os.environ):
-        if not os.path.isfile(candidate) or not os.access(candidate, os.X_OK):
-            continue  # exec would pass this one over too
-        try:
-            with open(candidate, "rb") as front:
-                head = front.read(2048)
-        except OSError:
+    return _front_python(_first_runnable(name), b"stunnel") == os.path.realpath(sys.executable)
+
+
+def without_fixcrio(invocation: Invocation) -> tuple[list[str], str] | None:
+    """PROG2's words without its fixcrio, and the name its exec errors go under; or None.
+
+    The users' chain ends in `setuidgid qmaild fixcrio qmail-smtpd`. fixcrio's
+    one job is a CR before each LF that has none, both ways between stunnel
+    and qmail-smtpd; it costs a Python start (~20 ms of CPU) and a pump
+    process on every connection. When PROG1 is our stunnel running in this
+    process (runs_our_stunnel) and serving the pair as -F FD, its relay adds
+    the same CRs to what it writes to FD and reads from it (fixcrio.CrAdder,
+    told by STUNNEL3_FIXCRIO_FD), and PROG2 runs as `setuidgid qmaild
+    qmail-smtpd`: each side gets the bytes it would have got through fixcrio.
+    Only when all of this holds; else PROG2 runs as written:
+    - a stream pair (on seqpacket or dgram, fixcrio would see messages);
+    - PROG2 is `fixcrio PROG ...` or `setuidgid ACCOUNT fixcrio PROG ...`;
+    - exec would find stunnel3's own fixcrio front (not some other program
+      named fixcrio); after setuidgid, one that others may run, Python too;
+    - PROG is an executable file (else fixcrio's own error line is kept);
+    - stunnel's options read (C getopt) with -F FD and without -d, -h, -V.
+    """
+    second = invocation.second
+    at = 2 if os.path.basename(second[0]) == "setuidgid" else 0
+    if invocation.kind != _socket.SOCK_STREAM or len(second) < at + 2:
+        return None
+    front = _first_runnable(second[at])
+    python = _front_python(front, b"fixcrio") if front is not None else None
+    if front is None or python is None or _first_runnable(second[at + 1]) is None:
+        return None
+    if at and not (_others_may_run(front) and _others_may_run(os.fsencode(python))):
+        return None
+    from stunnel3 import cgetopt
+
+    try:
+        found = dict(cgetopt.getopt(invocation.first[1:])[0])  # the last -F wins, as in 3.22
+    except cgetopt.OptionError:
+        return None
+    if found.get("F") != str(invocation.fd) or {"d", "h", "V"} & found.keys():
+        return None
+    return second[:at] + second[at + 1 :], second[0] if at else "fixcrio"
+
+
+def _others_may_run(path: bytes) -> bool:
+    """Whether any account may exec path: it and every directory above it are o+x."""
+    path = os.path.abspath(path)
+    while True:
+        if not os.stat(path).st_mode & 0o001:
             return False
-        return _front_python(head, b"stunnel") == os.path.realpath(sys.executable)
-    return False
+        if path == b"/":
+            return True
+        path = os.path.dirname(path)
 
 
-def _front_python(head: bytes, prog: bytes) -> str | None:
-    """The interpreter a bin/ front of ours for prog would start, if head is one."""
+def _first_runnable(name: str) -> bytes | None:
+    """The file exec'ing name would run (djb's PATH search), if there is one."""
+    for candidate in unix.candidates(name, os.environ):
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _front_python(path: bytes | None, prog: bytes) -> str | None:
+    """The interpreter our bin/ front for prog at path would start, if it is one."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as front:
+            head = front.read(2048)
+    except OSError:
+        return None
     if FRONT_MARK not in head or b"\nprog=" + prog + b"\n" not in head:
         return None
     _, _, rest = head.partition(b"\npy=${STUNNEL3_PYTHON:-")
-    path = os.environ.get("STUNNEL3_PYTHON") or os.fsdecode(rest.partition(b"}")[0])
-    if not path or not os.access(path, os.X_OK):
+    python = os.environ.get("STUNNEL3_PYTHON") or os.fsdecode(rest.partition(b"}")[0])
+    if not python or not os.access(python, os.X_OK):
         return None
-    return os.path.realpath(path)
+    return os.path.realpath(python)
 
 
 def main(argv: list[str]) -> int:
     invocation = parse(argv)
+    ours = runs_our_stunnel(invocation.first[0])
+    elided = without_fixcrio(invocation) if ours else None
+    second, name = elided or (invocation.second, PROG)
     try:
         second_end = make_pair(invocation)
     except OSError as error:
@@ -201,13 +264,15 @@ def main(argv: list[str]) -> int:
     if pid == 0:
         try:
             os.close(gate_write)
-            run_second(invocation, second_end, gate_read)
+            run_second(second, name, invocation.fd, second_end, gate_read)
         finally:
             os._exit(111)
     os.close(second_end)
     os.close(gate_read)
-    if runs_our_stunnel(invocation.first[0]):
+    if ours:
         os.close(gate_write)  # as a successful exec would: PROG2 may run
+        if elided:
+            os.environ[FIXCRIO_ENV] = str(invocation.fd)  # stunnel.run() takes it out again
         from stunnel3 import stunnel
 
         return stunnel.main(["stunnel", *invocation.first[1:]])

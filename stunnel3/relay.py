@@ -32,6 +32,7 @@ import select
 import time
 
 from stunnel3.endpoints import ByteQueue, Endpoint, PeerError
+from stunnel3.fixcrio import CrAdder
 from stunnel3.protocol import Action, Close, Log, StartTls, ToBackend, ToClient
 from stunnel3.tls import TlsError, TlsSession
 
@@ -83,6 +84,11 @@ class Relay:
         self.last_activity = time.monotonic()
         self._poller = select.poll()
         self._watched: dict[int, int] = {}
+        # A backend whose fixcrio makesock left out: its rule, one state each way,
+        # on the bytes that cross the backend's descriptor (what fixcrio would see).
+        fixing = backend is not None and backend.add_cr
+        self._cr_out = CrAdder() if fixing else None
+        self._cr_in = CrAdder() if fixing else None
 
     # -- the layer's actions -------------------------------------------------
 
@@ -102,7 +108,8 @@ class Relay:
                 if self.back_eof_queued:
                     continue
                 if action.data:
-                    self.back_out += action.data
+                    fix = self._cr_out
+                    self.back_out += fix(action.data) if fix is not None else action.data
                 else:
                     self.back_eof_queued = True
             elif isinstance(action, StartTls):
@@ -252,6 +259,8 @@ class Relay:
         if not data:
             self.back_reading = False
             self.log.debug("Socket closed on read (backend)")
+        elif self._cr_in is not None:
+            data = self._cr_in(data)
         self._apply(self.layer.feed_backend(data))
 
     def _write(self, endpoint: Endpoint, queue: ByteQueue) -> int:

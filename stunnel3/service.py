@@ -215,7 +215,7 @@ def _plaintext_end(options: Options, log, env: dict, accepted: Endpoint) -> Endp
             os.fstat(fd)
         except OSError as error:
             raise SessionError(f"-F {fd}: {error.strerror} ({error.errno})") from None
-        return Endpoint(fd, fd, f"fd {fd}")
+        return Endpoint(fd, fd, f"fd {fd}", add_cr=options.plaintext_add_cr)
     if options.local_program is not None:
         return start_program(options, log, env, None)
     return accepted

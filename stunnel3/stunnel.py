@@ -5,7 +5,8 @@ when an administrator runs stunnel3-warm, a process forked from it recreates
 this one (descriptors, environment, cwd, limits, signals) and runs `run()`
 below, so that this process pays neither for OpenSSL nor for our modules. When
 there is no helper, `run()` runs here. This module therefore imports nothing
-at its top but sys: the handoff path must stay cheap.
+at its top but os and sys (loaded with the interpreter): the handoff path must
+stay cheap.
 
 The order of `run()` is 3.22's main(): options are parsed first, their errors on
 stderr (3.22 set foreground before parsing); -h and -V print and exit 0; then the
@@ -19,6 +20,7 @@ Exit status: what service.run returns; 1 for a usage or setup error or an
 unexpected exception; 2 for a bad port (options); 3 on SIGINT.
 """
 
+import os
 import sys
 
 
@@ -37,8 +39,11 @@ def main(argv: list[str]) -> int:
 
 def run(argv: list[str]) -> int:
     """The whole program after the handoff: the direct path, and the warm worker's."""
+    # makesock left fixcrio out and asks us to add its CRs on this descriptor
+    # (makesock.without_fixcrio); no program we start may inherit the request.
+    fixcrio_fd = os.environ.pop("STUNNEL3_FIXCRIO_FD", None)
     try:
-        return _run(argv[1:])
+        return _run(argv[1:], fixcrio_fd)
     except KeyboardInterrupt:
         return _interrupted()
     except SystemExit as done:
@@ -57,7 +62,7 @@ def _interrupted() -> int:
     return 3
 
 
-def _run(args: list[str]) -> int:
+def _run(args: list[str], fixcrio_fd: str | None = None) -> int:
     from stunnel3 import log as logging
     from stunnel3.options import USAGE_HINT, OptionError, parse
 
@@ -68,6 +73,10 @@ def _run(args: list[str]) -> int:
         if error.usage_hint:
             _say(f"\n{USAGE_HINT}\n\n")  # 3.22's print_info(), blank lines included
         return error.status
+    if fixcrio_fd is not None and fixcrio_fd == str(options.plaintext_fd):
+        import dataclasses
+
+        options = dataclasses.replace(options, plaintext_add_cr=True)
     if options.show is not None:
         from stunnel3 import usage
 
