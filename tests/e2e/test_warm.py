@@ -7,6 +7,7 @@ serves. Whether the helper served is told by the pid in the log lines: the
 worker's, not the `stunnel` process's own.
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -495,3 +496,155 @@ def test_the_run_script_starts_a_helper(tmp_path, stunnel_bin, monkeypatch):
         assert service.wait(TIMEOUT) == 0
     assert not socket_path.exists()
     assert "stunnel3-warm: info: stopped" in log.read_text()
+
+
+# -- one process per connection: the helper's children, signals, hang-ups, time-outs --
+
+
+def task_children(pid: int) -> list[int]:
+    """The kernel's own list of a process's children (every thread's)."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        found += [
+            int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        ]
+    return found
+
+
+def test_one_process_per_connection(helper, stunnel_bin, pki):
+    """Two sessions at once: two children of the helper, each serving, each childless."""
+    clients = []
+    with contextlib.ExitStack() as stack:
+        for _ in range(2):
+            network, ours = socket.socketpair()
+            plain, plain_ours = socket.socketpair()
+            for sock in (network, ours, plain, plain_ours):
+                stack.enter_context(sock)
+            process = spawn(
+                stunnel_bin, ["-f", "-p", str(pki["server"]), "-F", "3"], True,
+                {0: ours.fileno(), 1: ours.fileno(), 3: plain.fileno()}, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            wait_stderr(process, b"stunnel 3.22 on")
+            clients.append((process, network))
+        time.sleep(0.2)
+        workers = task_children(helper.process.pid)
+        assert len(workers) == 2
+        for worker in workers:
+            assert task_children(worker) == []  # no session process in between, nothing below
+            assert Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(
+                helper.process.pid
+            )
+        for process, network in clients:
+            network.close()  # EOF before any TLS: the session ends, status 0
+            process.communicate(timeout=TIMEOUT)
+            assert process.returncode == 0
+    helper.wait_no_workers()
+
+
+def test_a_root_client_signals_its_jailed_worker(
+    helper, tmp_path, request, monkeypatch, pki, stunnel_bin, makesock_bin
+):
+    """pidfd_send_signal from the thin client (root) reaches a worker that has chroot'ed
+    and setuid'ed to the -s account: SIGTERM ends the session as on the direct path."""
+    user, uid, gid = request.getfixturevalue("account")
+    monkeypatch.setenv("STUNNEL3_WARM", "1")
+    jail = make_jail(tmp_path, pki, gid)
+    with chain(tmp_path, stunnel_bin, makesock_bin, args_for(jail, user, user)) as chained:
+        port, server, errors = chained
+        with socket.create_connection(("127.0.0.1", port), TIMEOUT):
+            deadline = time.monotonic() + TIMEOUT
+            while (
+                not (workers := helper.workers())
+                or status_fields(workers[0])["Uid"] != [str(uid)] * 4
+            ):
+                assert time.monotonic() < deadline, "no jailed worker"
+                time.sleep(0.02)
+            (thin,) = children(server)  # makesock, running the thin stunnel in its process
+            os.kill(thin, signal.SIGTERM)
+            said = wait_for(errors, "Received signal 15; terminating")
+            helper.wait_no_workers()
+    assert re.search(r"end \d+ status 768", said), said  # tcpserver: the thin client exited 3
+
+
+def hand_over_by_hand(path: str, argv: list[str], fds: list[int]):
+    """A peer that sends a valid request and reads the worker's READY: (socket, reply, fds)."""
+    cwd = os.open("/", os.O_PATH)
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        peer.settimeout(TIMEOUT)
+        peer.connect(path)
+        numbers = list(range(100, 100 + len(fds)))  # the numbers the request claims
+        peer.sendmsg(
+            [good_request(argv, numbers)],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, b"".join(
+                fd.to_bytes(4, "little") for fd in [*fds, cwd]))],
+        )  # fmt: skip
+        reply, received, _, _ = socket.recv_fds(peer, 64, 4)
+    finally:
+        os.close(cwd)
+    return peer, reply, received
+
+
+def test_no_go_means_the_worker_runs_nothing(helper):
+    """READY comes with a pidfd of the worker; a client that closes instead of GO leaves
+    no worker behind, and what it asked for (-V on its stderr) never ran."""
+    err_r, err_w = os.pipe()
+    with os.fdopen(err_r, "rb") as err:
+        peer, reply, received = hand_over_by_hand(helper.path, ["stunnel", "-V"], [err_w])
+        os.close(err_w)
+        try:
+            (pidfd,) = received
+            word, _, pid = reply.partition(b" ")
+            assert word == b"READY" and helper.workers() == [int(pid)]
+            assert Path(f"/proc/self/fdinfo/{pidfd}").read_text().count(f"Pid:\t{int(pid)}\n")
+            os.close(pidfd)
+        finally:
+            peer.close()
+        helper.wait_no_workers()
+        assert err.read() == b""  # its copy of our pipe is closed, and nothing was written
+    assert "Traceback" not in helper.log()
+
+
+def test_silent_peers_time_out_and_the_helper_serves_on(helper, stunnel_bin):
+    """A peer that connects and says nothing, and one that never sends GO: their workers
+    give up (5 s for a request, 10 s for GO), the helper never waits for either."""
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    err_r, err_w = os.pipe()
+    with silent, os.fdopen(err_r, "rb") as err:
+        silent.connect(helper.path)
+        peer, reply, received = hand_over_by_hand(helper.path, ["stunnel", "-V"], [err_w])
+        os.close(err_w)
+        with peer:
+            for fd in received:
+                os.close(fd)
+            assert reply.startswith(b"READY ")
+            assert len(helper.workers()) == 2
+            started = time.monotonic()
+            process, _, said = run_with_fd3(stunnel_bin, ["-x"], True)  # served meanwhile
+            assert process.returncode == 1 and process.pid not in serving_ids(said)
+            assert time.monotonic() - started < 3
+            assert silent.recv(64) == b"NO"  # after 5 s: the worker's refusal
+            assert peer.recv(64) == b"X0"  # after 10 s without GO: it ended, having run nothing
+            helper.wait_no_workers()
+        assert err.read() == b""
+    assert "refused request" in helper.log()  # the silent one: nothing came in 5 s
+
+
+def test_sigterm_removes_the_socket_and_the_helper_waits_for_its_workers(helper, stunnel_bin, pki):
+    network, ours = socket.socketpair()
+    plain, plain_ours = socket.socketpair()
+    with network, ours, plain, plain_ours:
+        process = spawn(
+            stunnel_bin, ["-f", "-p", str(pki["server"]), "-F", "3"], True,
+            {0: ours.fileno(), 1: ours.fileno(), 3: plain.fileno()}, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        wait_stderr(process, b"stunnel 3.22 on")
+        helper.process.send_signal(signal.SIGTERM)
+        helper.wait_log("stopping once 1 sessions have ended")
+        assert not os.path.exists(helper.path)  # new connections go direct at once
+        assert helper.process.poll() is None and len(helper.workers()) == 1
+        network.close()  # the session ends on its own, its status reaches the client
+        said = process.communicate(timeout=TIMEOUT)[1]
+    assert process.returncode == 0 and process.pid not in serving_ids(said)
+    assert helper.process.wait(TIMEOUT) == 0
+    assert "info: stopped" in helper.log()
