@@ -2,8 +2,8 @@
 
 The sh front in bin/ raised the soft AS, DATA and STACK limits so that Python
 can run under `softlimit -m 5000000`, and left the originals in
-STUNNEL3_RLIMITS as `as:data:stack`, each in KiB or `unlimited` (what
-`ulimit -S` prints). Every program started by our code (makesock's PROG1 and
+STUNNEL3_RLIMITS as `as:data:stack`, each in bytes or `unlimited` (as
+/proc/self/limits says them). Every program started by our code (makesock's PROG1 and
 PROG2, fixcrio's program, stunnel's -l program) must run under the limits the
 administrator chose, so `prepare_child()` restores them right before exec;
 `reap_children()` collects them when they end, so none stays a zombie.
@@ -27,7 +27,7 @@ def original_soft_limits(environ=os.environ) -> dict[int, int]:
         if text == "unlimited":
             limits[limit] = resource.RLIM_INFINITY
         elif text.isdigit():
-            limits[limit] = int(text) * 1024
+            limits[limit] = int(text)
     return limits
 
 

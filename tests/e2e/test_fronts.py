@@ -46,6 +46,22 @@ def test_fixcrio_works_and_its_program_keeps_the_limits(fixcrio_bin):
     assert done.stdout == b"\r\n".join([KIB, KIB, KIB, b"x", b"y", b""])
 
 
+def test_the_limits_come_back_to_the_byte(makesock_bin):
+    """softlimit -m 5000000 is 5000000 bytes, not 4882 KiB (4999168) after the front."""
+    script = "grep -E '^Max (address space|data size|stack size) ' /proc/self/limits"
+    prog1 = ["sh", "-c", "cat <&3"]  # shows what PROG2 writes on the pair
+    done = run([*SOFTLIMIT, "softlimit", "-s", "4000001", makesock_bin, *prog1, SEP, "sh", "-c",
+                script])  # fmt: skip
+    got = {
+        " ".join(line.split()[:3]): line.split()[3] for line in done.stdout.decode().splitlines()
+    }
+    assert got == {
+        "Max address space": "5000000",
+        "Max data size": "5000000",
+        "Max stack size": "4000001",
+    }, done
+
+
 def test_fixcrio_program_gets_sigpipe_default(fixcrio_bin):
     done = run([*SOFTLIMIT, fixcrio_bin, "grep", "^SigIgn", "/proc/self/status"])
     assert done.stdout == signals_ignored(SOFTLIMIT).replace(b"\n", b"\r\n")
