@@ -77,11 +77,11 @@ def hand_over(argv: list[str]) -> int | None:
     for fd in fds:
         if fd != 2:
             _close(fd)
-    return _await_status(sock)
+    return _await_status(*sock)
 
 
 def _connect(path: str, request: bytes, fds: list[int]):
-    """Send the request; the socket once the worker is committed (GO sent), else None."""
+    """Send the request; (socket, worker's pidfd) once the worker is committed (GO sent)."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(HANDSHAKE_TIMEOUT)
@@ -99,7 +99,7 @@ def _connect(path: str, request: bytes, fds: list[int]):
         _restore_signals()
         sock.close()
         return None
-    return sock
+    return sock, pidfd
 
 
 def _ready(sock):
@@ -188,7 +188,7 @@ def _restore_signals() -> None:
     _saved.clear()
 
 
-def _await_status(sock) -> int:
+def _await_status(sock, pidfd: int) -> int:
     """Wait for the worker's status, reaping our own children; then leave as it did."""
     _signal.signal(_signal.SIGCHLD, _reap)  # makesock's PROG2 is our child, as before
     try:
@@ -199,6 +199,11 @@ def _await_status(sock) -> int:
         return int(reply[1:])
     if reply[:1] == b"K" and reply[1:].isdigit():
         return _die_like(int(reply[1:]))
+    # The helper died (killed, crashed): the worker may still be serving. Leave with it,
+    # not before, so that tcpserver still counts the connection while it lasts.
+    import select  # a C module, and only on this path
+
+    select.select([pidfd], [], [])
     _say(b"stunnel: the warm helper ended the session without a status\n")
     return 1
 

@@ -648,3 +648,26 @@ def test_sigterm_removes_the_socket_and_the_helper_waits_for_its_workers(helper,
     assert process.returncode == 0 and process.pid not in serving_ids(said)
     assert helper.process.wait(TIMEOUT) == 0
     assert "info: stopped" in helper.log()
+
+
+def test_a_killed_helper_leaves_the_client_waiting_for_its_worker(helper, stunnel_bin, pki):
+    """No status can come any more, but the client leaves only when its worker has ended:
+    tcpserver still counts the connection while it is served."""
+    network, ours = socket.socketpair()
+    plain, plain_ours = socket.socketpair()
+    with network, ours, plain, plain_ours:
+        process = spawn(
+            stunnel_bin, ["-f", "-p", str(pki["server"]), "-F", "3"], True,
+            {0: ours.fileno(), 1: ours.fileno(), 3: plain.fileno()}, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        wait_stderr(process, b"stunnel 3.22 on")
+        (worker,) = helper.workers()
+        helper.process.kill()
+        helper.process.wait(TIMEOUT)
+        time.sleep(0.3)
+        assert process.poll() is None and os.path.exists(f"/proc/{worker}")
+        network.close()  # the worker's session ends; then so does the client
+        said = process.communicate(timeout=TIMEOUT)[1]
+    assert process.returncode == 1
+    assert b"the warm helper ended the session without a status" in said
+    assert said.index(b"bytes sent to SSL") < said.index(b"without a status")  # worker first
