@@ -367,7 +367,7 @@ def _ready(control: int) -> bool:
 
 def _send(sock: socket.socket, message: bytes) -> None:
     try:
-        sock.send(message, socket.MSG_NOSIGNAL)
+        sock.send(message, socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)  # never wait on a peer
     except OSError:
         pass
 
