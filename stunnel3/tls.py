@@ -399,12 +399,12 @@ def warm_up(warn, ctx: SSL.Context | None = None, server: bool = True) -> None:
 
 
 def _throwaway_context(key_type: str | None) -> SSL.Context:
-    """make_context's own work; with key_type, a server's: a pem made here, loaded as PEM."""
+    """make_context's own work; with key_type, a server's: a pem made here, loaded from PEM."""
     ctx = make_context(Options(client=True), _Quiet())  # no pem read from a file
     if key_type is not None:
         pem = _throwaway_pem(key_type)
-        ctx.use_certificate(crypto.load_certificate(crypto.FILETYPE_PEM, pem))
-        ctx.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM, pem))
+        ctx.use_certificate(x509.load_pem_x509_certificate(pem))
+        ctx.use_privatekey(serialization.load_pem_private_key(pem, None))  # type: ignore[arg-type]
         ctx.check_privatekey()
         ctx.set_verify(SSL.VERIFY_NONE)
     return ctx
