@@ -51,7 +51,7 @@ class Helper:
                 [program, "-s", self.path],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=environment(),
             )  # fmt: skip
-        self.wait_log("listening on")
+        assert "warm-up failed" not in self.wait_log("listening on")  # OpenSSL warmed up
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
