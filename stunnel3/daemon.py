@@ -4,7 +4,7 @@ Order (3.22's rule, sg2's -i): bind first, then enter the jail, unless -i asks
 to drop privileges at once (then the port must be one the account may bind).
 The parent loads the TLS context once, before it forks: every worker inherits
 it, with its session-ticket key, so tickets resume across workers; and it does
-one handshake first (tls.warm_up), so that OpenSSL's first-use work is shared
+one handshake first (tls_warmup.py), so that OpenSSL's first-use work is shared
 by every worker instead of done again in each. Anything
 outside the jail that the parent needs later (/dev/null, the pid file) is
 opened before the jail.
@@ -23,7 +23,7 @@ import signal
 import socket
 import time
 
-from stunnel3 import chroot, tls
+from stunnel3 import chroot, tls, tls_warmup
 from stunnel3.endpoints import apply_socket_options
 from stunnel3.options import Options, pid_path, service_name
 from stunnel3.relay import Terminated
@@ -46,7 +46,7 @@ def serve(options: Options, log, ids, run_session) -> int:
     chroot.enter_jail(options, ids, log)
     chroot.seed_random(options, log)
     ctx = tls.make_context(options, log)
-    tls.warm_up(log.warning, ctx, server=not options.client)  # once here, not in each worker
+    tls_warmup.warm_up(log.warning, ctx, server=not options.client)  # once here, not in each worker
     if listener is None:
         listener = bind(options, log)
     ready = None

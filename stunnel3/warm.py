@@ -3,7 +3,7 @@
     stunnel3-warm [ -s socket ] [ -c limit ]
 
 It imports, once, everything a `stunnel` session needs (and warms OpenSSL up:
-tls.warm_up), then listens on a Unix socket (SOCK_SEQPACKET; default
+tls_warmup.py), then listens on a Unix socket (SOCK_SEQPACKET; default
 /run/stunnel3/warm.sock, or STUNNEL3_WARM_SOCKET; its directory 0700, the
 socket 0600, both ours). Each `stunnel` started by the users' chain
 (warm_client.py) hands itself over; see docs/warm.md.
@@ -111,9 +111,9 @@ def _preload() -> None:
                 importlib.import_module(f"stunnel3.{module.name}")
             except Exception as error:  # noqa: BLE001 - the worker meets it as stunnel would
                 say(f"warning: unable to load stunnel3.{module.name}: {error}")
-    from stunnel3 import tls
+    from stunnel3 import tls_warmup
 
-    tls.warm_up(lambda text: say(f"warning: {text}"))  # OpenSSL's first-use work, shared
+    tls_warmup.warm_up(lambda text: say(f"warning: {text}"))  # OpenSSL's first-use work, shared
 
 
 def _listen(path: str) -> tuple[socket.socket, int]:

@@ -241,17 +241,17 @@ def test_want_read_is_remembered_until_bytes_arrive(certs):
     assert server.read() == b"x"
 
 
-# -- warm_up: OpenSSL's first-use work done once, before forking ----------------------
+# -- tls_warmup: OpenSSL's first-use work, done once before forking --------------------
 
 
 def test_warm_up_alone_handshakes_with_throwaway_rsa_and_ec_keys(monkeypatch):
-    from stunnel3 import tls
+    from stunnel3 import tls_warmup
 
     made = []
-    real = tls._throwaway_pem
-    monkeypatch.setattr(tls, "_throwaway_pem", lambda kind: made.append(kind) or real(kind))
+    real = tls_warmup._throwaway_pem
+    monkeypatch.setattr(tls_warmup, "_throwaway_pem", lambda kind: made.append(kind) or real(kind))
     warned: list[str] = []
-    tls.warm_up(warned.append)
+    tls_warmup.warm_up(warned.append)
     assert warned == []
     assert made == ["rsa", "ec"]
 
@@ -271,11 +271,11 @@ def test_warm_up_on_the_real_context_logs_nothing_and_imports_nothing(certs, cli
         "import sys\n"
         f"sys.path[:0] = {sys.path!r}\n"
         "from conftest import RecordingLog\n"
-        "from stunnel3 import tls\n"
+        "from stunnel3 import tls, tls_warmup\n"
         "from stunnel3.options import Options\n"
         f"log = RecordingLog(); ctx = tls.make_context({options!r}, log); log.lines.clear()\n"
         "sys.meta_path.clear()  # from here on, any import fails\n"
-        f"warned = []; tls.warm_up(warned.append, ctx, server={not client})\n"
+        f"warned = []; tls_warmup.warm_up(warned.append, ctx, server={not client})\n"
         "print(warned, log.lines)\n"
     )
     done = subprocess.run(
@@ -286,10 +286,10 @@ def test_warm_up_on_the_real_context_logs_nothing_and_imports_nothing(certs, cli
 
 
 def test_a_failed_warm_up_is_one_warning_never_an_exception():
-    from stunnel3 import tls
+    from stunnel3 import tls_warmup
 
     keyless = make_context(Options(client=True), RecordingLog())  # a "server" with no key
     warned: list[str] = []
-    tls.warm_up(warned.append, keyless, server=True)
+    tls_warmup.warm_up(warned.append, keyless, server=True)
     assert len(warned) == 1
     assert warned[0].startswith("TLS warm-up failed: ")

@@ -1,0 +1,132 @@
+"""OpenSSL's first-use work, done once in a process that forks a child per connection.
+
+OpenSSL builds much of itself lazily and once per process: the provider's
+algorithm tables at the first context, the key and certificate decoders at the
+first load, the signature, key exchange and cipher methods at the first
+handshake. A child forked before that pays it again on every connection (about
+3 ms of CPU here: a fork of a loaded process that makes a context from an RSA
+pem and does one handshake, 8 ms cold, 5 ms after a warm-up in its parent); a
+child forked after it shares the result, copy-on-write. The daemon's parent
+(daemon.py) and the warm helper (warm.py) call warm_up() before they fork.
+"""
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+
+from stunnel3.options import Options
+from stunnel3.tls import RECORD, TlsError, make_context
+
+_DRAIN = 65536  # a handshake flight fits in one read
+
+
+class _Quiet:
+    """A log that keeps nothing (warm-up contexts are ours, not the administrator's)."""
+
+    def __getattr__(self, name):
+        return lambda *args: None
+
+
+def warm_up(warn, ctx: SSL.Context | None = None, server: bool = True) -> None:
+    """Do once what each forked child would do cold (see the top of this file).
+
+    Given `ctx` (the daemon's own context, a `server` one or not), one
+    handshake runs against it; without it (the warm helper, which
+    cannot read the real pem: that is read in the jail) a throwaway RSA and a
+    throwaway EC pem, made here, are loaded and each does one handshake.
+    A failure costs speed, never service: one `warn(text)`, and we go on.
+    """
+    try:
+        if ctx is None:
+            for key_type in ("rsa", "ec"):
+                _handshake(_throwaway_context(key_type), _throwaway_context(None))
+        elif server:
+            _handshake(ctx, _throwaway_context(None), quiet=ctx)
+        else:  # RSA: signing with an EC key imports a module, and the daemon is jailed
+            _handshake(_throwaway_context("rsa"), ctx, quiet=ctx)
+    except Exception as error:  # noqa: BLE001 - see the last line of the docstring
+        warn(f"TLS warm-up failed: {type(error).__name__}: {error}")
+
+
+def _throwaway_context(key_type: str | None) -> SSL.Context:
+    """make_context's own work; with key_type, a server's: a pem made here, loaded from PEM."""
+    ctx = make_context(Options(client=True), _Quiet())  # no pem read from a file
+    if key_type is not None:
+        pem = _throwaway_pem(key_type)
+        ctx.use_certificate(x509.load_pem_x509_certificate(pem))
+        ctx.use_privatekey(serialization.load_pem_private_key(pem, None))  # type: ignore[arg-type]
+        ctx.check_privatekey()
+        ctx.set_verify(SSL.VERIFY_NONE)
+    return ctx
+
+
+def _throwaway_pem(key_type: str) -> bytes:
+    """A key and a self-signed certificate no one will ever see.
+
+    Not setup_service.self_signed: the daemon warms up inside its jail, where
+    nothing may be imported; every module used here is loaded with x509 already."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if key_type == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "warm-up.invalid")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key_pem + cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _handshake(server_ctx: SSL.Context, client_ctx: SSL.Context, quiet=None) -> None:
+    """One full handshake and a record each way, over memory BIOs; raises if it fails."""
+    server, client = SSL.Connection(server_ctx, None), SSL.Connection(client_ctx, None)
+    server.set_accept_state()
+    client.set_connect_state()
+    for conn in (server, client):
+        if conn.get_context() is quiet:  # its verify callback logs: not ours to call
+            conn.set_verify(SSL.VERIFY_NONE, lambda *args: True)
+    for _ in range(10):
+        done = [_step(conn) for conn in (client, server)]
+        _move(client, server)
+        _move(server, client)
+        if all(done):
+            break
+    else:
+        raise TlsError("the handshake did not finish")
+    client.send(b"warm-up")
+    _move(client, server)
+    server.recv(RECORD)
+    server.send(b"warm-up")
+    _move(server, client)
+    client.recv(RECORD)
+
+
+def _step(conn: SSL.Connection) -> bool:
+    try:
+        conn.do_handshake()
+    except SSL.WantReadError:
+        return False
+    return True
+
+
+def _move(source: SSL.Connection, sink: SSL.Connection) -> None:
+    try:
+        sink.bio_write(source.bio_read(_DRAIN))
+    except SSL.WantReadError:
+        pass
