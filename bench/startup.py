@@ -21,9 +21,11 @@ SCRIPTS = Path(sysconfig.get_path("scripts"))
 # What a session of `stunnel -n smtp- -F 3` loads (those that exist yet).
 SESSION_MODULES = ["stunnel3.stunnel", "stunnel3.service", "stunnel3.relay", "stunnel3.smtp",
                    "stunnel3.tls", "OpenSSL.SSL"]  # fmt: skip
-# The fronts' own way in: -I -S, then site-packages by hand (see bin/stunnel).
+# The fronts' own way in: -I -S, then site-packages by hand, no .pth files (see bin/stunnel).
 PRELUDE = """import sys, site
+add, site.addsitepackages = site.addsitepackages, lambda known_paths, prefixes=None: None
 site.venv(None)
+site.addsitepackages = add
 sys.path += site.getsitepackages()
 try:
     import stunnel3

@@ -70,22 +70,23 @@ def obstacles(data: dict) -> str:
         f"With the {key.upper()} certificate stunnel4 spends {base:.1f} ms of CPU per session"
         f" (its whole process tree), the users' chain {chain:.1f} ms. A session needs one"
         f" server-side handshake ({handshake:.1f} ms in memory) and a few small writes; the rest"
-        f" of the chain's time is starting Python, twice per connection. From `bench/startup.py`"
-        f" (CPU ms of a whole process, medians): a bare `python -I -S` costs {start:.1f};"
-        f" with the front's path and `import stunnel3`, {path:.1f}; with a session's modules"
-        f" imported (pyOpenSSL, `cryptography`, ours), {modules:.1f}; fixcrio, the second"
-        f" interpreter, {fixcrio:.1f}. So about {modules:.0f} + {fixcrio:.0f} ="
-        f" {modules + fixcrio:.0f} ms go before the first byte of TLS, on every connection:"
-        f" {(modules + fixcrio) / base:.1f} times stunnel4's whole session."
+        f" of the chain's time is starting Python and importing pyOpenSSL, once per connection"
+        f" (makesock runs stunnel in its own process, and leaves fixcrio out of PROG2: stunnel"
+        f" adds its CRs; a fixcrio of its own would cost {fixcrio:.1f} more). From"
+        f" `bench/startup.py` (CPU ms of a whole process, medians): a bare `python -I -S` costs"
+        f" {start:.1f}; with the front's path and `import stunnel3`, {path:.1f}; with a session's"
+        f" modules imported (pyOpenSSL, `cryptography`, ours), {modules:.1f} ms before the first"
+        f" byte of TLS, on every connection: {modules / base:.1f} times stunnel4's whole session."
     )
     slowest = ", ".join(f"`{name}` {ms:.0f} ms" for name, ms in profile["imports"][:4])
     text += f" The slowest imports (cumulative, `-X importtime`; table below): {slowest}."
     if warm is not None:
         text += (
-            f" The warm helper removes the import ({warm:.1f} ms per session, helper included),"
-            f" but each connection still starts two interpreters (the thin stunnel in makesock's"
-            f" process, and fixcrio: ≈ {path:.0f} + {fixcrio:.0f} ms) and adds a fork of the"
-            f" helper's large process, the descriptor handoff and the relay in Python."
+            f" The warm helper removes the import ({warm:.1f} ms per session, helper included):"
+            f" each connection then starts one interpreter, the thin stunnel in makesock's process"
+            f" (≈ {path:.0f} ms), and adds one fork of the helper's large process (its page"
+            f" tables are copied, and torn down when the worker exits), the descriptor handoff"
+            f" and the relay in Python."
         )
     slow = [r for r in rows(data) if r[0].startswith("bulk") and r[3] == "**not met**"]
     if slow:

@@ -65,9 +65,10 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   before fixcrio; and stunnel3's daemon mode, `stunnel -d 127.0.0.1:PORT -p pem -n smtp- -f
   -l backend`. The other stunnel3 servers run with `STUNNEL3_WARM=0`. Under load, stunnel4's
   and tlswrapper's per-connection processes are forked by tcpserver and exec C; stunnel3's
-  chain starts Python twice per connection (makesock, which runs stunnel in its own process,
-  and fixcrio); with the helper, the makesock process hands the connection to a worker forked
-  from the helper and imports no OpenSSL.
+  chain starts Python once per connection (makesock, which runs stunnel in its own process
+  and leaves fixcrio out of PROG2: stunnel adds fixcrio's CRs itself, docs/makesock.md); with
+  the helper, the makesock process hands the connection to a worker forked from the helper
+  and imports no OpenSSL.
 - **Session.** Greeting, EHLO, STARTTLS, handshake, EHLO, QUIT, with Python's `ssl` (no
   certificate verification: the same for all) on blocking sockets, one thread per client.
 - **sessions/s**: the clients start sessions for the load time and finish those in flight.
@@ -124,8 +125,9 @@ def profile_section(profile) -> str:
 
 Measured by `bench/startup.py` (medians of {profile["repeat"]} runs; wall-clock and CPU ms,
 the CPU of the process and its children; these run before the load, on a quiet machine).
-Every connection of the users' chain starts Python twice: makesock (which then runs stunnel
-in its own process) and fixcrio (makesock's child execs it).
+Every connection of the users' chain starts Python once: makesock, which then runs stunnel in
+its own process and leaves fixcrio out of PROG2 (stunnel adds its CRs; the fixcrio row says
+what a fixcrio of its own would cost).
 
 | piece | wall ms | CPU ms |
 |---|---|---|
