@@ -42,7 +42,7 @@ import sys
 import time
 
 from stunnel3 import unix, warm_client, warm_worker
-from stunnel3.warm_client import GO, HANDSHAKE_TIMEOUT, READY, REFUSED
+from stunnel3.warm_client import GO, HANDSHAKE_TIMEOUT, READY, REFUSED, RUNNING
 
 PROG = "stunnel3-warm"
 USAGE = "stunnel3-warm [ -s socket ] [ -c limit ]"
@@ -354,6 +354,8 @@ def _ready(control: int) -> bool:
         socket.send_fds(sock, [READY + b" %d" % os.getpid()], [pidfd])
         sock.settimeout(HANDSHAKE_TIMEOUT)
         go = sock.recv(64)
+        if go == GO:
+            sock.send(RUNNING)  # the client keeps its descriptors until it has this
     except OSError:
         go = b""
     finally:

@@ -17,14 +17,18 @@ Rules of this file:
       client -> worker  the request, all our descriptors attached (SCM_RIGHTS)
       worker -> client  READY <pid> with a pidfd of itself attached (the worker
                         is set up and waits), or NO
-      client -> worker  GO; from now on the worker owns the connection
+      client -> worker  GO
+      worker -> client  RUN: from now on the worker owns the connection
       helper -> client  X<status> (exit) or K<signum> (killed by a signal)
   Signals we receive after GO go to the worker through its pidfd
   (pidfd_send_signal): a pidfd names that one process even once its pid is
   free again, which a pid taken from READY would not if the worker had died.
   GO makes the handoff race-free: a client that timed out waiting for READY
   closes the socket instead, and the worker, which has run nothing, exits.
-- After GO we close every descriptor we handed over (but stderr, for our own
+  RUN closes the other side: a worker that waited for GO in vain (the client
+  stalled past its timeout) has exited having run nothing, and we get its
+  X0 instead of RUN and run the direct path: no connection is lost.
+- After RUN we close every descriptor we handed over (but stderr, for our own
   last words): a socket or pipe must reach EOF when the worker closes it.
 """
 
@@ -42,7 +46,7 @@ MAX_REQUEST = 128 * 1024  # under the kernel's default socket buffer (208 KiB)
 MAX_FDS = 252  # SCM_MAX_FD is 253: ours, then the cwd
 HANDSHAKE_TIMEOUT = 10.0  # seconds for READY: a stuck helper costs one wait, not the session
 FD_SIZE = 4
-READY, REFUSED, GO = b"READY", b"NO", b"GO"
+READY, REFUSED, GO, RUNNING = b"READY", b"NO", b"GO", b"RUN"
 # Signals we pass on to the worker (when not ignored): those that end a process.
 FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")
 
@@ -81,8 +85,9 @@ def hand_over(argv: list[str]) -> int | None:
 
 
 def _connect(path: str, request: bytes, fds: list[int]):
-    """Send the request; (socket, worker's pidfd) once the worker is committed (GO sent)."""
+    """Send the request; (socket, worker's pidfd) once the worker runs (RUN received)."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+    pidfd = None
     try:
         sock.settimeout(HANDSHAKE_TIMEOUT)
         sock.connect(path)
@@ -95,9 +100,13 @@ def _connect(path: str, request: bytes, fds: list[int]):
         sock.settimeout(None)
         _relay_signals(pidfd)  # installed while they are held: none is lost or early
         sock.send(GO)
+        if sock.recv(64) != RUNNING:  # X0: it gave up waiting for GO, having run nothing
+            raise OSError("the worker did not run")
     except OSError:  # no helper, not allowed, gone, or slow: the direct path
         _restore_signals()
         sock.close()
+        if pidfd is not None:
+            _close(pidfd)
         return None
     return sock, pidfd
 
