@@ -27,6 +27,10 @@ Options:
                     are installed, then /var/qmail/bin:/usr/bin:/bin).
   --log-user USER   Account multilog runs as (default: qmaill if it exists,
                     else nobody).
+  --warm DIR        Also make DIR a daemontools service for the warm helper,
+                    stunnel3-warm (compat/stunnel3-warm-run; docs/warm.md):
+                    link it into /service too, and each connection costs
+                    about a third of the CPU.
   --no-accounts     Create no account: print the commands that would.
   --force           Replace ssl/stunnel.pem, run and log/run if they differ.
   -h, --help        Show this text.
@@ -43,55 +47,18 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from stunnel3.setup_scripts import (
+    LOG_RUN,
+    RUN_SCRIPT,
+    RUN_VARIABLES,
+    WARM_RUN_SCRIPT,
+    WARM_RUN_VARIABLES,
+)
+
 PROG = "stunnel3-setup"
 USAGE = f"{PROG}: usage: {PROG} [options] SERVICE_DIR (try {PROG} --help)"
 SEED_BYTES = 4096  # stunnel reads 64 (-B); the README's dd made far more than needed
 NOLOGIN = "/usr/sbin/nologin"
-
-# compat/smtp-tls-run, byte for byte (a test holds them equal): the package
-# carries its own copy because `pip install .` installs no compat/ directory.
-RUN_SCRIPT = r"""#!/bin/sh
-# smtp-tls-run: SMTP with STARTTLS for qmail, after Scott Gifford's smtp-tls.README
-# (stunnel 3.22 + sg2 patch, makesock, fixcrio), run by stunnel3's programs.
-# Install it as `run` in the service directory (stunnel3-setup does) and let
-# supervise start it there: `-/ ssl` below is relative to that directory.
-
-# What an administrator sets anyway. PATH: where stunnel3's stunnel and makesock
-# are; it must come before /usr/bin, where Debian's stunnel4 puts its own stunnel.
-PATH=/usr/local/bin:/var/qmail/bin:/usr/bin:/bin
-IP=0
-PORT=smtp
-RULES=/etc/tcp.smtp.cdb
-SMTPD=/var/qmail/bin/qmail-smtpd
-export PATH
-
-# "First, it gathers up some information from control files and from the system
-# user and group database." Numbers, not names: stunnel switches to them inside
-# the jail, where there is no /etc/passwd (names would work too, looked up first).
-SSLUID=`id -u stunnel` || exit 111
-SSLGID=`id -g stunnel` || exit 111
-MAXSMTPD=`head -n 1 /var/qmail/control/concurrencyincoming 2>/dev/null`
-LOCAL=`head -n 1 /var/qmail/control/me 2>/dev/null`
-
-# tcpserver's options that depend on what exists: the rules file (RELAYCLIENT
-# and the like) when there is one, the local name when qmail has one.
-set -- -c "${MAXSMTPD:-40}"
-if [ -f "$RULES" ]; then set -- "$@" -x "$RULES"; fi
-if [ -n "$LOCAL" ]; then set -- "$@" -l "$LOCAL"; fi
-
-# softlimit: 5 MB per process, as ever (stunnel3's programs raise their own
-# soft limit to what Python needs; qmail-smtpd runs under these 5 MB).
-# tcpserver stays root so that stunnel can chroot and switch ids itself.
-# makesock: stunnel gets the plaintext end on fd 3, setuidgid the other end.
-exec softlimit -m 5000000 \
-  tcpserver -v -R "$@" "$IP" "$PORT" \
-    makesock \
-      stunnel -D 7 -/ ssl -s "$SSLUID" -g "$SSLGID" -i -R seed -p stunnel.pem -n smtp- -f -F 3 \
-    -makesock_connect_to \
-      setuidgid qmaild fixcrio "$SMTPD" 2>&1
-"""
-RUN_VARIABLES = ("PATH", "IP", "PORT", "RULES", "SMTPD")
-LOG_RUN = "#!/bin/sh\nexec setuidgid {user} multilog t ./main\n"
 
 
 class Fatal(Exception):
@@ -106,10 +73,12 @@ def _literal(text: str):
     return lambda _match: text
 
 
-def render_run(variables: dict[str, str], template: str = RUN_SCRIPT) -> str:
+def render_run(
+    variables: dict[str, str], template: str = RUN_SCRIPT, allowed: tuple = RUN_VARIABLES
+) -> str:
     """The run script with the administrator's variables set, the rest untouched."""
     for name, value in variables.items():
-        if name not in RUN_VARIABLES or "\n" in value:
+        if name not in allowed or "\n" in value:
             raise Fatal(f"unable to set {name} in the run file")
         line = re.compile(rf"^{name}=.*$", re.MULTILINE)
         # re.escape-free: a function replacement takes the text literally
@@ -350,22 +319,34 @@ def set_up(args) -> None:
     service = Path(args["SERVICE_DIR"])
     force = args["--force"]
     pem_data = read_pem(args["--pem"]) if args["--pem"] else None
-    run = render_run(run_variables(args)).encode()
+    variables = run_variables(args)
+    run = render_run(variables).encode()
     log_run = LOG_RUN.format(user=log_user).encode()
+    services = {service: run}
+    if args["--warm"]:
+        warm_path = {"PATH": variables["PATH"]}
+        services[Path(args["--warm"])] = render_run(
+            warm_path, WARM_RUN_SCRIPT, WARM_RUN_VARIABLES
+        ).encode()
     # Every refusal before the first change: a refused run leaves nothing half done.
     if pem_data is not None:
         refuse_to_replace(service / "ssl" / "stunnel.pem", pem_data, force, "a key")
-    refuse_to_replace(service / "run", run, force, "a run file")
-    refuse_to_replace(service / "log" / "run", log_run, force, "log/run")
+    for directory, run_file in services.items():
+        refuse_to_replace(directory / "run", run_file, force, "a run file")
+        refuse_to_replace(directory / "log" / "run", log_run, force, "log/run")
     make_accounts(create=not args["--no-accounts"])
     try:
-        service.mkdir(mode=0o755, parents=True, exist_ok=True)
-        make_jail(service, pem_data, args, force)
-        make_log(service, log_run, log_user, force)
-        install(service / "run", run, 0o755, force, "a run file")
+        for directory, run_file in services.items():
+            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+            if directory == service:
+                make_jail(service, pem_data, args, force)
+            make_log(directory, log_run, log_user, force)
+            install(directory / "run", run_file, 0o755, force, "a run file")
     except OSError as error:
         raise Fatal(f"unable to set up {error.filename}: {error.strerror}") from None
-    say(f"{service} is ready: try `cd {service} && ./run`, then `ln -s {service} /service/`")
+    for directory in services:
+        ready = f"try `cd {directory} && ./run`, then `ln -s {directory} /service/`"
+        say(f"{directory} is ready: {ready}")
 
 
 def main(argv: list[str]) -> int:

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from helpers import accounts_lock  # noqa: F401, F811  (a fixture)
 
+from stunnel3.setup_scripts import WARM_RUN_SCRIPT
 from stunnel3.setup_service import RUN_SCRIPT, RUN_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +76,33 @@ def snapshot(service: Path) -> dict[str, tuple]:
 
 def test_the_packaged_run_file_is_compat_smtp_tls_run():
     assert (ROOT / "compat" / "smtp-tls-run").read_text() == RUN_SCRIPT
+    assert (ROOT / "compat" / "stunnel3-warm-run").read_text() == WARM_RUN_SCRIPT
+
+
+def test_warm_makes_the_helpers_service_too(tmp_path):
+    service, warm = tmp_path / "svc", tmp_path / "warm"
+    done = setup("--port", 2525, "--warm", warm, service)
+    assert done.returncode == 0, done.stderr
+    assert f"{warm} is ready" in done.stdout and f"{service} is ready" in done.stdout
+    assert mode_owner(warm / "run")[:2] == (0o755, "root")
+    assert (warm / "log" / "run").read_bytes() == (service / "log" / "run").read_bytes()
+    assert not (warm / "ssl").exists()  # the helper has no jail of its own
+    run = (warm / "run").read_text().splitlines()
+    changed = [(a, b) for a, b in zip(WARM_RUN_SCRIPT.splitlines(), run, strict=True) if a != b]
+    assert [a.split("=")[0] for a, _ in changed] == ["PATH"]
+    path = next(line for line in run if line.startswith("PATH="))[len("PATH=") :]
+    found = subprocess.run(["sh", "-c", "command -v stunnel3-warm"], capture_output=True,
+                           text=True, env={"PATH": path}, timeout=10)  # fmt: skip
+    assert found.stdout.strip() == str(Path(sysconfig.get_path("scripts")) / "stunnel3-warm")
+    assert subprocess.run(["sh", "-n", warm / "run"], timeout=10).returncode == 0
+    before = snapshot(tmp_path)
+    assert setup("--port", 2525, "--warm", warm, service).returncode == 0
+    assert snapshot(tmp_path) == before  # a second run changes nothing
+    (warm / "run").write_text((warm / "run").read_text() + "# edited\n")
+    kept = snapshot(service)
+    refused = setup("--port", 2525, "--warm", warm, service)
+    assert refused.returncode == 111 and f"{warm / 'run'} exists and differs" in refused.stderr
+    assert snapshot(service) == kept  # refused before any change
 
 
 def test_no_accounts_prints_commands_that_make_them(tmp_path):
