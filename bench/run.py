@@ -91,7 +91,7 @@ def interleaved(ctx: measure.Context, servers: list, keys: list[str], args) -> d
                 speeds.setdefault((server.name, key), []).append(result)
         ctx.setup = ctx.setups[keys[0]]
         for server in order:
-            if server.name in ("stunnel3-jail", "stunnel3-warm"):
+            if server.name in ("stunnel3-jail", "stunnel3-warm", "stunnel3-warm-jail"):
                 continue  # the same relay as stunnel3 (the jail holds no bulk backend)
             for direction in ("upload", "download"):
                 try:
@@ -217,13 +217,17 @@ def run(args: argparse.Namespace, argv: list[str], workdir: Path, account: str |
         return 1
     results = interleaved(ctx, servers, keys, args)
     memories = {server.name: measure.memory(ctx, server, args.hold) for server in servers}
-    warm = warm_stats(workdir / "stunnel3-warm.log")  # before the bisection's starved helpers
+    # Before the bisection's starved helpers write their lines.
+    warm = {
+        name: warm_stats(workdir / f"{name}.log")
+        for name in ("stunnel3-warm", "stunnel3-warm-jail")
+    }
     bounds = {} if args.no_bisect else limits(ctx, servers, args.smoke)
     data = report.collect(args, argv, servers, missing, results, memories, bounds)
     data["seconds"] = round(time.time() - started)
     data["machine"]["load at start"] = load_start
     data["install"] = {**installed(), "setuidgid": account}
-    data["warm"] = warm
+    data["warm"], data["warm_jail"] = warm["stunnel3-warm"], warm["stunnel3-warm-jail"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks.json").write_text(json.dumps(data, indent=1, default=asdict))
     report.write(data, args.out)

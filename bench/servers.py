@@ -69,7 +69,7 @@ class Server:
     label: str
 
     def env(self, setup: Setup) -> dict[str, str]:
-        if self.name == "stunnel3-warm":
+        if self.name.startswith("stunnel3-warm"):
             return {"STUNNEL3_WARM_SOCKET": setup.warm_socket}
         if self.name.startswith("stunnel3"):
             return {"STUNNEL3_WARM": "0"}  # never a helper someone runs on this machine
@@ -112,13 +112,17 @@ class Server:
             # charged to this server, and stopping the server stops it.
             helper = str(scripts_dir() / "stunnel3-warm")
             return [str(HERE / "warm-chain.sh"), setup.warm_socket, helper, *listen, *chain]
-        if self.name == "stunnel3-jail":
+        if self.name in ("stunnel3-jail", "stunnel3-warm-jail"):
             # The README's whole set: jail, ids, seed, and `setuidgid qmaild` before fixcrio
             # when the run could make such an account (our fixcrio must be reachable by it).
             jail = ["-/", "ssl", "-s", "65534", "-g", "65534", "-i", "-R", "seed"]
             drop = ["setuidgid", setup.account] if setup.account and mode == "smtp" else []
-            return [*listen, makesock, stunnel, *jail, "-p", "stunnel.pem", *smtp, "-f", "-F",
-                    "3", "-makesock_connect_to", *drop, *after]  # fmt: skip
+            users = [*listen, makesock, stunnel, *jail, "-p", "stunnel.pem", *smtp, "-f", "-F",
+                     "3", "-makesock_connect_to", *drop, *after]  # fmt: skip
+            if self.name == "stunnel3-jail":
+                return users
+            helper = str(scripts_dir() / "stunnel3-warm")
+            return [str(HERE / "warm-chain.sh"), setup.warm_socket, helper, *users]
         if self.name == "stunnel3-daemon":
             return [stunnel, "-d", f"127.0.0.1:{port}", "-p", str(setup.pem), *smtp, "-f",
                     "-l", backend]  # fmt: skip
@@ -131,6 +135,9 @@ SERVERS = [
     Server("stunnel3", "stunnel3 users' chain (makesock, -n smtp- -F 3, fixcrio)"),
     Server("stunnel3-warm", "the same chain with stunnel3-warm running (its CPU counted)"),
     Server("stunnel3-jail", "stunnel3 users' chain with -/ ssl -s -g -i -R seed (+ setuidgid)"),
+    Server(
+        "stunnel3-warm-jail", "the README's whole run script (the jail line) with stunnel3-warm"
+    ),
     Server("stunnel3-daemon", "stunnel3 daemon mode (-d, -l backend)"),
 ]
 

@@ -42,6 +42,7 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   held open for memory; {data.get("seconds", "?")} s in all
 - the client's own CPU under load peaked at {client:.2f} of one core (of {m["nproc"]})
 - {warm_line(data.get("warm"))}
+- {warm_line(data.get("warm_jail"), "stunnel3-warm-jail")}
 
 {servers}{missing}
 {tables}
@@ -55,20 +56,20 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   answers EHLO with a multi-line 250 (PIPELINING, 8BITMIME, SIZE) and MAIL/RCPT/DATA/RSET/QUIT.
   exim would spend ~200 ms per session on its own and hide every difference. stunnel4 runs in
   inetd mode (a config with no service section: `cert`, `protocol = smtp`, `exec`, `execArgs`);
-  tlswrapper as its manual says (`tlswrapper -n -f pem tlswrapper-smtp backend`); stunnel3 as
-  the users run it: `makesock stunnel -p pem -n smtp- -f -F 3 -makesock_connect_to fixcrio
-  backend`; the same chain with `stunnel3-warm` running on a private socket
-  (`STUNNEL3_WARM_SOCKET` set for the helper and the chain; the helper is started with each
-  server instance, in its process tree, so its start-up and all its CPU and memory are
-  charged to it; see docs/warm.md); the same chain with the README's whole set `-/ ssl -s
-  65534 -g 65534 -i -R seed` and `setuidgid` to a throwaway account (the README's qmaild)
-  before fixcrio; and stunnel3's daemon mode, `stunnel -d 127.0.0.1:PORT -p pem -n smtp- -f
-  -l backend`. The other stunnel3 servers run with `STUNNEL3_WARM=0`. Under load, stunnel4's
-  and tlswrapper's per-connection processes are forked by tcpserver and exec C; stunnel3's
-  chain starts Python once per connection (makesock, which runs stunnel in its own process
-  and leaves fixcrio out of PROG2: stunnel adds fixcrio's CRs itself, docs/makesock.md); with
-  the helper, the makesock process hands the connection to a worker forked from the helper
-  and imports no OpenSSL.
+  tlswrapper as its manual says (`tlswrapper -n -f pem tlswrapper-smtp backend`); stunnel3 as the
+  users run it: `makesock stunnel -p pem -n smtp- -f -F 3 -makesock_connect_to fixcrio backend`;
+  the same chain with `stunnel3-warm` running on a private socket (`STUNNEL3_WARM_SOCKET` set for
+  the helper and the chain; the helper is started with each server instance, in its process tree,
+  so its start-up and all its CPU and memory are charged to it; see docs/warm.md); the same chain
+  with the README's whole set `-/ ssl -s 65534 -g 65534 -i -R seed` and `setuidgid` to a throwaway
+  account (the README's qmaild) before fixcrio; that same line with `stunnel3-warm` running (what
+  an administrator runs with the README's script and the helper); and stunnel3's daemon mode,
+  `stunnel -d 127.0.0.1:PORT -p pem -n smtp- -f -l backend`. The other stunnel3 servers run with
+  `STUNNEL3_WARM=0`. Under load, stunnel4's and tlswrapper's per-connection processes are forked
+  by tcpserver and exec C; stunnel3's chain starts Python once per connection (makesock, which
+  runs stunnel in its own process and leaves fixcrio out of PROG2: stunnel adds fixcrio's CRs
+  itself, docs/makesock.md); with the helper, the makesock process hands the connection to a
+  worker forked from the helper and imports no OpenSSL.
 - **Session.** Greeting, EHLO, STARTTLS, handshake, EHLO, QUIT, with Python's `ssl` (no
   certificate verification: the same for all) on blocking sockets, one thread per client.
 - **sessions/s**: the clients start sessions for the load time and finish those in flight.
@@ -97,11 +98,11 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
 {profile_section(data.get("profile"))}"""
 
 
-def warm_line(warm) -> str:
+def warm_line(warm, name: str = "stunnel3-warm") -> str:
     if not warm:
-        return "stunnel3-warm: not run"
+        return f"{name}: not run"
     return (
-        f"stunnel3-warm: {warm['helpers']} helper starts; sessions handed to its workers:"
+        f"{name}: {warm['helpers']} helper starts; sessions handed to its workers:"
         f" {warm['handed_over']}, served by the direct path: {warm['direct']} (from the log)"
     )
 

@@ -16,9 +16,10 @@ SERVERS = {
     "stunnel3",
     "stunnel3-warm",
     "stunnel3-jail",
+    "stunnel3-warm-jail",
     "stunnel3-daemon",
 }
-SAME_RELAY = {"stunnel3-jail", "stunnel3-warm"}  # no bulk of their own
+SAME_RELAY = {"stunnel3-jail", "stunnel3-warm", "stunnel3-warm-jail"}  # no bulk of their own
 
 
 def test_bench_smoke_measures_every_server(tmp_path, stunnel_bin):
@@ -45,8 +46,9 @@ def test_bench_smoke_measures_every_server(tmp_path, stunnel_bin):
             assert set(data["bulk"][name]) == {"upload", "download"}
     assert data["limits"]["stunnel3"]["floor"] is not None
     # The warm variant was served by the helper's workers, not by the direct path.
-    assert data["warm"]["helpers"] > 0 and data["warm"]["handed_over"] > 0, data["warm"]
-    assert data["warm"]["direct"] == 0 and data["warm"]["tracebacks"] == 0, data["warm"]
+    for warm in (data["warm"], data["warm_jail"]):
+        assert warm["helpers"] > 0 and warm["handed_over"] > 0, warm
+        assert warm["direct"] == 0 and warm["tracebacks"] == 0, warm
     assert set(data["profile"]["pieces"]) and data["profile"]["imports"]
     text = (tmp_path / "benchmarks.md").read_text()
     assert data["command"] in text and "| stunnel3-daemon |" in text
