@@ -196,6 +196,27 @@ def wait_stderr(process: subprocess.Popen, text: bytes) -> bytes:
     return said
 
 
+def start_held_session(stunnel_bin, pki, stack: contextlib.ExitStack):
+    """A warm `stunnel -F 3` serving a socketpair, past its start line: (process, network).
+    Its sockets close with `stack`."""
+    network, ours = socket.socketpair()
+    plain, plain_ours = socket.socketpair()
+    for sock in (network, ours, plain, plain_ours):
+        stack.enter_context(sock)
+    process = spawn(
+        stunnel_bin, ["-f", "-p", str(pki["server"]), "-F", "3"], True,
+        {0: ours.fileno(), 1: ours.fileno(), 3: plain.fileno()}, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    wait_stderr(process, b"stunnel 3.22 on")
+    return process, network
+
+
+@contextlib.contextmanager
+def held_session(stunnel_bin, pki):
+    with contextlib.ExitStack() as stack:
+        yield start_held_session(stunnel_bin, pki, stack)
+
+
 def test_the_jailed_chain_through_the_helper(
     helper, tmp_path, request, monkeypatch, pki, stunnel_bin, makesock_bin
 ):
@@ -444,14 +465,7 @@ def test_garbage_never_hurts_the_helper(helper, stunnel_bin):
 
 
 def test_a_killed_client_ends_its_worker(helper, stunnel_bin, pki):
-    network, ours = socket.socketpair()
-    plain, plain_ours = socket.socketpair()
-    with network, ours, plain, plain_ours:
-        process = spawn(
-            stunnel_bin, ["-f", "-p", str(pki["server"]), "-F", "3"], True,
-            {0: ours.fileno(), 1: ours.fileno(), 3: plain.fileno()}, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        wait_stderr(process, b"stunnel 3.22 on")
+    with held_session(stunnel_bin, pki) as (process, network):
         time.sleep(0.2)
         (worker,) = helper.workers()
         process.kill()
@@ -516,16 +530,7 @@ def test_one_process_per_connection(helper, stunnel_bin, pki):
     clients = []
     with contextlib.ExitStack() as stack:
         for _ in range(2):
-            network, ours = socket.socketpair()
-            plain, plain_ours = socket.socketpair()
-            for sock in (network, ours, plain, plain_ours):
-                stack.enter_context(sock)
-            process = spawn(
-                stunnel_bin, ["-f", "-p", str(pki["server"]), "-F", "3"], True,
-                {0: ours.fileno(), 1: ours.fileno(), 3: plain.fileno()}, stderr=subprocess.PIPE,
-            )  # fmt: skip
-            wait_stderr(process, b"stunnel 3.22 on")
-            clients.append((process, network))
+            clients.append(start_held_session(stunnel_bin, pki, stack))
         time.sleep(0.2)
         workers = task_children(helper.process.pid)
         assert len(workers) == 2
@@ -631,14 +636,7 @@ def test_silent_peers_time_out_and_the_helper_serves_on(helper, stunnel_bin):
 
 
 def test_sigterm_removes_the_socket_and_the_helper_waits_for_its_workers(helper, stunnel_bin, pki):
-    network, ours = socket.socketpair()
-    plain, plain_ours = socket.socketpair()
-    with network, ours, plain, plain_ours:
-        process = spawn(
-            stunnel_bin, ["-f", "-p", str(pki["server"]), "-F", "3"], True,
-            {0: ours.fileno(), 1: ours.fileno(), 3: plain.fileno()}, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        wait_stderr(process, b"stunnel 3.22 on")
+    with held_session(stunnel_bin, pki) as (process, network):
         helper.process.send_signal(signal.SIGTERM)
         helper.wait_log("stopping once 1 sessions have ended")
         assert not os.path.exists(helper.path)  # new connections go direct at once
@@ -653,14 +651,7 @@ def test_sigterm_removes_the_socket_and_the_helper_waits_for_its_workers(helper,
 def test_a_killed_helper_leaves_the_client_waiting_for_its_worker(helper, stunnel_bin, pki):
     """No status can come any more, but the client leaves only when its worker has ended:
     tcpserver still counts the connection while it is served."""
-    network, ours = socket.socketpair()
-    plain, plain_ours = socket.socketpair()
-    with network, ours, plain, plain_ours:
-        process = spawn(
-            stunnel_bin, ["-f", "-p", str(pki["server"]), "-F", "3"], True,
-            {0: ours.fileno(), 1: ours.fileno(), 3: plain.fileno()}, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        wait_stderr(process, b"stunnel 3.22 on")
+    with held_session(stunnel_bin, pki) as (process, network):
         (worker,) = helper.workers()
         helper.process.kill()
         helper.process.wait(TIMEOUT)
