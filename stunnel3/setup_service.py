@@ -47,6 +47,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from stunnel3 import tls_library
 from stunnel3.setup_scripts import (
     LOG_RUN,
     RUN_SCRIPT,
@@ -147,7 +148,6 @@ def self_signed(hostname: str, key_type: str) -> bytes:
 
 def check_pem(data: bytes) -> str | None:
     """Why data cannot serve as stunnel.pem (an unencrypted key + its certificate), or None."""
-    from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     try:
@@ -155,7 +155,7 @@ def check_pem(data: bytes) -> str | None:
     except (ValueError, TypeError):
         return "no unencrypted private key in PEM form"
     try:
-        certs = x509.load_pem_x509_certificates(data)
+        certs = tls_library.load_pem_certificates(data)
     except ValueError:
         return "no certificate"
     public = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -311,6 +311,9 @@ def run_variables(args) -> dict[str, str]:
 def set_up(args) -> None:
     if os.geteuid() != 0:
         raise Fatal("must be run as root: it makes accounts and gives files to root:stunnel")
+    too_old = tls_library.problem()  # the service we would make could serve no session
+    if too_old:
+        raise Fatal(too_old)
     if args["--key-type"] not in KEY_TYPES:
         raise Fatal(f"unknown key type {args['--key-type']}: use ec or rsa")
     log_user = args["--log-user"] or ("qmaill" if exists(pwd.getpwnam, "qmaill") else "nobody")
@@ -353,7 +356,8 @@ def main(argv: list[str]) -> int:
     from docopt import DocoptExit, docopt
 
     try:
-        args = docopt(__doc__ or "", argv, default_help=False)
+        # Positional: docopt-ng calls `help` default_help, Debian's docopt 0.6 help.
+        args = docopt(__doc__ or "", argv, False)
     except DocoptExit:
         print(USAGE, file=sys.stderr)
         return 100
