@@ -23,8 +23,9 @@ Options:
   --rules CDB       tcpserver's rules file [default: /etc/tcp.smtp.cdb].
   --smtpd PROG      The SMTP server behind the proxy
                     [default: /var/qmail/bin/qmail-smtpd].
-  --path PATH       The run file's PATH (default: where stunnel3's programs
-                    are installed, then /var/qmail/bin:/usr/bin:/bin).
+  --path PATH       The run file's PATH (default: the directory of stunnel3's
+                    programs, then the README's
+                    /usr/local/bin:/var/qmail/bin:/usr/bin:/bin).
   --log-user USER   Account multilog runs as (default: qmaill if it exists,
                     else nobody).
   --warm DIR        Also make DIR a daemontools service for the warm helper,
@@ -48,6 +49,7 @@ import sysconfig
 from pathlib import Path
 
 from stunnel3 import tls_library
+from stunnel3.makesock import FRONT_MARK
 from stunnel3.setup_scripts import (
     LOG_RUN,
     RUN_SCRIPT,
@@ -88,9 +90,27 @@ def render_run(
     return template
 
 
+# The Debian package's private directory for stunnel, makesock, fixcrio and
+# stunnel3-warm (debian/rules): /usr/bin/stunnel is stunnel4's, /usr/bin/fixcrio ucspi-tcp's.
+PACKAGE_PROGRAMS = "/usr/lib/stunnel3/bin"
+
+
+def programs_dir() -> str:
+    """Where this installation's stunnel is: pip's scripts directory, else the package's."""
+    scripts = sysconfig.get_path("scripts")
+    for directory in (scripts, PACKAGE_PROGRAMS):
+        try:
+            with open(os.path.join(directory, "stunnel"), "rb") as front:
+                if FRONT_MARK in front.read(200):
+                    return directory
+        except OSError:
+            continue
+    return scripts
+
+
 def default_path() -> str:
-    """Our scripts directory first (README step 7), then the original's PATH."""
-    ours = sysconfig.get_path("scripts")
+    """Our programs' directory first (README step 7), then the original's PATH."""
+    ours = programs_dir()
     rest = ["/usr/local/bin", "/var/qmail/bin", "/usr/bin", "/bin"]
     return ":".join([ours] + [d for d in rest if d != ours])
 
