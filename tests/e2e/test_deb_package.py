@@ -108,6 +108,11 @@ def test_it_depends_on_debians_own_packages(deb):
     assert "pip" not in depends and "docopt-ng" not in depends
 
 
+def test_lintian_finds_no_error_and_no_warning(deb):
+    done = run("lintian", "--fail-on", "error,warning", str(deb), env=system_env(), timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_the_programs_are_in_the_private_directory(package):
     files = set(run("dpkg-query", "-L", PACKAGE).stdout.split())
     for program in ("stunnel", "makesock", "fixcrio", "stunnel3-warm"):
