@@ -37,8 +37,10 @@ def prefix(tmp_path_factory) -> Path:
             shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(path, source / name)
+    # --ignore-installed: without it pip would first uninstall the suite's own stunnel3
     command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
-    command += ["--no-build-isolation", "--prefix", str(base / "prefix"), str(source)]
+    command += ["--no-build-isolation", "--ignore-installed"]
+    command += ["--prefix", str(base / "prefix"), str(source)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return base / "prefix"
@@ -48,6 +50,13 @@ def man(prefix: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("MANPATH", "MANPAGER", "PAGER")}
     env.update(PATH=f"{prefix}/bin:/usr/bin:/bin", MANWIDTH="80", LANG="C.UTF-8")
     return subprocess.run(["man", *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_the_suites_own_install_is_left_alone(prefix):
+    done = subprocess.run([sys.executable, "-m", "pip", "show", "stunnel3"], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0 and f"Location: {prefix}" not in done.stdout
+    assert (Path(sys.executable).parent / "stunnel").is_file()
 
 
 def test_every_program_and_page_is_installed(prefix):
