@@ -51,12 +51,19 @@ def test_stunnel_page_documents_every_option():
 
 def accepted_options(page: str) -> set[str]:
     """Every option the page's program accepts, as its own usage text lists them."""
-    from docopt import parse_options
-
     from stunnel3 import makesock, setup_service, warm
 
     usage = {"makesock.1": makesock.HELP, "stunnel3-setup.8": setup_service.__doc__ or ""}
     usage["stunnel3-warm.8"] = warm.HELP
+    try:
+        from docopt import parse_options
+    except ImportError:  # Debian's docopt 0.6: an indented block under `options:`
+        from docopt import parse_defaults
+
+        block = re.search(r"^ +-.*(?:\n[ \t]+\S.*)*", usage[page], re.M)
+        assert block is not None
+        found = parse_defaults("options:\n" + block.group(0))
+        return {name for option in found for name in (option.short, option.long) if name}
     found = parse_options(usage[page])
     return {name for option in found for name in (option.short, option.longer) if name}
 
