@@ -108,7 +108,8 @@ def parse(argv: list[str]) -> Invocation:
     import docopt  # only here: see the module's docstring for its cost
 
     try:
-        args = docopt.docopt(HELP, words, default_help=False, options_first=True)
+        # help=False, options_first=True, positional: docopt-ng and docopt 0.6 name them apart
+        args = docopt.docopt(HELP, words, False, None, True)
     except docopt.DocoptExit:
         unix.usage(PROG, USAGE)
     if args["--help"]:

@@ -23,8 +23,9 @@ Options:
   --rules CDB       tcpserver's rules file [default: /etc/tcp.smtp.cdb].
   --smtpd PROG      The SMTP server behind the proxy
                     [default: /var/qmail/bin/qmail-smtpd].
-  --path PATH       The run file's PATH (default: where stunnel3's programs
-                    are installed, then /var/qmail/bin:/usr/bin:/bin).
+  --path PATH       The run file's PATH (default: the directory of stunnel3's
+                    programs, then the README's
+                    /usr/local/bin:/var/qmail/bin:/usr/bin:/bin).
   --log-user USER   Account multilog runs as (default: qmaill if it exists,
                     else nobody).
   --warm DIR        Also make DIR a daemontools service for the warm helper,
@@ -47,6 +48,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from stunnel3 import tls_library
+from stunnel3.makesock import FRONT_MARK
 from stunnel3.setup_scripts import (
     LOG_RUN,
     RUN_SCRIPT,
@@ -87,9 +90,27 @@ def render_run(
     return template
 
 
+# The Debian package's private directory for stunnel, makesock, fixcrio and
+# stunnel3-warm (debian/rules): /usr/bin/stunnel is stunnel4's, /usr/bin/fixcrio ucspi-tcp's.
+PACKAGE_PROGRAMS = "/usr/lib/stunnel3/bin"
+
+
+def programs_dir() -> str:
+    """Where this installation's stunnel is: pip's scripts directory, else the package's."""
+    scripts = sysconfig.get_path("scripts")
+    for directory in (scripts, PACKAGE_PROGRAMS):
+        try:
+            with open(os.path.join(directory, "stunnel"), "rb") as front:
+                if FRONT_MARK in front.read(200):
+                    return directory
+        except OSError:
+            continue
+    return scripts
+
+
 def default_path() -> str:
-    """Our scripts directory first (README step 7), then the original's PATH."""
-    ours = sysconfig.get_path("scripts")
+    """Our programs' directory first (README step 7), then the original's PATH."""
+    ours = programs_dir()
     rest = ["/usr/local/bin", "/var/qmail/bin", "/usr/bin", "/bin"]
     return ":".join([ours] + [d for d in rest if d != ours])
 
@@ -147,7 +168,6 @@ def self_signed(hostname: str, key_type: str) -> bytes:
 
 def check_pem(data: bytes) -> str | None:
     """Why data cannot serve as stunnel.pem (an unencrypted key + its certificate), or None."""
-    from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     try:
@@ -155,7 +175,7 @@ def check_pem(data: bytes) -> str | None:
     except (ValueError, TypeError):
         return "no unencrypted private key in PEM form"
     try:
-        certs = x509.load_pem_x509_certificates(data)
+        certs = tls_library.load_pem_certificates(data)
     except ValueError:
         return "no certificate"
     public = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -311,6 +331,9 @@ def run_variables(args) -> dict[str, str]:
 def set_up(args) -> None:
     if os.geteuid() != 0:
         raise Fatal("must be run as root: it makes accounts and gives files to root:stunnel")
+    too_old = tls_library.problem()  # the service we would make could serve no session
+    if too_old:
+        raise Fatal(too_old)
     if args["--key-type"] not in KEY_TYPES:
         raise Fatal(f"unknown key type {args['--key-type']}: use ec or rsa")
     log_user = args["--log-user"] or ("qmaill" if exists(pwd.getpwnam, "qmaill") else "nobody")
@@ -353,7 +376,8 @@ def main(argv: list[str]) -> int:
     from docopt import DocoptExit, docopt
 
     try:
-        args = docopt(__doc__ or "", argv, default_help=False)
+        # Positional: docopt-ng calls `help` default_help, Debian's docopt 0.6 help.
+        args = docopt(__doc__ or "", argv, False)
     except DocoptExit:
         print(USAGE, file=sys.stderr)
         return 100

@@ -101,9 +101,14 @@ def _run(args: list[str], fixcrio_fd: str | None = None) -> int:
 def _serve(options, log) -> int:
     log.notice(f"Using '{options.service_name}' as tcpwrapper service name")
     from stunnel3 import service  # type: ignore[attr-defined]  # the engine (TLS issue)
+    from stunnel3.tls_library import problem
     from stunnel3.usage import stunnel_info
 
     log.notice(stunnel_info())
+    too_old = problem()  # before the first byte: a library we cannot use fails every session
+    if too_old:
+        log.err(too_old)
+        return 1
     return service.run(options, log)
 
 

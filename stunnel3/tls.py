@@ -54,6 +54,7 @@ from OpenSSL import SSL, crypto
 
 from stunnel3.options import Options
 from stunnel3.protocol import TlsInfo
+from stunnel3.tls_library import load_pem_certificates
 
 # Forward-secret key exchange only for TLS 1.2 (TLS 1.3 suites always are);
 # CBC suites are kept for old mail servers that opportunistic TLS must still reach.
@@ -61,7 +62,9 @@ DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:ECDHE+AES
 SESSION_ID_CONTEXT = b"stunnel SID"  # 3.22's sid_ctx
 RECORD = 16384  # the largest TLS record's plaintext
 # SSL_MODE_ENABLE_PARTIAL_WRITE (ssl.h; pyOpenSSL turns it on for every context
-# and names no constant for it): only a blocking transport needs it.
+# and names no constant for it): only a blocking transport needs it. Before
+# pyOpenSSL 25.3 (Debian 12 has 23.0) there is no clear_mode: the mode stays on,
+# and write() loops over the records one call each, slower but the same bytes.
 _PARTIAL_WRITE = 0x1
 _DRAIN_MIN = 65536  # a handshake flight, an alert, a ticket fit in one read
 
@@ -159,7 +162,7 @@ def _local_certificates(options: Options) -> set[bytes]:
     found: set[bytes] = set()
     for text in texts:
         try:
-            certs = x509.load_pem_x509_certificates(text)
+            certs = load_pem_certificates(text)
         except ValueError:
             continue  # not a pem: 3.22's lookup would not find anything in it either
         found.update(cert.public_bytes(serialization.Encoding.DER) for cert in certs)
@@ -212,7 +215,8 @@ def make_context(options: Options, log) -> SSL.Context:
         | SSL.OP_CIPHER_SERVER_PREFERENCE
         | SSL.OP_IGNORE_UNEXPECTED_EOF
     )
-    ctx.clear_mode(_PARTIAL_WRITE)
+    if hasattr(ctx, "clear_mode"):
+        ctx.clear_mode(_PARTIAL_WRITE)
     try:
         ctx.set_cipher_list((options.cipher_list or DEFAULT_CIPHERS).encode())
     except SSL.Error as error:

@@ -10,9 +10,12 @@ child forked after it shares the result, copy-on-write. The daemon's parent
 (daemon.py) and the warm helper (warm.py) call warm_up() before they fork.
 """
 
+# cryptography before 40 (Debian 12: 38) loads its backend only when a key is
+# made or loaded, and the daemon warms up in its jail, where no import works.
+import cryptography.hazmat.backends.openssl.backend  # noqa: F401
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from stunnel3.options import Options
 from stunnel3.tls import RECORD, TlsError, make_context
@@ -53,8 +56,14 @@ def _throwaway_context(key_type: str | None) -> SSL.Context:
     ctx = make_context(Options(client=True), _Quiet())  # no pem read from a file
     if key_type is not None:
         pem = _throwaway_pem(key_type)
-        ctx.use_certificate(x509.load_pem_x509_certificate(pem))
-        ctx.use_privatekey(serialization.load_pem_private_key(pem, None))  # type: ignore[arg-type]
+        cert = x509.load_pem_x509_certificate(pem)
+        key = serialization.load_pem_private_key(pem, None)
+        try:
+            ctx.use_certificate(cert)
+            ctx.use_privatekey(key)  # type: ignore[arg-type]
+        except TypeError:  # pyOpenSSL before 24.3 (Debian 12: 23.0) takes only its own types
+            ctx.use_certificate(crypto.X509.from_cryptography(cert))
+            ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))  # type: ignore[arg-type]
         ctx.check_privatekey()
         ctx.set_verify(SSL.VERIFY_NONE)
     return ctx

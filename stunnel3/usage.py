@@ -88,10 +88,15 @@ def help_text() -> str:
 
 
 def documented_options() -> dict[str, int]:
-    """-h's option lines as docopt-ng reads them: letter -> argument count."""
-    from docopt import parse_options
+    """-h's option lines as docopt reads them: letter -> argument count."""
+    try:
+        from docopt import parse_options
+    except ImportError:  # docopt 0.6 (Debian's python3-docopt) reads an `options:` section
+        from docopt import parse_defaults  # type: ignore[attr-defined]
 
-    found = parse_options(OPTION_LINES)
+        found = parse_defaults("options:" + OPTION_LINES)
+    else:
+        found = parse_options(OPTION_LINES)
     return {option.short[1:]: option.argcount for option in found if option.short}
 
 
@@ -102,14 +107,12 @@ def platform() -> str:
 
 
 def runtime() -> str:
-    """What really runs: Python, pyOpenSSL, and the OpenSSL it is linked with."""
+    """What really runs: Python, pyOpenSSL, cryptography, and whose OpenSSL (tls_library)."""
     python = ".".join(str(part) for part in sys.version_info[:3])
     try:
-        import OpenSSL
-        from OpenSSL import SSL
+        from stunnel3 import tls_library
 
-        library = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
-        return f"Python {python}, pyOpenSSL {OpenSSL.__version__}, {library}"
+        return f"Python {python}, {tls_library.versions()}"
     except Exception as error:  # -V must still answer when the engine cannot load
         return f"Python {python}, pyOpenSSL unavailable ({type(error).__name__})"
 
@@ -119,10 +122,21 @@ def stunnel_info() -> str:
     return f"stunnel 3.22 on {platform()} (stunnel3 {__version__}) with {runtime()}"
 
 
+def _too_old() -> str:
+    """What a session would refuse to start with (tls_library.problem), as a line of -V."""
+    try:
+        from stunnel3.tls_library import problem
+
+        too_old = problem()
+    except Exception:  # noqa: BLE001 - the first line already says what could not load
+        return ""
+    return f"Unusable: {too_old}\n" if too_old else ""
+
+
 def version_text() -> str:
     defaults = Options()
     return (
-        f"{stunnel_info()}\n\n"
+        f"{stunnel_info()}\n{_too_old()}\n"
         "Default behaviour:\n"
         "\trun in inetd mode (unless -d used)\n"
         "\trun in background (unless -f used)\n"

@@ -47,6 +47,17 @@ from stunnel3.warm_client import GO, HANDSHAKE_TIMEOUT, READY, REFUSED, RUNNING
 PROG = "stunnel3-warm"
 USAGE = "stunnel3-warm [ -s socket ] [ -c limit ]"
 DEFAULT_LIMIT = 400  # workers at once; over it, clients run the direct path
+HELP = f"""stunnel3-warm: load stunnel3 and OpenSSL once; serve each stunnel's session
+from a process forked from here (stunnel3-warm(8), docs/warm.md).
+
+usage: {USAGE}
+
+  -s socket   the Unix socket to listen on (default: ${warm_client.SOCKET_ENV},
+              else {warm_client.DEFAULT_SOCKET})
+  -c limit    sessions served at once; over it, stunnel serves its own
+              (default: {DEFAULT_LIMIT})
+  -h, --help  show this text
+"""
 REQUEST_TIMEOUT = 5.0
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -78,6 +89,9 @@ def _parse(args: list[str]) -> tuple[str, int]:
     path = os.environ.get(warm_client.SOCKET_ENV) or warm_client.DEFAULT_SOCKET
     limit = DEFAULT_LIMIT
     while args:
+        if args[0] in ("-h", "--help"):
+            os.write(1, HELP.encode())
+            raise SystemExit(0)
         if args[0] in ("-s", "-c") and len(args) > 1:
             if args[0] == "-s":
                 path = args[1]

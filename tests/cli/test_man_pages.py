@@ -14,7 +14,7 @@ import pytest
 from stunnel3.options import OPTSTRING
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = ["stunnel.8", "makesock.1", "fixcrio.1"]
+PAGES = ["stunnel.8", "makesock.1", "fixcrio.1", "stunnel3-setup.8", "stunnel3-warm.8"]
 
 
 def render(page: str) -> subprocess.CompletedProcess:
@@ -47,6 +47,44 @@ def test_stunnel_page_documents_every_option():
         c for c in letters if not re.search(rf"^       -{re.escape(c)}(?=\s)", options, re.M)
     ]
     assert missing == []
+
+
+def accepted_options(page: str) -> set[str]:
+    """Every option the page's program accepts, as its own usage text lists them."""
+    from stunnel3 import makesock, setup_service, warm
+
+    usage = {"makesock.1": makesock.HELP, "stunnel3-setup.8": setup_service.__doc__ or ""}
+    usage["stunnel3-warm.8"] = warm.HELP
+    try:
+        from docopt import parse_options
+    except ImportError:  # Debian's docopt 0.6: an indented block under `options:`
+        from docopt import parse_defaults
+
+        block = re.search(r"^ +-.*(?:\n[ \t]+\S.*)*", usage[page], re.M)
+        assert block is not None
+        found = parse_defaults("options:\n" + block.group(0))
+        return {name for option in found for name in (option.short, option.long) if name}
+    found = parse_options(usage[page])
+    return {name for option in found for name in (option.short, option.longer) if name}
+
+
+def tagged_options(page: str) -> set[str]:
+    """The options the page's OPTIONS section gives a paragraph of its own (.TP tags)."""
+    text = render(page).stdout.split("\nOPTIONS\n", 1)[1]
+    text = re.split(r"\n[A-Z][A-Z ]+\n", text, maxsplit=1)[0]
+    tags = re.findall(r"^ {7}(-\S.*)$", text, re.M)
+    return {name for tag in tags for name in re.findall(r"(?<![\w-])(--?[\w/][\w-]*)", tag)}
+
+
+@pytest.mark.parametrize("page", ["makesock.1", "stunnel3-setup.8", "stunnel3-warm.8"])
+def test_each_page_documents_every_option_of_its_program(page):
+    accepted = accepted_options(page)
+    assert "-h" in accepted and len(accepted) >= 3
+    assert sorted(accepted - tagged_options(page)) == []
+
+
+def test_fixcrio_takes_no_option_and_its_page_lists_none():
+    assert "\nOPTIONS\n" not in render("fixcrio.1").stdout
 
 
 def test_stunnel_page_documents_every_environment_variable():

@@ -162,7 +162,8 @@ def test_help_wins_where_getopt_meets_it(stunnel_bin):
 
 VERSION_FIRST = re.compile(
     r"^stunnel 3\.22 on \S+ \(stunnel3 \S+\) with Python 3\.\d+\.\d+, "
-    r"pyOpenSSL \d[\w.]*, OpenSSL \d\S* .+$"
+    r"pyOpenSSL \d[\w.]*, cryptography \d[\w.]*, OpenSSL \d\S* .+ "
+    r"\((the system's, /\S+/libssl\.so\S*|cryptography's own copy, not the system's)\)$"
 )
 
 
