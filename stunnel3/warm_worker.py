@@ -16,8 +16,9 @@ A front (bin/, makesock or stunnel, a root `sh` under tcpserver) announces
   is refused (`answer` true: the front runs the direct path) when the front
   lives in another world than the helper (namespaces, root, fewer
   capabilities, no_new_privs or seccomp, another OPENSSL_CONF: OpenSSL read
-  the helper's when it was loaded), has a descriptor above 9 (dash could not
-  close it after the handoff), or hard limits under the memory floor.
+  the helper's when it was loaded) or has hard limits under the memory floor.
+  (dash cannot close a descriptor above 9: the front keeps those open until
+  the session ends, as the direct path's own process would.)
 - `become`, in the forked worker, in this order: signal dispositions reset to
   a fresh Python's; cwd; the descriptors at their numbers and nothing else
   (but the reply pipe and the helper's log, moved away, close-on-exec);
@@ -254,8 +255,6 @@ def _inherited(pid: int, reply: int) -> list[int]:
         flags = _read(f"/proc/{pid}/fdinfo/{number}").partition(b"flags:")[2].split()[0]
         if int(flags, 8) & os.O_CLOEXEC:
             continue  # dash's own (its script), gone at exec
-        if number > 9:
-            raise Refused(f"descriptor {number} is open: the front cannot close it after")
         numbers.append(number)
     return sorted(numbers)
 
