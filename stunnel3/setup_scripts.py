@@ -47,7 +47,7 @@ exec softlimit -m 5000000 \
 """
 RUN_VARIABLES = ("PATH", "IP", "PORT", "RULES", "SMTPD")
 
-# compat/stunnel3-warm-run: the warm helper's service (stunnel3-setup --warm).
+# compat/stunnel3-warm-run: the warm helper's service, SERVICE_DIR/warm.
 WARM_RUN_SCRIPT = r"""#!/bin/sh
 # stunnel3-warm-run: the warm helper as a daemontools service (docs/warm.md).
 # stunnel3-setup installs it as `run` in the `warm` directory inside the SMTP
