@@ -52,7 +52,8 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
 {targets.section(data)}
 ## What is measured, and how
 
-- **Servers.** Each listens under `tcpserver -R -H -c 200 -b 128 127.0.0.1 PORT` (stunnel3's
+- **Servers.** Each listens under `tcpserver -R -H -l localhost -c 200 -b 128 127.0.0.1 PORT`
+  (no DNS lookup of the local name: a slow resolver would serialise tcpserver; stunnel3's
   daemon mode listens itself), with the same throwaway certificate (RSA-2048 or ECDSA P-256, made
   per run with `cryptography`) and the same backend: `bench/smtp-backend.sh`, a dash script that
   answers EHLO with a multi-line 250 (PIPELINING, 8BITMIME, SIZE) and MAIL/RCPT/DATA/RSET/QUIT.
