@@ -388,6 +388,10 @@ def test_forged_and_garbled_announcements_never_hurt(helper, stunnel_bin):
     no one else is written to or signalled, the helper serves on."""
     sleeper = subprocess.Popen(["sleep", "30"])
     stranger = subprocess.Popen(["setuidgid", "nobody", "sleep", "30"])
+    deadline = time.monotonic() + TIMEOUT
+    while status_fields(stranger.pid)["Uid"][0] == "0":  # setuidgid has not switched yet
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     try:
         for line in [b"garbage\n", b"1 2 3 4\n", b"\0" * 100 + b"\n", b"x" * 5000 + b"\n",
                      b"%d 9\n" % sleeper.pid, b"%d 9\n" % stranger.pid, b"0 9\n"]:  # fmt: skip
