@@ -247,6 +247,7 @@ class Helper:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # never SIG_IGN: we want the statuses
         self.poller = select.poll()
         self.poller.register(self.wake_r, select.POLLIN)
+        self.closed: set[int] = set()
 
     def listen(self, rendezvous: Rendezvous) -> None:
         self.rendezvous = rendezvous
@@ -258,7 +259,10 @@ class Helper:
             self.rendezvous.close()  # the lifeline's end: every waiting front goes direct
 
     def turn(self) -> None:
+        self.closed = set()  # this turn's: a stale event must not reach a new owner of its fd
         for fd, _ in self.poller.poll():
+            if fd in self.closed:
+                continue
             if fd == self.wake_r:
                 self._signals()
             elif self.rendezvous is not None and fd == self.rendezvous.announce:
@@ -347,26 +351,28 @@ class Helper:
     def _ended(self, session: Session) -> None:
         """A worker ended: its status to its front (the worker may have said it already)."""
         del self.workers[session.pidfd]
-        self.poller.unregister(session.pidfd)
-        os.close(session.pidfd)
+        self._forget(session.pidfd)
         _, status = os.waitpid(session.pid, 0)
         code = os.waitstatus_to_exitcode(status)
         _write(session.reply, b"X%d\n" % code if code >= 0 else b"K%d\n" % -code)
         os.close(session.reply)
         if session.front in self.fronts:
             del self.fronts[session.front]
-            self.poller.unregister(session.front)
-            os.close(session.front)
+            self._forget(session.front)
 
     def _front_ended(self, session: Session) -> None:
         """The front is gone (SIGKILL): so is its session, as 3.22 ends on SIGTERM."""
         del self.fronts[session.front]
-        self.poller.unregister(session.front)
-        os.close(session.front)
+        self._forget(session.front)
         try:
             signal.pidfd_send_signal(session.pidfd, signal.SIGTERM)
         except ProcessLookupError:
             pass
+
+    def _forget(self, fd: int) -> None:
+        self.poller.unregister(fd)
+        os.close(fd)
+        self.closed.add(fd)
 
     def _become_worker(self, front: warm_worker.Front, reply: int) -> None:
         """In the forked child: drop the helper's part, become the front, run; never returns."""
