@@ -46,10 +46,27 @@ def self_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all the machine's cores so far, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    total = sum(fields[:8])  # guest time is counted in user already
+    return total - idle, total
+
+
+def busy_since(before: tuple[int, int]) -> float:
+    """The fraction of the machine's cores that were busy since `before` (cpu_ticks())."""
+    busy, total = cpu_ticks()
+    return (busy - before[0]) / max(total - before[1], 1)
+
+
 @dataclass
 class Speed:
     per_second: float  # whole STARTTLS sessions per second under load (client.saturate)
     errors: int
+    clients: int
+    busy: float  # fraction of all cores busy during the load (everything on the machine)
     server_cpu_ms: float  # per session, the whole process tree (tcpserver and backend too)
     client_cpu_share: float  # of one core, during the load
     latencies: list[client.Session]
@@ -64,8 +81,9 @@ def speed(ctx: Context, server: Server, clients: int, seconds: float, one_by_one
     running = start(ctx, server, "smtp", port)
     try:
         latencies = client.one_by_one(port, one_by_one)
-        mine = self_cpu()
+        mine, ticks = self_cpu(), cpu_ticks()
         load = client.saturate(port, clients, seconds)
+        busy = busy_since(ticks)
         client_share = (self_cpu() - mine) / seconds
     finally:
         running.stop(ctx.reaper)
@@ -74,6 +92,8 @@ def speed(ctx: Context, server: Server, clients: int, seconds: float, one_by_one
     return Speed(
         per_second=rate(load, clients),
         errors=load.errors,
+        clients=clients,
+        busy=busy,
         server_cpu_ms=1000 * cpu / max(served, 1),
         client_cpu_share=client_share,
         latencies=latencies,

@@ -20,7 +20,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PR_SET_CHILD_SUBREAPER = 36
-TCPSERVER = ["tcpserver", "-R", "-H", "-c", "200", "-b", "128", "127.0.0.1"]
+# -l: no DNS lookup of the local name per connection (a slow resolver serialises tcpserver:
+# about 60 connections/s at most on a machine whose nameserver does not answer).
+TCPSERVER = ["tcpserver", "-R", "-H", "-l", "localhost", "-c", "200", "-b", "128", "127.0.0.1"]
 
 
 def scripts_dir() -> Path:
@@ -35,10 +37,6 @@ class Setup:
     pem: Path  # key + certificate, world-readable (it is a throwaway)
     bulk_bytes: int
     account: str | None = None  # the jail variant's `setuidgid` account, when there is one
-
-    @property
-    def warm_socket(self) -> str:
-        return str(self.workdir / "warm" / "warm.sock")
 
     def backend(self, mode: str) -> str:
         return str(self.workdir / f"backend-{mode}.sh")
@@ -70,7 +68,7 @@ class Server:
 
     def env(self, setup: Setup) -> dict[str, str]:
         if self.name.startswith("stunnel3-warm"):
-            return {"STUNNEL3_WARM_SOCKET": setup.warm_socket}
+            return {}  # as stunnel3-setup makes it: the helper on ./warm, the fronts' default
         if self.name.startswith("stunnel3"):
             return {"STUNNEL3_WARM": "0"}  # never a helper someone runs on this machine
         return {}
@@ -111,7 +109,7 @@ class Server:
             # The helper starts first, in the server's own session: its CPU and memory are
             # charged to this server, and stopping the server stops it.
             helper = str(scripts_dir() / "stunnel3-warm")
-            return [str(HERE / "warm-chain.sh"), setup.warm_socket, helper, *listen, *chain]
+            return [str(HERE / "warm-chain.sh"), helper, *listen, *chain]
         if self.name in ("stunnel3-jail", "stunnel3-warm-jail"):
             # The README's whole set: jail, ids, seed, and `setuidgid qmaild` before fixcrio
             # when the run could make such an account (our fixcrio must be reachable by it).
@@ -122,7 +120,7 @@ class Server:
             if self.name == "stunnel3-jail":
                 return users
             helper = str(scripts_dir() / "stunnel3-warm")
-            return [str(HERE / "warm-chain.sh"), setup.warm_socket, helper, *users]
+            return [str(HERE / "warm-chain.sh"), helper, *users]
         if self.name == "stunnel3-daemon":
             return [stunnel, "-d", f"127.0.0.1:{port}", "-p", str(setup.pem), *smtp, "-f",
                     "-l", backend]  # fmt: skip

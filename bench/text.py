@@ -33,13 +33,15 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
 
 - machine: {m["nproc"]} cores, {m["cpu"]}, Linux {m["kernel"]}; load average (1, 5, 15 min)
   at the start {m.get("load at start", "?")}, at the end {m["load average"]} (the run's own
-  load included: {p["clients"]} clients and the servers' processes); Python
+  load included: the clients and the servers' processes); Python
   {m["python"]}, {m["openssl"]}; {m["stunnel4"]}
 - stunnel3 measured: {install_line(data.get("install"))}
 - {p["rounds"]} rounds, servers round-robin in a rotated order each round; per round and key:
-  {p["latency_n"]} sessions with one client, then {p["seconds"]} s of load from {p["clients"]}
-  concurrent clients; bulk {p["bulk_mib"]} MiB each way once per round; {p["hold"]} sessions
-  held open for memory; {data.get("seconds", "?")} s in all
+  {p["latency_n"]} sessions with one client, then {p["seconds"]} s of load from as many
+  concurrent clients as saturate the server (from {p["clients"]}, doubling up to
+  {p.get("max_clients", "?")} until {p.get("busy", 0.9):.0%} of the cores are busy, in the first
+  round; the later rounds use that number); bulk {p["bulk_mib"]} MiB each way once per round;
+  {p["hold"]} sessions held open for memory; {data.get("seconds", "?")} s in all
 - the client's own CPU under load peaked at {client:.2f} of one core (of {m["nproc"]})
 - {warm_line(data.get("warm"))}
 - {warm_line(data.get("warm_jail"), "stunnel3-warm-jail")}
@@ -50,7 +52,8 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
 {targets.section(data)}
 ## What is measured, and how
 
-- **Servers.** Each listens under `tcpserver -R -H -c 200 -b 128 127.0.0.1 PORT` (stunnel3's
+- **Servers.** Each listens under `tcpserver -R -H -l localhost -c 200 -b 128 127.0.0.1 PORT`
+  (no DNS lookup of the local name: a slow resolver would serialise tcpserver; stunnel3's
   daemon mode listens itself), with the same throwaway certificate (RSA-2048 or ECDSA P-256, made
   per run with `cryptography`) and the same backend: `bench/smtp-backend.sh`, a dash script that
   answers EHLO with a multi-line 250 (PIPELINING, 8BITMIME, SIZE) and MAIL/RCPT/DATA/RSET/QUIT.
@@ -58,9 +61,10 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   inetd mode (a config with no service section: `cert`, `protocol = smtp`, `exec`, `execArgs`);
   tlswrapper as its manual says (`tlswrapper -n -f pem tlswrapper-smtp backend`); stunnel3 as the
   users run it: `makesock stunnel -p pem -n smtp- -f -F 3 -makesock_connect_to fixcrio backend`;
-  the same chain with `stunnel3-warm` running on a private socket (`STUNNEL3_WARM_SOCKET` set for
-  the helper and the chain; the helper is started with each server instance, in its process tree,
-  so its start-up and all its CPU and memory are charged to it; see docs/warm.md); the same chain
+  the same chain with `stunnel3-warm` serving `./warm` in the server's directory, as
+  `stunnel3-setup` makes it (the fronts' default rendezvous; the helper is started with each
+  server instance, in its process tree, so its start-up and all its CPU and memory are charged
+  to it; see docs/warm.md); the same chain
   with the README's whole set `-/ ssl -s 65534 -g 65534 -i -R seed` and `setuidgid` to a throwaway
   account (the README's qmaild) before fixcrio; that same line with `stunnel3-warm` running (what
   an administrator runs with the README's script and the helper); and stunnel3's daemon mode,
@@ -68,8 +72,8 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   `STUNNEL3_WARM=0`. Under load, stunnel4's and tlswrapper's per-connection processes are forked
   by tcpserver and exec C; stunnel3's chain starts Python once per connection (makesock, which
   runs stunnel in its own process and leaves fixcrio out of PROG2: stunnel adds fixcrio's CRs
-  itself, docs/makesock.md); with the helper, the makesock process hands the connection to a
-  worker forked from the helper and imports no OpenSSL.
+  itself, docs/makesock.md); with the helper, makesock's sh front hands its own process to a
+  worker forked from the helper, and no Python starts per connection.
 - **Session.** Greeting, EHLO, STARTTLS, handshake, EHLO, QUIT, with Python's `ssl` (no
   certificate verification: the same for all) on blocking sockets, one thread per client.
 - **sessions/s**: the clients start sessions for the load time and finish those in flight.
@@ -77,7 +81,10 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   completed in it (a server slower than the window under this load), all completed sessions
   over the time to the last one. Median over rounds. stunnel4's
   smtp mode waits 200 ms before every greeting (it looks for an implicit-TLS client), so only
-  many concurrent clients measure its work rather than that wait.
+  many concurrent clients measure its work rather than that wait: hence the ramp, and the
+  **cores busy** column (all cores, from `/proc/stat`, over the load: clients included).
+  **capacity** = cores × 1000 ÷ CPU ms per session: what the machine could serve if the
+  server had it all; the headline ratio is CPU per session.
 - **server CPU ms/session**: this process is a child subreaper; when a server instance is
   stopped and all its processes reaped, `getrusage(RUSAGE_CHILDREN)` has grown by the CPU of its
   whole process tree (tcpserver and the backend included, the same for all), divided by the

@@ -299,6 +299,10 @@ def _exec_program(options, log, program: str, fd: int, extra: dict, limits) -> N
 
 
 def _terminate(signum, frame) -> None:
+    # A second TERM or INT (a process group's, and the warm front's relayed copy) must not
+    # raise again wherever the first one's unwinding is (a weakref callback: a traceback).
+    signal.signal(signal.SIGTERM, _exit_by_signal)
+    signal.signal(signal.SIGINT, _exit_by_signal)
     raise Terminated(signum)
 
 

@@ -47,26 +47,23 @@ exec softlimit -m 5000000 \
 """
 RUN_VARIABLES = ("PATH", "IP", "PORT", "RULES", "SMTPD")
 
-# compat/stunnel3-warm-run: the warm helper's service (stunnel3-setup --warm).
+# compat/stunnel3-warm-run: the warm helper's service, SERVICE_DIR/warm.
 WARM_RUN_SCRIPT = r"""#!/bin/sh
 # stunnel3-warm-run: the warm helper as a daemontools service (docs/warm.md).
-# Install it as `run` in its own service directory, e.g. /service/stunnel3-warm,
-# with a log/run of multilog beside it. Optional: without it every `stunnel`
-# does its own start-up, exactly as before.
+# stunnel3-setup installs it as `run` in the `warm` directory inside the SMTP
+# service directory; link that into /service as well. This directory is the
+# rendezvous: the SMTP service's makesock and stunnel look for the helper in
+# `warm` under their own working directory, the service directory. While it
+# is down, every connection is served directly, exactly as before.
 #
-# It runs as root: its workers become the root `stunnel` processes that tcpserver
-# starts, and chroot and switch ids exactly as those would. Only root (and the
-# helper's own uid) may connect; the socket is 0600 in a 0700 directory.
-# After upgrading stunnel3, restart it (`svc -t`): the helper runs the code it
-# loaded when it started.
-
-# Where `stunnel` looks for it; set STUNNEL3_WARM_SOCKET in the SMTP service's
-# environment too if you change it.
-SOCKET=/run/stunnel3/warm.sock
+# It runs as root: its workers become the root processes that tcpserver starts,
+# and chroot and switch ids exactly as those would. Only root can ask it for
+# anything (its FIFOs are 0600). After upgrading stunnel3, restart it
+# (`svc -t`): the helper runs the code it loaded when it started.
 PATH=/usr/local/bin:/usr/bin:/bin
 export PATH
 
-exec stunnel3-warm -s "$SOCKET" 2>&1
+exec stunnel3-warm -d . 2>&1
 """
 WARM_RUN_VARIABLES = ("PATH",)
 

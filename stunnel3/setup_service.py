@@ -7,7 +7,8 @@ Usage:
 Makes SERVICE_DIR a daemontools service for SMTP with STARTTLS: the `stunnel`
 account and group and the `qmaild` account (when missing), the `ssl/` jail with
 `stunnel.pem` and `seed` (owner root, group stunnel, u=rwX,g=rX,o=, as README
-step 6e), `log/run` with multilog, and `run` (compat/smtp-tls-run). Running it
+step 6e), `log/run` with multilog, and `run` (compat/smtp-tls-run); and
+SERVICE_DIR/warm, the warm helper's service (unless --no-warm). Running it
 again changes nothing that is already right; it never replaces a key, nor a run
 file someone edited, without --force.
 
@@ -28,10 +29,11 @@ Options:
                     /usr/local/bin:/var/qmail/bin:/usr/bin:/bin).
   --log-user USER   Account multilog runs as (default: qmaill if it exists,
                     else nobody).
-  --warm DIR        Also make DIR a daemontools service for the warm helper,
-                    stunnel3-warm (compat/stunnel3-warm-run; docs/warm.md):
-                    link it into /service too, and each connection costs
-                    about a third of the CPU.
+  --no-warm         Make no SERVICE_DIR/warm: without it, the service for the
+                    warm helper, stunnel3-warm (compat/stunnel3-warm-run;
+                    docs/warm.md), which serves every connection from one
+                    process that has loaded Python and OpenSSL once. Link
+                    SERVICE_DIR/warm into /service too.
   --no-accounts     Create no account: print the commands that would.
   --force           Replace ssl/stunnel.pem, run and log/run if they differ.
   -h, --help        Show this text.
@@ -346,9 +348,9 @@ def set_up(args) -> None:
     run = render_run(variables).encode()
     log_run = LOG_RUN.format(user=log_user).encode()
     services = {service: run}
-    if args["--warm"]:
+    if not args["--no-warm"]:  # the rendezvous the chain's fronts look for: ./warm
         warm_path = {"PATH": variables["PATH"]}
-        services[Path(args["--warm"])] = render_run(
+        services[service / "warm"] = render_run(
             warm_path, WARM_RUN_SCRIPT, WARM_RUN_VARIABLES
         ).encode()
     # Every refusal before the first change: a refused run leaves nothing half done.

@@ -1,12 +1,10 @@
 """stunnel's main: argv -> Options -> Log -> the service; exceptions become log lines.
 
-main() first offers the connection to the warm helper (warm_client.py, docs/warm.md):
-when an administrator runs stunnel3-warm, a process forked from it recreates
-this one (descriptors, environment, cwd, limits, signals) and runs `run()`
-below, so that this process pays neither for OpenSSL nor for our modules. When
-there is no helper, `run()` runs here. This module therefore imports nothing
-at its top but os and sys (loaded with the interpreter): the handoff path must
-stay cheap.
+With the warm helper (docs/warm.md), the sh front hands its process over before
+any Python starts, and a worker forked from the helper runs `run()` below as
+this process would have; without it, `run()` runs here. This module imports
+nothing at its top but os and sys (loaded with the interpreter): makesock runs
+it in its own process, and a usage error must stay cheap.
 
 The order of `run()` is 3.22's main(): options are parsed first, their errors on
 stderr (3.22 set foreground before parsing); -h and -V print and exit 0; then the
@@ -26,19 +24,11 @@ import sys
 
 def main(argv: list[str]) -> int:
     """argv[0] is the program name (as in sys.argv); the exit status is returned."""
-    try:
-        from stunnel3 import warm_client
-
-        status = warm_client.hand_over(argv)
-    except KeyboardInterrupt:
-        return _interrupted()
-    if status is not None:
-        return status
     return run(argv)
 
 
 def run(argv: list[str]) -> int:
-    """The whole program after the handoff: the direct path, and the warm worker's."""
+    """The whole program: the direct path's, and the warm worker's."""
     # makesock left fixcrio out and asks us to add its CRs on this descriptor
     # (makesock.without_fixcrio); no program we start may inherit the request.
     fixcrio_fd = os.environ.pop("STUNNEL3_FIXCRIO_FD", None)

@@ -1,82 +1,90 @@
-"""stunnel3-warm: a resident helper that takes OpenSSL's import off every connection.
+"""stunnel3-warm: a resident helper that takes Python off every connection.
 
-    stunnel3-warm [ -s socket ] [ -c limit ]
+    stunnel3-warm [ -d directory ] [ -c limit ]
 
-It imports, once, everything a `stunnel` session needs (and warms OpenSSL up:
-tls_warmup.py), then listens on a Unix socket (SOCK_SEQPACKET; default
-/run/stunnel3/warm.sock, or STUNNEL3_WARM_SOCKET; its directory 0700, the
-socket 0600, both ours). Each `stunnel` started by the users' chain
-(warm_client.py) hands itself over; see docs/warm.md.
+It imports, once, everything a session needs (and warms OpenSSL up:
+tls_warmup.py), then serves the rendezvous directory (default
+$STUNNEL3_WARM_DIR, else the working directory: the `warm` service directory
+inside the SMTP one). A front (bin/, makesock or stunnel, root under
+tcpserver) that finds it there hands its own process over, with no Python
+started; see docs/warm.md and the front's own comment. In the directory:
 
-One process per connection to the socket:
+    helper    "<our pid> <fd>": the fd is our lifeline, a FIFO we hold open for
+              writing and never write to; a front checks that
+              /proc/<pid>/fd/<fd> is `lifeline` (so a stale file never fools
+              it) and its watcher child reads it: EOF when we are gone
+    announce  a FIFO (0600): one line per front, `<pid> <reply fd>`, written by
+              its watcher child
+    lifeline  the FIFO above (0600)
 
-    helper (root, resident) --fork--> worker: reads the request, becomes
-       |  waits for it (pidfd),                the client, READY, waits for GO,
-       |  sends its end: X<status>/K<sig>      runs stunnel.run()
-    thin client <====== SEQPACKET ======> (the same connection)
+For each announcement (warm_worker.py has the checks): is it one of our
+fronts, waiting (else: not a word to it)? Can it be served (else "N" on its
+reply pipe)? Then its descriptors are copied (pidfd_getfd), a worker is
+forked, and the watcher is killed so that the front reads its reply pipe:
+"T <worker pid>" (the worker writes it once it has become the front), then
+"X<status>", which the worker writes itself when its program returns (so a
+session's status survives the helper), and which we write again, or
+"K<signal>", when we reap it.
 
-- The helper checks the peer's uid (SO_PEERCRED: 0 or our own) and forks the
-  worker; it never reads from a connection, so no peer can make it wait or
-  crash. It polls the listener, each worker's pidfd and each connection (for a
-  hang-up only). A worker's end: waitpid, X<status> or K<signal> to its client.
-  A client's hang-up: SIGTERM to its worker (3.22's end on SIGTERM).
-- The worker reads the request (size, descriptors and time bounded), checks it
-  (warm_worker.check_peer), becomes the client, says READY <pid> with a pidfd
-  of itself, and runs stunnel only after GO (warm_client.py has the exchange).
-- SIGTERM (or SIGINT): the socket is closed and removed at once, and the
-  helper leaves when its last worker has ended: it alone can tell each client
-  its worker's status (tcpserver must see what the session ended with).
-- Anything wrong is one log line on stderr and NO (or a closed socket): the
-  client then runs the direct path, so a refusal never costs a connection.
+- We poll the announcements, each worker's pidfd and each front's: a front's
+  end (SIGKILL) is SIGTERM to its worker (3.22's end on SIGTERM).
+- SIGTERM (or SIGINT): the rendezvous goes at once (fronts waiting get EOF on
+  the lifeline and run the direct path; new ones find nothing), and we leave
+  when the last worker has ended, still watching their fronts.
+- Where pidfd_getfd(2) is not permitted (Yama ptrace_scope 3, seccomp), one
+  warning line at start, no rendezvous, and every front runs the direct path.
 """
 
-import errno
 import gc
 import os
 import select
 import signal
-import socket
 import stat
-import struct
 import sys
-import time
 
-from stunnel3 import unix, warm_client, warm_worker
-from stunnel3.warm_client import GO, HANDSHAKE_TIMEOUT, READY, REFUSED, RUNNING
+from stunnel3 import unix, warm_worker
 
 PROG = "stunnel3-warm"
-USAGE = "stunnel3-warm [ -s socket ] [ -c limit ]"
-DEFAULT_LIMIT = 400  # workers at once; over it, clients run the direct path
-HELP = f"""stunnel3-warm: load stunnel3 and OpenSSL once; serve each stunnel's session
-from a process forked from here (stunnel3-warm(8), docs/warm.md).
+USAGE = "stunnel3-warm [ -d directory ] [ -c limit ]"
+DIR_ENV = "STUNNEL3_WARM_DIR"
+DEFAULT_LIMIT = 400  # workers at once; over it, fronts run the direct path
+FILES = ("helper", "announce", "lifeline")
+HELP = f"""stunnel3-warm: load stunnel3 and OpenSSL once; serve each connection's
+makesock or stunnel from a process forked from here (stunnel3-warm(8), docs/warm.md).
 
 usage: {USAGE}
 
-  -s socket   the Unix socket to listen on (default: ${warm_client.SOCKET_ENV},
-              else {warm_client.DEFAULT_SOCKET})
-  -c limit    sessions served at once; over it, stunnel serves its own
-              (default: {DEFAULT_LIMIT})
-  -h, --help  show this text
+  -d directory  the rendezvous directory, where the chain's fronts look for
+                the helper (default: ${DIR_ENV}, else the working directory)
+  -c limit      sessions served at once; over it, the fronts serve their own
+                (default: {DEFAULT_LIMIT})
+  -h, --help    show this text
 """
-REQUEST_TIMEOUT = 5.0
-_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 _log_fd: int | None = 2  # the helper's stderr; a worker keeps it aside, then drops it
 
 
 def main(argv: list[str]) -> int:
-    path, limit = _parse(argv[1:])
+    directory, limit = _parse(argv[1:])
     _preload()
-    listener, inode = _listen(path)
-    say(f"info: listening on {path} (pid {os.getpid()})")
-    helper = Helper(listener, limit)
+    helper = Helper(limit)
+    problem = _cannot_take_descriptors()
+    if problem:
+        say(f"warning: {problem}: every connection is served directly")
+        helper.stopping = False
+        while not helper.stopping:
+            helper.turn()
+        return 0
+    rendezvous = Rendezvous(directory)
+    helper.listen(rendezvous)
+    say(f"info: serving {os.path.abspath(directory)} (pid {os.getpid()})")
     gc.freeze()  # the imported world stays shared with every fork, not copied
     try:
         while not helper.stopping:
             helper.turn()
     finally:
-        helper.close_listener()
-        _remove(path, inode)
+        helper.stop_listening()
+        rendezvous.remove()
     if helper.workers:
         say(f"info: stopping once {len(helper.workers)} sessions have ended")
     while helper.workers:
@@ -86,15 +94,15 @@ def main(argv: list[str]) -> int:
 
 
 def _parse(args: list[str]) -> tuple[str, int]:
-    path = os.environ.get(warm_client.SOCKET_ENV) or warm_client.DEFAULT_SOCKET
+    directory = os.environ.get(DIR_ENV) or "."
     limit = DEFAULT_LIMIT
     while args:
         if args[0] in ("-h", "--help"):
             os.write(1, HELP.encode())
             raise SystemExit(0)
-        if args[0] in ("-s", "-c") and len(args) > 1:
-            if args[0] == "-s":
-                path = args[1]
+        if args[0] in ("-d", "-c") and len(args) > 1:
+            if args[0] == "-d":
+                directory = args[1]
             elif args[1].isdigit() and int(args[1]) > 0:
                 limit = int(args[1])
             else:
@@ -102,7 +110,7 @@ def _parse(args: list[str]) -> tuple[str, int]:
             args = args[2:]
         else:
             unix.usage(PROG, USAGE)
-    return path, limit
+    return directory, limit
 
 
 def _preload() -> None:
@@ -130,68 +138,121 @@ def _preload() -> None:
     tls_warmup.warm_up(lambda text: say(f"warning: {text}"))  # OpenSSL's first-use work, shared
 
 
-def _listen(path: str) -> tuple[socket.socket, int]:
-    """The socket, 0600 in a directory of ours that no one else may write to."""
-    directory = os.path.dirname(path) or "."
+def _cannot_take_descriptors() -> str | None:
+    """Why pidfd_getfd(2) fails on a child of ours here, or None when it works."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - waits for its parent's probe
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
     try:
-        os.mkdir(directory, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as error:
-        unix.fatal(PROG, f"create {directory}", error)
-    info = os.stat(directory)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
-        unix.die(PROG, 111, f"unable to use {directory}: not a directory of ours, closed to others")
-    _remove_stale(path)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    old = os.umask(0o177)
-    try:
-        listener.bind(path)
-        os.chmod(path, 0o600)
-        listener.listen(128)
-    except OSError as error:
-        unix.fatal(PROG, f"listen on {path}", error)
+        pidfd = os.pidfd_open(child)
+        try:
+            os.close(warm_worker.getfd(pidfd, read_end))
+        finally:
+            os.close(pidfd)
+    except (OSError, warm_worker.Refused) as error:
+        return f"{error} (Yama ptrace_scope 3, or a seccomp filter?)"
     finally:
-        os.umask(old)
-    return listener, os.stat(path).st_ino
+        os.close(write_end)
+        os.close(read_end)
+        os.waitpid(child, 0)
+    return None
 
 
-def _remove_stale(path: str) -> None:
-    """A socket left by a helper that died; never another file, never a live helper."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        unix.die(PROG, 111, f"unable to listen on {path}: not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        probe.connect(path)
-    except OSError:
+class Rendezvous:
+    """The directory's three files, made afresh; a live helper's are never touched."""
+
+    def __init__(self, directory: str):
+        self.paths = {name: os.path.join(directory, name) for name in FILES}
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as error:
+            unix.fatal(PROG, f"create {directory}", error)
+        info = os.stat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            unix.die(
+                PROG, 111, f"unable to use {directory}: not a directory of ours, closed to others"
+            )
+        if self._live():
+            unix.die(PROG, 111, f"unable to serve {directory}: a helper is running there")
+        try:
+            for name in FILES:
+                self._unlink(name)
+            os.mkfifo(self.paths["announce"], 0o600)
+            os.mkfifo(self.paths["lifeline"], 0o600)
+            self.announce = os.open(
+                self.paths["announce"], os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC
+            )
+            self.lifeline = os.open(self.paths["lifeline"], os.O_RDWR | os.O_CLOEXEC)
+            self.inodes = {name: os.stat(self.paths[name]).st_ino for name in FILES[1:]}
+            new = self.paths["helper"] + ".new"
+            with open(new, "w", encoding="ascii") as file:
+                file.write(f"{os.getpid()} {self.lifeline}\n")
+            os.chmod(new, 0o644)
+            os.replace(new, self.paths["helper"])
+        except OSError as error:
+            unix.fatal(PROG, f"set up {directory}", error)
+
+    def _live(self) -> bool:
+        try:
+            with open(self.paths["helper"], encoding="ascii") as file:
+                pid, fd = file.read(64).split()
+            return os.path.samestat(
+                os.stat(f"/proc/{pid}/fd/{fd}"), os.stat(self.paths["lifeline"])
+            )
+        except (OSError, ValueError):
+            return False
+
+    def _unlink(self, name: str) -> None:
+        path = self.paths[name]
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        if not (stat.S_ISFIFO(mode) or stat.S_ISREG(mode)):
+            unix.die(PROG, 111, f"unable to use {path}: neither a FIFO nor a file")
         os.unlink(path)
-    else:
-        unix.die(PROG, 111, f"unable to listen on {path}: a helper is running there")
-    finally:
-        probe.close()
+
+    def remove(self) -> None:
+        """Our files (not another helper's, if one has taken the directory since)."""
+        for name in FILES:
+            try:
+                if name == "helper" or os.lstat(self.paths[name]).st_ino == self.inodes[name]:
+                    os.unlink(self.paths[name])
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        for fd in (self.announce, self.lifeline):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
-def _remove(path: str, inode: int) -> None:
-    try:
-        if os.lstat(path).st_ino == inode:
-            os.unlink(path)
-    except OSError:
-        pass
+class Session:
+    """A live worker: its pid, its pidfd, its front's pidfd and reply pipe."""
+
+    def __init__(self, pid: int, pidfd: int, front: int, reply: int):
+        self.pid, self.pidfd, self.front, self.reply = pid, pidfd, front, reply
 
 
 class Helper:
-    """The listener, the live workers and one poll set over them all."""
+    """The announcements, the live workers and their fronts, in one poll set."""
 
-    def __init__(self, listener: socket.socket, limit: int):
-        self.listener: socket.socket | None = listener
+    def __init__(self, limit: int):
         self.limit = limit
         self.stopping = False
-        self.workers: dict[int, tuple[int, socket.socket | None]] = {}  # pidfd: (pid, conn)
-        self.conns: dict[int, int] = {}  # a connection's fd: its worker's pidfd
+        self.rendezvous: Rendezvous | None = None
+        self.pending = b""  # a part line of the announcements
+        self.world = warm_worker.world()
+        self.python = sys.executable
+        self.workers: dict[int, Session] = {}  # a worker's pidfd: its session
+        self.fronts: dict[int, Session] = {}  # a front's pidfd: its session
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)  # a signal makes poll return: the pipe is in it
         for signum in _STOP_SIGNALS:
@@ -200,24 +261,30 @@ class Helper:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # never SIG_IGN: we want the statuses
         self.poller = select.poll()
         self.poller.register(self.wake_r, select.POLLIN)
-        self.poller.register(listener, select.POLLIN)
+        self.closed: set[int] = set()
+
+    def listen(self, rendezvous: Rendezvous) -> None:
+        self.rendezvous = rendezvous
+        self.poller.register(rendezvous.announce, select.POLLIN)
+
+    def stop_listening(self) -> None:
+        if self.rendezvous is not None:
+            self.poller.unregister(self.rendezvous.announce)
+            self.rendezvous.close()  # the lifeline's end: every waiting front goes direct
 
     def turn(self) -> None:
+        self.closed = set()  # this turn's: a stale event must not reach a new owner of its fd
         for fd, _ in self.poller.poll():
+            if fd in self.closed:
+                continue
             if fd == self.wake_r:
                 self._signals()
-            elif self.listener is not None and fd == self.listener.fileno():
-                self._accept()
+            elif self.rendezvous is not None and fd == self.rendezvous.announce:
+                self._announcements()
             elif fd in self.workers:
-                self._ended(fd)
-            elif fd in self.conns:
-                self._hung_up(fd)
-
-    def close_listener(self) -> None:
-        if self.listener is not None:
-            self.poller.unregister(self.listener)
-            self.listener.close()
-            self.listener = None
+                self._ended(self.workers[fd])
+            elif fd in self.fronts:
+                self._front_ended(self.fronts[fd])
 
     def _signals(self) -> None:
         try:
@@ -227,174 +294,175 @@ class Helper:
         if _STOP_SIGNALS & set(got):
             self.stopping = True
 
-    def _accept(self) -> None:
-        assert self.listener is not None
+    def _announcements(self) -> None:
+        assert self.rendezvous is not None
         try:
-            conn, _ = self.listener.accept()
-        except OSError as error:  # EMFILE and the like: say it, breathe, go on
-            say(f"warning: unable to accept: {unix.error_text(error.errno)}")
-            time.sleep(0.1)
+            data = os.read(self.rendezvous.announce, 65536)
+        except BlockingIOError:
             return
-        try:
-            self._start_worker(conn)
-        except OSError as error:
-            conn.close()
-            say(f"warning: unable to start a worker: {unix.error_text(error.errno)}")
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        self.pending = self.pending[-64:]
+        for line in lines:
+            words = line.split()
+            if len(words) == 2 and all(w.isdigit() and len(w) < 11 for w in words):
+                self._serve(int(words[0]), int(words[1]))
 
-    def _start_worker(self, conn: socket.socket) -> None:
-        peer = _CREDENTIALS.unpack(
-            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
-        )
-        pid, uid, _ = peer
-        if uid not in (0, os.geteuid()):
-            conn.close()
-            say(f"warning: refused pid {pid} uid {uid}: only root and uid {os.geteuid()} may")
-            return
-        if len(self.workers) >= self.limit:
-            conn.close()
-            say(f"warning: refused pid {pid}: {self.limit} sessions already")
-            return
-        # Until the child has dropped our handlers and wake-up pipe, no signal may reach them.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    def _serve(self, pid: int, reply: int) -> None:
         try:
-            _flush()
-            worker = os.fork()
-            if worker == 0:
-                self._become_worker(conn, peer)
+            front = warm_worker.identify(pid, reply, self.python)
+        except warm_worker.Refused as refusal:
+            if refusal.front is None:
+                say(f"warning: ignored an announcement: {refusal}")
+                return
+            say(f"warning: refused pid {pid}: {refusal}")
+            _answer(refusal.front, b"N\n")
+            refusal.front.close()
+            return
+        try:
+            if len(self.workers) >= self.limit:
+                raise warm_worker.Refused(f"{self.limit} sessions already")
+            warm_worker.take(front, self.world)
+            self._start_worker(front)
+        except (warm_worker.Refused, OSError) as refusal:
+            say(f"warning: refused pid {pid}: {refusal}")
+            if getattr(refusal, "answer", True):
+                _answer(front, b"N\n")
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            front.close()
+
+    def _start_worker(self, front: warm_worker.Front) -> None:
+        reply = _open_reply(front)
+        try:
+            if warm_worker.exited(front.watcher):
+                # It no longer waits: it read its reply pipe before we held it (EOF).
+                raise warm_worker.Refused(f"pid {front.pid} stopped waiting", answer=False)
+            # Until the child has dropped our handlers and wake-up pipe, no signal may reach them.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                _flush()
+                worker = os.fork()
+                if worker == 0:
+                    self._become_worker(front, reply)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        except BaseException:
+            os.close(reply)
+            raise
         try:
             pidfd = os.pidfd_open(worker)
         except OSError:
             os.kill(worker, signal.SIGKILL)  # untracked, it could not be reported: never run it
             os.waitpid(worker, 0)
+            os.close(reply)
             raise
-        self.workers[pidfd] = (worker, conn)
-        self.conns[conn.fileno()] = pidfd
+        _kill_watcher(front)  # the front reads its reply pipe: T, once the worker is it
+        session = Session(worker, pidfd, os.dup(front.pidfd), reply)
+        self.workers[pidfd] = session
+        self.fronts[session.front] = session
         self.poller.register(pidfd, select.POLLIN)
-        self.poller.register(conn, 0)  # a hang-up only: the worker does the reading
+        self.poller.register(session.front, select.POLLIN)
 
-    def _ended(self, pidfd: int) -> None:
-        """A worker ended: tell its client how (the client may be gone: no matter)."""
-        pid, conn = self.workers.pop(pidfd)
-        self.poller.unregister(pidfd)
-        os.close(pidfd)
-        _, status = os.waitpid(pid, 0)
-        if conn is not None:
-            del self.conns[conn.fileno()]
-            self.poller.unregister(conn)
-            code = os.waitstatus_to_exitcode(status)
-            _send(conn, b"X%d" % code if code >= 0 else b"K%d" % -code)
-            conn.close()
+    def _ended(self, session: Session) -> None:
+        """A worker ended: its status to its front (the worker may have said it already)."""
+        del self.workers[session.pidfd]
+        self._forget(session.pidfd)
+        _, status = os.waitpid(session.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        _write(session.reply, b"X%d\n" % code if code >= 0 else b"K%d\n" % -code)
+        os.close(session.reply)
+        if session.front in self.fronts:
+            del self.fronts[session.front]
+            self._forget(session.front)
 
-    def _hung_up(self, fd: int) -> None:
-        """The client is gone (SIGKILL, or it gave up before GO): so is its session."""
-        pidfd = self.conns.pop(fd)
-        pid, conn = self.workers[pidfd]
-        self.poller.unregister(fd)
-        if conn is not None:
-            conn.close()
-        self.workers[pidfd] = (pid, None)
+    def _front_ended(self, session: Session) -> None:
+        """The front is gone (SIGKILL): so is its session, as 3.22 ends on SIGTERM."""
+        del self.fronts[session.front]
+        self._forget(session.front)
         try:
-            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            signal.pidfd_send_signal(session.pidfd, signal.SIGTERM)
         except ProcessLookupError:
             pass
 
-    def _become_worker(self, conn: socket.socket, peer: tuple[int, int, int]) -> None:
-        """In the forked child: drop the helper's part, serve; never returns."""
+    def _forget(self, fd: int) -> None:
+        self.poller.unregister(fd)
+        os.close(fd)
+        self.closed.add(fd)
+
+    def _become_worker(self, front: warm_worker.Front, reply: int) -> None:
+        """In the forked child: drop the helper's part, become the front, run; never returns."""
+        global _log_fd
         status = 1
         try:
             signal.set_wakeup_fd(-1)
             for signum in _STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-            os.close(self.wake_r)
-            os.close(self.wake_w)
-            if self.listener is not None:
-                self.listener.close()
-            for pidfd, (_, other) in self.workers.items():
-                os.close(pidfd)
-                if other is not None:
-                    other.close()
-            status = _worker(conn, peer)
-        except BaseException as error:  # noqa: BLE001 - a peer must never see us crash
-            say(f"warning: worker for pid {peer[0]}: {type(error).__name__}: {error}")
+            reply, _log_fd = warm_worker.become(front, [reply, os.dup(2)])
+            os.write(reply, b"T %d\n" % os.getpid())  # from here the session is ours
+            os.close(_log_fd)
+            _log_fd = None  # from here, stderr is the front's and the log is stunnel's
+            status = _run(front)
+            os.write(reply, b"X%d\n" % (status & 0xFF))
+        except BaseException as error:  # noqa: BLE001 - a front must never see us crash
+            say(f"warning: worker for pid {front.pid}: {type(error).__name__}: {error}")
         finally:
             _flush()
             os._exit(status & 0xFF)
 
 
-# -- a worker ----------------------------------------------------------------------
+def _run(front: warm_worker.Front) -> int:
+    """The front's program, as its Python would have run it; its exit status."""
+    from stunnel3 import log
 
-
-def _worker(conn: socket.socket, peer: tuple[int, int, int]) -> int:
-    """Read and check the request, become the client, READY, GO, run stunnel: its status."""
-    global _log_fd
-    pid, uid, gid = peer
-    conn.settimeout(REQUEST_TIMEOUT)
-    data, received = warm_worker.receive_request(conn)
+    log.show_pid(front.pid)  # administrators match log lines to tcpserver's "pid N"
+    argv = [os.fsdecode(arg) for arg in front.argv]
     try:
-        request = warm_worker.decode_request(data, len(received))
-        warm_worker.check_peer(request, uid, gid, pid)
-    except warm_worker.BadRequest as error:
-        _close_all(received)
-        say(f"warning: refused request from pid {pid}: {error}")
-        _send(conn, REFUSED)
-        return 0
-    warm_worker.reset_signals(request.ignored)
-    control, _log_fd = warm_worker.enter(request, received, [conn.detach(), os.dup(2)])
-    try:
-        warm_worker.become(request)
-    except (OSError, ValueError) as error:
-        say(f"warning: cannot become the client: {error}")
-        os.write(control, REFUSED)
-        return 1
-    if not _ready(control):
-        return 0  # no GO: it has run nothing, and the client runs the direct path
-    from stunnel3 import log, stunnel
+        if front.prog == b"makesock":
+            from stunnel3 import makesock
 
-    log.show_pid(pid)  # administrators match log lines to tcpserver's "pid N"
-    status = stunnel.run([os.fsdecode(arg) for arg in request.argv])
-    _flush()
-    return status
+            return makesock.main(argv)
+        from stunnel3 import stunnel
 
-
-def _ready(control: int) -> bool:
-    """READY <pid> with our pidfd, then wait for GO; both descriptors closed either way."""
-    global _log_fd
-    pidfd = os.pidfd_open(os.getpid())
-    sock = socket.socket(fileno=control)
-    try:
-        socket.send_fds(sock, [READY + b" %d" % os.getpid()], [pidfd])
-        sock.settimeout(HANDSHAKE_TIMEOUT)
-        go = sock.recv(64)
-        if go == GO:
-            sock.send(RUNNING)  # the client keeps its descriptors until it has this
-    except OSError:
-        go = b""
+        return stunnel.run(argv)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 1
     finally:
-        os.close(pidfd)
-        sock.close()
-        if _log_fd is not None:
-            os.close(_log_fd)
-            _log_fd = None  # from here, stderr is the client's and the log is stunnel's
-    return go == GO
+        _flush()
 
 
-def _send(sock: socket.socket, message: bytes) -> None:
+def _open_reply(front: warm_worker.Front) -> int:
+    """The write side of the front's reply pipe (its read side, reopened through /proc)."""
+    fd = os.open(f"/proc/{front.pid}/fd/{front.reply}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode) or warm_worker.exited(front.pidfd):
+        os.close(fd)
+        raise warm_worker.Refused(f"pid {front.pid}: no reply pipe", answer=False)
+    return fd
+
+
+def _answer(front: warm_worker.Front, word: bytes) -> None:
+    """A refusal: the front runs the direct path."""
     try:
-        sock.send(message, socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)  # never wait on a peer
+        reply = _open_reply(front)
+    except (OSError, warm_worker.Refused):
+        return
+    _write(reply, word)
+    os.close(reply)
+    _kill_watcher(front)
+
+
+def _kill_watcher(front: warm_worker.Front) -> None:
+    # SIGPIPE: dash says nothing of a child that died of it.
+    try:
+        signal.pidfd_send_signal(front.watcher, signal.SIGPIPE)
     except OSError:
         pass
 
 
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError as error:
-            if error.errno != errno.EBADF:
-                raise
+def _write(fd: int, data: bytes) -> None:
+    try:
+        os.write(fd, data)  # non-blocking, and a line fits any pipe
+    except OSError:
+        pass  # the front is gone
 
 
 def _flush() -> None:

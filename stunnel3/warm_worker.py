@@ -1,218 +1,295 @@
-"""The warm helper's worker: read a thin client's request and become that process.
+"""The warm helper's side of a handoff: who is asking, what it is, and becoming it.
 
-warm_client.py sends what makes a `stunnel` process what it is; a worker forked
-inside stunnel3-warm takes it on, then runs stunnel.run() exactly as the direct
-path would: parse, log, resolve ids, chroot, setuid, read the pem in the jail.
+A front (bin/, makesock or stunnel, a root `sh` under tcpserver) announces
+`<pid> <reply fd>` to the helper (through its one child, the watcher) (warm.py, docs/warm.md). Here:
 
-Rules of this file:
-- A request is refused (BadRequest, then the client runs the direct path) if
-  any field is malformed, if the client's ids are not all its socket's peer
-  uid, or if the client lives in another world than the helper: another
-  namespace, another root, fewer capabilities, no_new_privs or seccomp, or
-  another OPENSSL_CONF (OpenSSL read the helper's when it was loaded). So a
-  worker can never do what the client itself could not, nor differently.
-- `enter` takes the client's cwd and its descriptors at their numbers and
-  nothing else (the connection to the client and the helper's log apart,
-  both closed before the worker runs);
-  then `become`, in this order: umask; environment (and with it TZ and
-  LC_CTYPE); gids and groups; every rlimit; then the signal mask. Signal dispositions are reset
-  first of all (`reset_signals`), to what a fresh Python has: default, but
-  what the client inherited ignored, and SIGPIPE/SIGXFSZ ignored, SIGINT
-  raising KeyboardInterrupt.
-- What cannot be recreated is in docs/warm.md: the pid, the parent, the
-  process group and session, the cgroup.
+- `identify`: is that process waiting for us? uid 0 (the helper's own uid)
+  for all four ids, and one child, the watcher; if not, it is refused without
+  a word to it (`Refused.answer` false): it may be anyone's process. Then its
+  script (/proc/PID/cmdline, from its cwd) must be stunnel3's front for
+  makesock or stunnel on the helper's own Python (another installation's is
+  answered "N").
+- `take`: everything Python would have had after the front's exec: the
+  descriptors that exec would keep (not close-on-exec; not the reply pipe),
+  taken with pidfd_getfd(2); argv, environment, cwd, umask, every limit,
+  ignored signals, signal mask, ids and groups from /proc and prlimit(2). It
+  is refused (`answer` true: the front runs the direct path) when the front
+  lives in another world than the helper (namespaces, root, fewer
+  capabilities, no_new_privs or seccomp, another OPENSSL_CONF: OpenSSL read
+  the helper's when it was loaded) or has hard limits under the memory floor.
+  (dash cannot close a descriptor above 9: the front keeps those open until
+  the session ends, as the direct path's own process would.)
+- `become`, in the forked worker, in this order: signal dispositions reset to
+  a fresh Python's; cwd; the descriptors at their numbers and nothing else
+  (but the reply pipe and the helper's log, moved away, close-on-exec);
+  umask; environment (with STUNNEL3_RLIMITS, as the front would have set it;
+  then TZ, LC_CTYPE); gids and groups; every limit, the soft AS, DATA and
+  STACK ones raised as the front raises them; the signal mask; stdio.
+A front's state is read only while its pidfd says it is alive, and the pidfd
+is checked again after: a pid cannot be reused while its process exists, so
+what was read belongs to that process.
 """
 
 import _locale
+import ctypes
 import fcntl
 import io
 import os
 import resource
+import select
 import signal
-import socket
 import sys
 import time
-from dataclasses import dataclass
 
-from stunnel3.warm_client import MAGIC, MAX_FDS, MAX_REQUEST, open_descriptors
-
-SECTIONS = (
-    "fds",
-    "argv",
-    "env",
-    "umask",
-    "rlimits",
-    "ignored",
-    "blocked",
-    "uids",
-    "gids",
-    "groups",
-)
+FRONT_MARK = b"# The front of a stunnel3 program."
+PROGRAMS = (b"makesock", b"stunnel")
+DEFAULT_FLOOR = 100_000_000  # bin/'s STUNNEL3_MEMORY_FLOOR
+STACK_FLOOR = 8 * 1024 * 1024
+_SYS_PIDFD_GETFD = 438  # x86_64, arm64 and the other unified tables alike
 _STATUS_KEYS = ("CapEff", "CapPrm", "CapBnd", "NoNewPrivs", "Seccomp")
 # OpenSSL reads these once, when it is loaded: in the helper, at its start.
 _OPENSSL_AT_LOAD = (b"OPENSSL_CONF", b"OPENSSL_MODULES", b"OPENSSL_ENGINES", b"OPENSSL_ia32cap")
+_MEMORY = {"AS": resource.RLIMIT_AS, "DATA": resource.RLIMIT_DATA, "STACK": resource.RLIMIT_STACK}
 _kept: list = []  # the helper's own stdio objects: never collected, never closing 0-2
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
-class BadRequest(Exception):
-    """The request cannot be served by a worker; the text is for the helper's log."""
+class Refused(Exception):
+    """Not served; the text is for the helper's log. answer: tell the front (it is ours)."""
+
+    def __init__(self, text: str, answer: bool = True, front: "Front | None" = None):
+        super().__init__(text)
+        self.answer = answer
+        self.front = front  # set by identify when the front is to be answered
 
 
-@dataclass(frozen=True)
-class Request:
-    fds: tuple[int, ...]  # the client's descriptor numbers, in the order attached
-    argv: tuple[bytes, ...]  # main()'s argv: the program name, then the arguments
-    env: tuple[tuple[bytes, bytes], ...]
-    umask: int
-    rlimits: tuple[tuple[int, int, int], ...]  # (resource, soft, hard)
-    ignored: frozenset[int]  # signals the client inherited as SIG_IGN
-    blocked: frozenset[int]  # its signal mask
-    uids: tuple[int, ...]  # getresuid()
-    gids: tuple[int, ...]  # getresgid()
-    groups: tuple[int, ...]
+class Front:
+    """One waiting front: its pidfd, its watcher's, and (after take) what it is."""
+
+    def __init__(self, pid: int, pidfd: int, watcher: int, reply: int, prog: bytes, argv: list):
+        self.pid, self.pidfd, self.watcher, self.reply = pid, pidfd, watcher, reply
+        self.prog, self.argv = prog, argv  # argv: main()'s, the program name first
+        self.fds: dict[int, int] = {}  # the front's number: our copy
+        self.cwd = -1
+        self.env: list[tuple[bytes, bytes]] = []
+        self.umask = 0o22
+        self.limits: dict[int, tuple[int, int]] = {}
+        self.ignored: set[int] = set()
+        self.blocked: set[int] = set()
+        self.gids: tuple[int, ...] = ()
+        self.groups: list[int] = []
+
+    def close(self) -> None:
+        """Our copies of its descriptors and its pidfds (the worker keeps its own)."""
+        for fd in [*self.fds.values(), self.cwd, self.pidfd, self.watcher]:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.fds, self.cwd, self.pidfd, self.watcher = {}, -1, -1, -1
 
 
-def receive_request(conn: socket.socket) -> tuple[bytes, list[int]]:
-    """One request message and its descriptors; b"" for anything out of bounds."""
+def exited(pidfd: int) -> bool:
+    """Whether the process behind pidfd has ended (a pidfd polls readable then)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def identify(pid: int, reply: int, python: str) -> Front:
+    """The announcing process, if it is one of our fronts on this Python, waiting."""
     try:
-        data, ancillary, flags, _ = conn.recvmsg(
-            MAX_REQUEST + 1, socket.CMSG_SPACE((MAX_FDS + 1) * 4), socket.MSG_CMSG_CLOEXEC
-        )
-    except (TimeoutError, OSError):
-        return b"", []
-    received: list[int] = []
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(payload) - len(payload) % 4
-            received += [
-                int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)
-            ]
-    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_REQUEST:
-        return b"", received  # too big: decode refuses b"", the descriptors are closed
-    return data, received
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        raise Refused(f"pid {pid} is gone", answer=False) from None
+    try:
+        status = _status(pid)
+        if set(status["Uid"].split()) != {str(os.geteuid())}:
+            raise Refused(f"pid {pid} is not uid {os.geteuid()}", answer=False)
+        children = _read(f"/proc/{pid}/task/{pid}/children").split()
+        if len(children) != 1:  # the watcher, and only it
+            raise Refused(f"pid {pid} has {len(children)} children, not a watcher", answer=False)
+        watcher = int(children[0])
+        watcher_fd = os.pidfd_open(watcher)
+        if _read(f"/proc/{watcher}/stat").rpartition(b")")[2].split()[1] != b"%d" % pid:
+            os.close(watcher_fd)
+            raise Refused(f"pid {watcher} is not a child of {pid}", answer=False)
+        words = _read(f"/proc/{pid}/cmdline").split(b"\0")[:-1]
+        script = os.path.join(os.readlink(f"/proc/{pid}/cwd").encode(), words[1])
+        environ = _environment(pid)
+        if exited(pidfd):
+            os.close(watcher_fd)
+            raise Refused(f"pid {pid} is gone", answer=False)
+    except Refused:
+        os.close(pidfd)
+        raise
+    except (OSError, IndexError):
+        os.close(pidfd)
+        raise Refused(f"pid {pid} cannot be read", answer=False) from None
+    prog = front_program(script, dict(environ), python)
+    front = Front(pid, pidfd, watcher_fd, reply, prog or b"", [prog or b"", *words[2:]])
+    front.env = environ
+    if prog not in PROGRAMS:  # another installation's, or another Python: it waits, answer it
+        raise Refused(f"pid {pid} is not a front of this installation ({script!r})", front=front)
+    return front
 
 
-def decode_request(data: bytes, received: int) -> Request:
-    """The request's fields (warm_client.encode_request); `received`: descriptors attached."""
-    if not data.endswith(b"\0"):
-        raise BadRequest("not NUL-terminated")
-    fields = data[:-1].split(b"\0")
-    if fields[0] != MAGIC:
-        raise BadRequest("not a stunnel3-warm request")
-    found: dict[str, list[bytes]] = {}
-    at = 1
-    for name in SECTIONS:
-        if at + 1 >= len(fields) or fields[at] != name.encode():
-            raise BadRequest(f"section {name} missing")
-        count = _number(fields[at + 1], len(fields))
-        found[name] = fields[at + 2 : at + 2 + count]
-        if len(found[name]) != count:
-            raise BadRequest(f"section {name} cut short")
-        at += 2 + count
-    if at != len(fields):
-        raise BadRequest("trailing fields")
-    return _request(found, received)
-
-
-def _request(found: dict[str, list[bytes]], received: int) -> Request:
-    fds = tuple(_number(f, 1 << 20) for f in found["fds"])
-    if len(fds) + 1 != received or len(set(fds)) != len(fds):
-        raise BadRequest("descriptors do not match the list")
-    if not found["argv"]:
-        raise BadRequest("empty argv")
-    env = []
-    for entry in found["env"]:
-        key, equals, value = entry.partition(b"=")
-        if not key or not equals:
-            raise BadRequest("environment entry without a name")
-        env.append((key, value))
-    (umask,) = _numbers(found["umask"], 0o777, 1)
-    limits = []
-    for entry in found["rlimits"]:
-        parts = entry.split(b" ")
-        if len(parts) != 3:
-            raise BadRequest("bad rlimit")
-        limits.append((_number(parts[0], 64), _limit(parts[1]), _limit(parts[2])))
-    signals = signal.NSIG - 1
-    return Request(
-        fds=fds,
-        argv=tuple(found["argv"]),
-        env=tuple(env),
-        umask=umask,
-        rlimits=tuple(limits),
-        ignored=frozenset(_numbers(found["ignored"], signals)),
-        blocked=frozenset(_numbers(found["blocked"], signals)),
-        uids=_numbers(found["uids"], 0xFFFFFFFE, 3),
-        gids=_numbers(found["gids"], 0xFFFFFFFE, 3),
-        groups=_numbers(found["groups"], 0xFFFFFFFE),
+def front_program(script: bytes, environ: dict, python: str) -> bytes | None:
+    """The program our bin/ front at script runs, if it would start this very Python."""
+    try:
+        with open(script, "rb") as file:
+            head = file.read(4096)
+    except OSError:
+        return None
+    if FRONT_MARK not in head:
+        return None
+    prog = head.partition(b"\nprog=")[2].partition(b"\n")[0]
+    ours = (
+        environ.get(b"STUNNEL3_PYTHON")
+        or head.partition(b"\npy=${STUNNEL3_PYTHON:-")[2].partition(b"}")[0]
     )
-
-
-def _number(text: bytes, most: int) -> int:
-    if not (text.isdigit() and len(text) <= 10 and int(text) <= most):
-        raise BadRequest(f"bad number {text[:20]!r}")
-    return int(text)
-
-
-def _numbers(items: list[bytes], most: int, count: int | None = None) -> tuple[int, ...]:
-    if count is not None and len(items) != count:
-        raise BadRequest("wrong count of numbers")
-    return tuple(_number(item, most) for item in items)
-
-
-def _limit(text: bytes) -> int:
-    return resource.RLIM_INFINITY if text == b"-1" else _number(text, (1 << 63) - 1)
-
-
-# -- may this peer have a worker? ----------------------------------------------
-
-
-def check_peer(request: Request, uid: int, gid: int, pid: int) -> None:
-    """Raise BadRequest unless the worker would be no more than the client itself."""
-    if set(request.uids) != {uid}:
-        raise BadRequest(f"uids {request.uids} are not the peer's {uid}")
-    if request.gids[1] != gid:
-        raise BadRequest(f"gid {request.gids[1]} is not the peer's {gid}")
-    if os.geteuid() != 0 and (request.gids, sorted(request.groups)) != (
-        os.getresgid(),
-        sorted(os.getgroups()),
-    ):
-        raise BadRequest("groups differ from the helper's, which cannot change them")
-    environment = dict(request.env)
-    for variable in _OPENSSL_AT_LOAD:
-        if environment.get(variable) != os.environb.get(variable):
-            raise BadRequest(f"{variable.decode()} is not the helper's (OpenSSL read it at start)")
     try:
-        mine, theirs = _world("self"), _world(str(pid))
-    except OSError as error:
-        raise BadRequest(f"cannot see the peer: {error.strerror}") from None
-    for key, value in mine.items():
-        if key.startswith("Cap"):
-            if int(theirs[key], 16) & int(value, 16) != int(value, 16):
-                raise BadRequest(f"the peer has fewer capabilities ({key})")
-        elif theirs.get(key) != value:
-            raise BadRequest(f"the peer lives elsewhere ({key})")
+        same = interpreter(os.fsdecode(ours)) == interpreter(python)
+    except (OSError, ValueError):
+        return None
+    return prog if same else None
 
 
-def _world(pid: str) -> dict[str, str]:
-    """What must be equal between client and helper: namespaces, root, limits on power."""
+def interpreter(path: str) -> tuple[str, str]:
+    """Which Python, with which packages: its binary and, for a virtual environment's
+    (every venv's python is a link to the same binary), that environment."""
+    venv = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    home = os.path.realpath(venv) if os.path.exists(os.path.join(venv, "pyvenv.cfg")) else ""
+    return os.path.realpath(path), home
+
+
+def take(front: Front, world: dict[str, str]) -> None:
+    """Read and copy everything Python would have had after the front's exec (see the top)."""
+    pid = front.pid
+    try:
+        status = _status(pid)
+        _check_world(front, world)
+        front.umask = int(status["Umask"], 8)
+        front.ignored = _signals(status["SigIgn"])
+        blocked = _signals(status["SigBlk"])
+        # dash blocks every signal for an instant around its `wait`: no caller's mask is that.
+        front.blocked = set() if len(blocked) > 60 else blocked
+        front.gids = tuple(int(g) for g in status["Gid"].split()[:3])
+        front.groups = [int(g) for g in status["Groups"].split()]
+        for name in dir(resource):
+            if name.startswith("RLIMIT_"):
+                limit = getattr(resource, name)
+                front.limits[limit] = resource.prlimit(pid, limit)
+        _check_floor(front)
+        numbers = _inherited(pid, front.reply)
+        front.cwd = os.open(f"/proc/{pid}/cwd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (OSError, ValueError, KeyError) as error:
+        raise Refused(f"pid {pid} cannot be read: {error}") from None
+    for number in numbers:
+        front.fds[number] = getfd(front.pidfd, number)
+    if exited(front.pidfd):
+        raise Refused(f"pid {pid} ended meanwhile", answer=False)
+
+
+def getfd(pidfd: int, number: int) -> int:
+    """pidfd_getfd(2): a copy of the process's descriptor, close-on-exec."""
+    fd = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, number, 0)
+    if fd < 0:
+        code = ctypes.get_errno()
+        raise Refused(f"pidfd_getfd: {os.strerror(code)}")
+    return fd
+
+
+def world(pid: str = "self") -> dict[str, str]:
+    """What must be equal between front and helper: namespaces, root, limits on power."""
     base = f"/proc/{pid}"
-    world = {}
+    found = {}
     for line in open(f"{base}/status", encoding="ascii", errors="replace"):
         key, _, value = line.partition(":")
         if key in _STATUS_KEYS:
-            world[key] = value.strip()
+            found[key] = value.strip()
     for name in sorted(os.listdir("/proc/self/ns")):
-        world[f"ns/{name}"] = os.readlink(f"{base}/ns/{name}")
+        found[f"ns/{name}"] = os.readlink(f"{base}/ns/{name}")
     root = os.stat(f"{base}/root")
-    world["root"] = f"{root.st_dev}:{root.st_ino}"
-    return world
+    found["root"] = f"{root.st_dev}:{root.st_ino}"
+    return found
 
 
-# -- becoming the client ---------------------------------------------------------
+def _check_world(front: Front, mine: dict[str, str]) -> None:
+    environment = dict(front.env)
+    for variable in _OPENSSL_AT_LOAD:
+        if environment.get(variable) != os.environb.get(variable):
+            raise Refused(f"{variable.decode()} is not the helper's (OpenSSL read it at start)")
+    theirs = world(str(front.pid))
+    for key, value in mine.items():
+        if key.startswith("Cap"):
+            if int(theirs[key], 16) & int(value, 16) != int(value, 16):
+                raise Refused(f"the front has fewer capabilities ({key})")
+        elif theirs.get(key) != value:
+            raise Refused(f"the front lives elsewhere ({key})")
 
 
-def reset_signals(ignored: frozenset[int]) -> None:
+def _check_floor(front: Front) -> None:
+    """The front would stop with its own fatal line: let it say so (the direct path)."""
+    floor = _floor(front)
+    for name in ("AS", "DATA"):
+        soft, hard = front.limits[_MEMORY[name]]
+        if soft != resource.RLIM_INFINITY and soft < floor and hard != resource.RLIM_INFINITY:
+            if hard < floor:
+                raise Refused(f"hard {name} limit {hard} is below the memory floor")
+
+
+def _floor(front: Front) -> int:
+    text = dict(front.env).get(b"STUNNEL3_MEMORY_FLOOR", b"")
+    return int(text) if text.isdigit() else DEFAULT_FLOOR
+
+
+def _inherited(pid: int, reply: int) -> list[int]:
+    """The front's descriptors that its exec would keep, but the reply pipe."""
+    numbers = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        number = int(name)
+        if number == reply:
+            continue
+        flags = _read(f"/proc/{pid}/fdinfo/{number}").partition(b"flags:")[2].split()[0]
+        if int(flags, 8) & os.O_CLOEXEC:
+            continue  # dash's own (its script), gone at exec
+        numbers.append(number)
+    return sorted(numbers)
+
+
+def _status(pid: int) -> dict[str, str]:
+    found = {}
+    for line in _read(f"/proc/{pid}/status").decode("ascii", "replace").splitlines():
+        key, _, value = line.partition(":")
+        found[key] = value.strip()
+    return found
+
+
+def _environment(pid: int) -> list[tuple[bytes, bytes]]:
+    found = []
+    for entry in _read(f"/proc/{pid}/environ").split(b"\0"):
+        key, equals, value = entry.partition(b"=")
+        if key and equals:
+            found.append((key, value))
+    return found
+
+
+def _signals(mask: str) -> set[int]:
+    bits = int(mask, 16)
+    return {number for number in range(1, signal.NSIG) if bits >> (number - 1) & 1}
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb", buffering=0) as file:
+        return file.read(1 << 20)
+
+
+# -- becoming the front, in the worker ---------------------------------------------------
+
+
+def reset_signals(ignored: set[int]) -> None:
     """Dispositions as a fresh Python that inherited `ignored` has them."""
     signal.set_wakeup_fd(-1)
     for signum in signal.valid_signals():
@@ -228,41 +305,59 @@ def reset_signals(ignored: frozenset[int]) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def enter(request: Request, received: list[int], keep: list[int]) -> list[int]:
-    """The client's cwd and descriptors; the new numbers of the `keep` descriptors."""
-    os.fchdir(received[-1])
-    return place_descriptors(dict(zip(request.fds, received[:-1], strict=True)), keep)
-
-
-def become(request: Request) -> None:
-    """The rest of the client, once its descriptors are in place (enter)."""
-    os.umask(request.umask)
+def become(front: Front, keep: list[int]) -> list[int]:
+    """The front recreated in this process (see the top); the new numbers of `keep`."""
+    reset_signals(front.ignored)
+    os.fchdir(front.cwd)
+    kept = place_descriptors(front.fds, keep)
+    os.umask(front.umask)
     os.environb.clear()
-    for key, value in request.env:
+    for key, value in front.env:
         os.environb[key] = value
+    os.environb[b"STUNNEL3_RLIMITS"] = _original_soft_limits(front)
     time.tzset()
     try:
         _locale.setlocale(_locale.LC_CTYPE, "")  # CPython's start-up does this too
     except _locale.Error:  # type: ignore[attr-defined]
         pass
     if os.geteuid() == 0:
-        os.setgroups(list(request.groups))
-        os.setresgid(*request.gids)
-    for limit, soft, hard in request.rlimits:
-        resource.setrlimit(limit, (soft, hard))
-    signal.pthread_sigmask(signal.SIG_SETMASK, request.blocked)
+        os.setgroups(front.groups)
+        os.setresgid(*front.gids)
+    for limit, (soft, hard) in front.limits.items():
+        resource.setrlimit(limit, (_raised(front, limit, soft, hard), hard))
+    signal.pthread_sigmask(signal.SIG_SETMASK, front.blocked)
     _new_stdio()
-    sys.argv = ["-c", *(os.fsdecode(arg) for arg in request.argv)]
+    sys.argv = ["-c", *(os.fsdecode(arg) for arg in front.argv)]
+    return kept
+
+
+def _raised(front: Front, limit: int, soft: int, hard: int) -> int:
+    """The soft limit as bin/'s front leaves it for Python: raised to the floor, never above
+    the hard limit, never lowered."""
+    floor = {resource.RLIMIT_AS: _floor(front), resource.RLIMIT_DATA: _floor(front),
+             resource.RLIMIT_STACK: STACK_FLOOR}.get(limit)  # fmt: skip
+    if floor is None or soft == resource.RLIM_INFINITY or soft >= floor:
+        return soft
+    return floor if hard == resource.RLIM_INFINITY else min(floor, hard)
+
+
+def _original_soft_limits(front: Front) -> bytes:
+    """STUNNEL3_RLIMITS as the front writes it: `as:data:stack`, bytes or unlimited."""
+    words = []
+    for name in ("AS", "DATA", "STACK"):
+        soft = front.limits[_MEMORY[name]][0]
+        words.append(b"unlimited" if soft == resource.RLIM_INFINITY else b"%d" % soft)
+    return b":".join(words)
 
 
 def place_descriptors(targets: dict[int, int], keep: list[int]) -> list[int]:
-    """Each received descriptor at its client number, nothing else open but `keep`
+    """Each received descriptor at its front number, nothing else open but `keep`
     (moved out of the way, close-on-exec: their new numbers are returned).
 
     First everything moves above every number in play (so no dup2 lands on a
     descriptor still needed), then the rest is closed, then each goes home.
     """
-    high = max([*targets, *targets.values(), *keep]) + 1
+    high = max([*targets, *targets.values(), *keep, 9]) + 1
     moved = {home: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, high) for home, fd in targets.items()}
     kept = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, high) for fd in keep]
     wanted = {*moved.values(), *kept}
@@ -275,8 +370,21 @@ def place_descriptors(targets: dict[int, int], keep: list[int]) -> list[int]:
     return kept
 
 
+def open_descriptors() -> list[int]:
+    """Every descriptor open in this process, by number."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            os.fstat(fd)  # the directory listing's own descriptor is closed by now
+        except OSError:
+            continue
+        found.append(fd)
+    return sorted(found)
+
+
 def _new_stdio() -> None:
-    """sys.stdin/out/err on the client's 0/1/2 (None where it had none, as CPython does)."""
+    """sys.stdin/out/err on the front's 0/1/2 (None where it had none, as CPython does)."""
     _kept.extend((sys.stdin, sys.stdout, sys.stderr))
     encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
     sys.stdin = _stream(0, "r", encoding, "strict")  # type: ignore[assignment]

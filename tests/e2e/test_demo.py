@@ -20,6 +20,7 @@ def test_demo_delivers_over_starttls_and_leaves_nothing_behind():
     out = done.stdout
     assert "The message was delivered over STARTTLS through the unchanged run script." in out
     assert "Negotiated ciphers: " in out  # the proxy's own log line, shown to the user
+    assert "The connection was handed over to the warm helper's worker, pid " in out
     assert "=== try it by hand" in out
     assert "Traceback" not in out + done.stderr
     base = out.split("removed ", 1)[1].split("\n", 1)[0]  # `removed /tmp/stunnel3-demo.XXXX`

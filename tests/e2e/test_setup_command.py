@@ -79,9 +79,10 @@ def test_the_packaged_run_file_is_compat_smtp_tls_run():
     assert (ROOT / "compat" / "stunnel3-warm-run").read_text() == WARM_RUN_SCRIPT
 
 
-def test_warm_makes_the_helpers_service_too(tmp_path):
-    service, warm = tmp_path / "svc", tmp_path / "warm"
-    done = setup("--port", 2525, "--warm", warm, service)
+def test_the_helpers_service_comes_too_unless_no_warm(tmp_path):
+    service = tmp_path / "svc"
+    warm = service / "warm"  # the rendezvous the chain's fronts look for
+    done = setup("--port", 2525, service)
     assert done.returncode == 0, done.stderr
     assert f"{warm} is ready" in done.stdout and f"{service} is ready" in done.stdout
     assert mode_owner(warm / "run")[:2] == (0o755, "root")
@@ -96,13 +97,16 @@ def test_warm_makes_the_helpers_service_too(tmp_path):
     assert found.stdout.strip() == str(Path(sysconfig.get_path("scripts")) / "stunnel3-warm")
     assert subprocess.run(["sh", "-n", warm / "run"], timeout=10).returncode == 0
     before = snapshot(tmp_path)
-    assert setup("--port", 2525, "--warm", warm, service).returncode == 0
+    assert setup("--port", 2525, service).returncode == 0
     assert snapshot(tmp_path) == before  # a second run changes nothing
     (warm / "run").write_text((warm / "run").read_text() + "# edited\n")
     kept = snapshot(service)
-    refused = setup("--port", 2525, "--warm", warm, service)
+    refused = setup("--port", 2525, service)
     assert refused.returncode == 111 and f"{warm / 'run'} exists and differs" in refused.stderr
     assert snapshot(service) == kept  # refused before any change
+    cold = tmp_path / "cold"
+    assert setup("--port", 2525, "--no-warm", cold).returncode == 0
+    assert not (cold / "warm").exists()
 
 
 def test_no_accounts_prints_commands_that_make_them(tmp_path):

@@ -1,10 +1,10 @@
-"""The warm helper, for real: stunnel3-warm on a temporary socket, real chains and peers.
+"""The warm helper, for real: stunnel3-warm on a temporary rendezvous, real fronts and chains.
 
 Each test runs a case through the helper and, where it matters, the same case
 with STUNNEL3_WARM=0 (the direct path), and compares what a user can see:
 bytes, exit status, log lines (less time and pid), /proc of the process that
-serves. Whether the helper served is told by the pid in the log lines: the
-worker's, not the `stunnel` process's own.
+serves. Whether the helper served is told by the tid in the log lines: the
+worker's, not the front's own pid.
 """
 
 import contextlib
@@ -41,17 +41,19 @@ LOG_IDS = re.compile(rb"LOG\d\[(\d+):(\d+)\]")
 
 
 class Helper:
-    """stunnel3-warm listening on `path`; stop() checks it leaves nothing behind."""
+    """stunnel3-warm serving `directory`; stop() checks it leaves nothing behind."""
 
-    def __init__(self, directory: Path, program: str):
-        self.path = str(directory / "warm.sock")
-        self.log_path = directory / "warm.log"
+    def __init__(self, directory: Path, program: str, preexec=None):
+        self.path = str(directory)
+        self.log_path = directory.parent / "warm.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [program, "-s", self.path],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=environment(),
+                [program, "-d", self.path], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env=environment(), preexec_fn=preexec,
             )  # fmt: skip
-        assert "warm-up failed" not in self.wait_log("listening on")  # OpenSSL warmed up
+
+    def wait_serving(self) -> None:
+        assert "warm-up failed" not in self.wait_log("serving")  # OpenSSL warmed up
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -78,16 +80,17 @@ class Helper:
         self.wait_no_workers()
         self.process.send_signal(signal.SIGTERM)
         assert self.process.wait(TIMEOUT) == 0
-        assert not os.path.exists(self.path)
+        assert sorted(os.listdir(self.path)) == []  # the rendezvous is gone
         assert "Traceback" not in self.log()
 
 
 @pytest.fixture
 def helper(tmp_path, monkeypatch, stunnel_bin):
-    directory = tmp_path / "run"
+    directory = tmp_path / "warm"
     directory.mkdir(mode=0o700)
     warm = Helper(directory, str(Path(stunnel_bin).with_name("stunnel3-warm")))
-    monkeypatch.setenv("STUNNEL3_WARM_SOCKET", warm.path)
+    warm.wait_serving()
+    monkeypatch.setenv("STUNNEL3_WARM_DIR", warm.path)
     try:
         yield warm
     finally:
@@ -109,8 +112,8 @@ def serving_ids(text: bytes) -> set[int]:
 def spawn(stunnel_bin, args, warm: bool, fds: dict[int, int], **popen) -> subprocess.Popen:
     """stunnel ARGS with `fds` (child number -> our descriptor) in place, through the helper or not.
 
-    close_fds=False: our own descriptors are close-on-exec; the ones placed by
-    dup2 in the child are not, and so they, and only they, reach stunnel.
+    pass_fds: the ones placed by dup2 in the child, and only they, reach stunnel
+    (whatever else the test runner's own caller left inheritable is closed).
     """
 
     def place():
@@ -118,9 +121,8 @@ def spawn(stunnel_bin, args, warm: bool, fds: dict[int, int], **popen) -> subpro
             os.dup2(fd, number)
 
     env = environment(STUNNEL3_WARM="1" if warm else "0")
-    return subprocess.Popen(
-        [stunnel_bin, *args], env=env, close_fds=False, preexec_fn=place, **popen
-    )
+    keep = sorted(number for number in fds if number > 2)
+    return subprocess.Popen([stunnel_bin, *args], env=env, pass_fds=keep, preexec_fn=place, **popen)
 
 
 def run_with_fd3(stunnel_bin, args, warm: bool):
@@ -294,7 +296,7 @@ def test_the_worker_is_the_client_recreated(helper, stunnel_bin, pki, tmp_path):
 
             process = subprocess.Popen(
                 [stunnel_bin, "-f", "-p", str(pki["server"]), "-F", "3"],
-                env=environment(STUNNEL3_WARM="1" if warm else "0"), close_fds=False,
+                env=environment(STUNNEL3_WARM="1" if warm else "0"), pass_fds=[3, 7],
                 preexec_fn=place, stderr=subprocess.PIPE, cwd=tmp_path,
             )  # fmt: skip
             wait_stderr(process, b"stunnel 3.22 on")
@@ -302,18 +304,28 @@ def test_the_worker_is_the_client_recreated(helper, stunnel_bin, pki, tmp_path):
             serving = helper.workers()[0] if warm else process.pid
             assert process.stderr is not None
             seen[warm] = serving_state(serving, {**fds, 2: process.stderr.fileno()})
-            if warm:  # the thin client kept only stderr, its line to the helper, the pidfd
+            if warm:  # and the write side of the front's reply pipe, close-on-exec, for X<status>
+                reply = os.readlink(f"/proc/{process.pid}/fd/9")
+                (number,) = [n for n, target in seen[warm]["fds"].items() if target == reply]
+                assert (
+                    number > 9
+                    and "flags:\t02" in Path(f"/proc/{serving}/fdinfo/{number}").read_text()
+                )
+                del seen[warm]["fds"][number]
+            if warm:  # the front kept its stderr and two pipes of its own, no socket
                 left = {
-                    os.readlink(f"/proc/{process.pid}/fd/{fd}")
+                    fd: os.readlink(f"/proc/{process.pid}/fd/{fd}")
                     for fd in os.listdir(f"/proc/{process.pid}/fd")
-                    if fd != "2"
+                    if fd not in ("2", "10")  # 10: dash's script, close-on-exec
                 }
-                assert len(left) == 2 and "anon_inode:[pidfd]" in left, left
+                assert sorted(left) == ["8", "9"], left
+                assert all(target.startswith("pipe:") for target in left.values()), left
             network.close()  # EOF before any TLS: the session ends, status 0
             process.communicate(timeout=TIMEOUT)
             assert process.returncode == 0
     # ours at their numbers; whatever else pytest's caller left inheritable, in both
     assert {0: 1, 1: 1, 2: 2, 3: 3, 7: 7}.items() <= seen[True]["fds"].items()
+    assert seen[True]["fds"] == seen[False]["fds"]
     assert seen[True] == seen[False]
     assert seen[True]["Umask"] == ["0027"]
 
@@ -340,128 +352,85 @@ def test_the_environment_reaches_a_local_program(helper, stunnel_bin, pki, tmp_p
 
 
 def test_without_a_helper_stunnel_runs_itself(helper, stunnel_bin, tmp_path, monkeypatch):
-    """No socket, a dead helper's socket, a request too big: the direct path, same result."""
-    stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    stale.bind(str(tmp_path / "stale.sock"))  # bound, never listening: connection refused
-    args = ["-f", "-F", "3", "-p", "/nonexistent/x.pem"]
-    with stale:
-        for path, extra in [
-            (str(tmp_path / "none.sock"), ""),
-            (str(tmp_path / "stale.sock"), ""),
-            (helper.path, "x" * (100 * 1024)),  # twice: over the request limit
-        ]:
-            monkeypatch.setenv("STUNNEL3_WARM_SOCKET", path)
-            monkeypatch.setenv("WARM_BIG", extra)
-            monkeypatch.setenv("WARM_BIG2", extra)
-            process, _, err = run_with_fd3(stunnel_bin, args, True)
-            assert process.returncode == 1
-            assert serving_ids(err) == {process.pid}
-            assert b"/nonexistent/x.pem: No such file or directory (2)" in err
+    """No directory, a dead helper's file, a file naming a live process that is no helper:
+    the direct path, same result, at once."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    cases = {"none": None, "dead": f"{dead.pid} 3\n", "alive": f"{os.getpid()} 0\n"}
+    for name, text in cases.items():
+        directory = tmp_path / name
+        directory.mkdir(mode=0o700)
+        if text is not None:
+            (directory / "helper").write_text(text)
+            os.mkfifo(directory / "lifeline", 0o600)
+            os.mkfifo(directory / "announce", 0o600)
+        monkeypatch.setenv("STUNNEL3_WARM_DIR", str(directory))
+        started = time.monotonic()
+        args = ["-f", "-F", "3", "-p", "/nonexistent/x.pem"]
+        process, _, err = run_with_fd3(stunnel_bin, args, True)
+        assert process.returncode == 1 and serving_ids(err) == {process.pid}, name
+        assert b"/nonexistent/x.pem: No such file or directory (2)" in err
+        assert time.monotonic() - started < 5
     assert "Traceback" not in helper.log()
 
 
-def raw_request(path: str, message: bytes, fds: list[int], as_uid: int | None = None) -> bytes:
-    """Send one message (with fds) as a peer of our choosing; the helper's first reply."""
-    reply_r, reply_w = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the forked peer
-        try:
-            os.chdir(os.path.dirname(path))  # pytest's tmp parents are closed to others
-            if as_uid is not None:
-                os.setgroups([])
-                os.setresgid(as_uid, as_uid, as_uid)
-                os.setresuid(as_uid, as_uid, as_uid)
-            peer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            peer.settimeout(TIMEOUT)
-            peer.connect(os.path.basename(path))
-            if message or fds:
-                peer.sendmsg(
-                    [message],
-                    [
-                        (
-                            socket.SOL_SOCKET,
-                            socket.SCM_RIGHTS,
-                            bytes(b"".join(fd.to_bytes(4, "little") for fd in fds)),
-                        )
-                    ]
-                    if fds
-                    else [],
-                )
-            os.write(reply_w, b"<" + peer.recv(64) + b">")
-        except BaseException as error:  # noqa: BLE001
-            os.write(reply_w, f"!{type(error).__name__}".encode())
-        finally:
-            os._exit(0)
-    os.close(reply_w)
-    with os.fdopen(reply_r, "rb") as reply:
-        said = reply.read()
-    os.waitpid(child, 0)
-    return said
-
-
-def good_request(argv: list[str], fds: list[int]) -> bytes:
-    from stunnel3 import warm_client
-
-    return warm_client.encode_request(argv, fds)
-
-
-def test_a_foreign_uid_is_refused(helper, stunnel_bin):
-    """Even with the socket opened to all, only root (or the helper's uid) is served."""
-    os.chmod(os.path.dirname(helper.path), 0o755)
-    os.chmod(helper.path, 0o666)
-    cwd = os.open("/", os.O_PATH)
+def announce(helper: Helper, line: bytes) -> None:
+    fd = os.open(os.path.join(helper.path, "announce"), os.O_WRONLY | os.O_NONBLOCK)
     try:
-        message = good_request(["stunnel", "-V"], [])
-        said = raw_request(helper.path, message, [cwd], as_uid=65534)
-        assert said in (b"<>", b"!BrokenPipeError", b"!ConnectionResetError")  # closed, no word
-        helper.wait_log("refused pid")
-        assert "uid 65534" in helper.log()
-        # root claiming another uid in its request is refused too, with NO
-        forged = message.replace(
-            b"uids\x003\x000\x000\x000", b"uids\x003\x0065534\x0065534\x0065534"
-        )
-        assert forged != message
-        assert raw_request(helper.path, forged, [cwd]) == b"<NO>"
-        assert "are not the peer's" in helper.wait_log("are not the peer's")
+        os.write(fd, line)
     finally:
-        os.close(cwd)
+        os.close(fd)
 
 
-def test_garbage_never_hurts_the_helper(helper, stunnel_bin):
-    pair = socket.socketpair()
-    cwd = os.open("/", os.O_PATH)
-    valid = good_request(["stunnel", "-V"], [pair[0].fileno()])
+def test_forged_and_garbled_announcements_never_hurt(helper, stunnel_bin):
+    """Lines that are no announcement, pids that are no front of ours (a process with no
+    watcher child, one that is not root), a front of another installation: nothing is taken,
+    no one else is written to or signalled, the helper serves on."""
+    sleeper = subprocess.Popen(["sleep", "30"])
+    stranger = subprocess.Popen(["setuidgid", "nobody", "sleep", "30"])
+    deadline = time.monotonic() + TIMEOUT
+    while status_fields(stranger.pid)["Uid"][0] == "0":  # setuidgid has not switched yet
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     try:
-        cases = [
-            (b"", []),
-            (b"garbage", []),
-            (b"garbage", [pair[0].fileno()] * 40),
-            (b"\0" * 1000, [cwd]),
-            (valid[:-5], [pair[0].fileno(), cwd]),
-            (valid, [cwd]),  # one descriptor short
-            (valid, [pair[0].fileno(), pair[1].fileno(), cwd]),  # one too many
-            (valid + b"x\0", [pair[0].fileno(), cwd]),
-            (b"y" * (150 * 1024), [cwd]),  # over the size limit
-            (valid.replace(b"umask\x001\x00", b"umask\x001\x00-"), [pair[0].fileno(), cwd]),
-        ]
-        for message, fds in cases:
-            assert raw_request(helper.path, message, fds) in (b"<NO>", b"<>"), message[:40]
-        helper.wait_log("refused request")
+        for line in [b"garbage\n", b"1 2 3 4\n", b"\0" * 100 + b"\n", b"x" * 5000 + b"\n",
+                     b"%d 9\n" % sleeper.pid, b"%d 9\n" % stranger.pid, b"0 9\n"]:  # fmt: skip
+            announce(helper, line)
+        said = helper.wait_log(f"pid {stranger.pid} is not uid 0")
+        assert f"pid {sleeper.pid} has 0 children" in said
+        assert sleeper.poll() is None and stranger.poll() is None
     finally:
-        os.close(cwd)
-        pair[0].close()
-        pair[1].close()
-    helper.wait_no_workers()
-    assert helper.process.poll() is None
-    helper_fds = [
-        os.readlink(f"/proc/{helper.process.pid}/fd/{fd}")
-        for fd in os.listdir(f"/proc/{helper.process.pid}/fd")
-        if int(fd) > 2
-    ]  # the listener and its wake-up pipe: nothing received, no worker's pidfd stays
-    assert len(helper_fds) == 3 and sum(fd.startswith("socket:") for fd in helper_fds) == 1
-    # and it still serves
-    process, _, err = run_with_fd3(stunnel_bin, ["-x"], True)
+        for process in (sleeper, stranger):
+            process.kill()
+            process.wait()
+    other = Path(helper.path).parent / "stunnel"  # our front, for Debian's own python3
+    front = Path(stunnel_bin).read_text()
+    other.write_text(
+        front.replace("py=${STUNNEL3_PYTHON:-", "py=${NOT_OURS:-/usr/bin/python3 #", 1)
+    )
+    other.chmod(0o755)
+    process, _, err = run_with_fd3(str(other), ["-x"], True)
+    assert serving_ids(err) <= {process.pid}  # whatever that Python made of it, it ran here
+    assert "not a front of this installation" in helper.wait_log("not a front of this")
+    process, _, err = run_with_fd3(stunnel_bin, ["-x"], True)  # and it still serves
     assert process.returncode == 1 and process.pid not in serving_ids(err)
+    helper.wait_no_workers()
+    assert "Traceback" not in helper.log()
+
+
+def test_a_front_that_is_not_root_runs_directly(helper, stunnel_bin, tmp_path):
+    """The rendezvous is root's: another account's stunnel serves itself, at once."""
+    os.chmod(helper.path, 0o755)
+    mine, theirs = socket.socketpair()
+    with mine, theirs:
+        process = subprocess.Popen(
+            ["setuidgid", "nobody", stunnel_bin, "-f", "-F", "3", "-p", "/nonexistent/x.pem"],
+            env=environment(STUNNEL3_WARM_DIR=helper.path), stderr=subprocess.PIPE,
+            pass_fds=[theirs.fileno()], preexec_fn=lambda: os.dup2(theirs.fileno(), 3),
+        )  # fmt: skip
+        err = process.communicate(timeout=TIMEOUT)[1]
+    assert process.returncode == 1 and serving_ids(err) == {process.pid}
+    assert "refused" not in helper.log() and "ignored" not in helper.log()
 
 
 def test_a_killed_client_ends_its_worker(helper, stunnel_bin, pki):
@@ -478,41 +447,38 @@ def test_a_killed_client_ends_its_worker(helper, stunnel_bin, pki):
 
 
 def test_the_run_script_starts_a_helper(tmp_path, stunnel_bin, monkeypatch):
-    """compat/stunnel3-warm-run, changed only in SOCKET and PATH, serves and stops cleanly."""
+    """compat/stunnel3-warm-run, changed only in PATH, serves its own directory and stops
+    cleanly."""
     compat = Path(__file__).resolve().parents[2] / "compat" / "stunnel3-warm-run"
-    socket_path = tmp_path / "run" / "warm.sock"
     lines = compat.read_text().splitlines()
     changed = [
-        f"SOCKET={socket_path}" if line.startswith("SOCKET=") else
         f"PATH={Path(stunnel_bin).parent}:/usr/bin:/bin" if line.startswith("PATH=") else line
         for line in lines
-    ]  # fmt: skip
-    assert sum(a != b for a, b in zip(lines, changed, strict=True)) == 2
-    script = tmp_path / "run-script"
-    script.write_text("\n".join(changed) + "\n")
+    ]
+    assert sum(a != b for a, b in zip(lines, changed, strict=True)) == 1
+    service = tmp_path / "warm"
+    service.mkdir(mode=0o755)
+    (service / "run").write_text("\n".join(changed) + "\n")
     log = tmp_path / "log"
     with open(log, "wb") as out:
-        service = subprocess.Popen(
-            ["sh", str(script)], stdout=out, stdin=subprocess.DEVNULL, env=environment()
+        supervised = subprocess.Popen(
+            ["sh", "./run"], cwd=service, stdout=out, stdin=subprocess.DEVNULL, env=environment()
         )
     try:
         deadline = time.monotonic() + TIMEOUT
-        while not socket_path.exists():
-            assert time.monotonic() < deadline and service.poll() is None, log.read_text()
+        while not (service / "helper").exists():
+            assert time.monotonic() < deadline and supervised.poll() is None, log.read_text()
             time.sleep(0.02)
-        assert oct(socket_path.stat().st_mode & 0o777) == "0o600"
-        assert oct(socket_path.parent.stat().st_mode & 0o777) == "0o700"
-        monkeypatch.setenv("STUNNEL3_WARM_SOCKET", str(socket_path))
+        for fifo in ("announce", "lifeline"):
+            assert oct((service / fifo).stat().st_mode & 0o777) == "0o600"
+        monkeypatch.setenv("STUNNEL3_WARM_DIR", str(service))
         process, _, err = run_with_fd3(stunnel_bin, ["-x"], True)
         assert process.returncode == 1 and serving_ids(err) - {process.pid}
     finally:
-        service.terminate()
-        assert service.wait(TIMEOUT) == 0
-    assert not socket_path.exists()
+        supervised.terminate()
+        assert supervised.wait(TIMEOUT) == 0
+    assert sorted(os.listdir(service)) == ["run"]
     assert "stunnel3-warm: info: stopped" in log.read_text()
-
-
-# -- one process per connection: the helper's children, signals, hang-ups, time-outs --
 
 
 def task_children(pid: int) -> list[int]:
@@ -571,94 +537,89 @@ def test_a_root_client_signals_its_jailed_worker(
     assert re.search(r"end \d+ status 768", said), said  # tcpserver: the thin client exited 3
 
 
-def hand_over_by_hand(path: str, argv: list[str], fds: list[int]):
-    """A peer that sends a valid request and reads the worker's READY: (socket, reply, fds)."""
-    cwd = os.open("/", os.O_PATH)
-    peer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        peer.settimeout(TIMEOUT)
-        peer.connect(path)
-        numbers = list(range(100, 100 + len(fds)))  # the numbers the request claims
-        peer.sendmsg(
-            [good_request(argv, numbers)],
-            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, b"".join(
-                fd.to_bytes(4, "little") for fd in [*fds, cwd]))],
-        )  # fmt: skip
-        reply, received, _, _ = socket.recv_fds(peer, 64, 4)
-    finally:
-        os.close(cwd)
-    return peer, reply, received
-
-
-def test_no_go_means_the_worker_runs_nothing(helper):
-    """READY comes with a pidfd of the worker; a client that closes instead of GO leaves
-    no worker behind, and what it asked for (-V on its stderr) never ran."""
-    err_r, err_w = os.pipe()
-    with os.fdopen(err_r, "rb") as err:
-        peer, reply, received = hand_over_by_hand(helper.path, ["stunnel", "-V"], [err_w])
-        os.close(err_w)
-        try:
-            (pidfd,) = received
-            word, _, pid = reply.partition(b" ")
-            assert word == b"READY" and helper.workers() == [int(pid)]
-            assert Path(f"/proc/self/fdinfo/{pidfd}").read_text().count(f"Pid:\t{int(pid)}\n")
-            os.close(pidfd)
-        finally:
-            peer.close()
-        helper.wait_no_workers()
-        assert err.read() == b""  # its copy of our pipe is closed, and nothing was written
-    assert "Traceback" not in helper.log()
-
-
-def test_silent_peers_time_out_and_the_helper_serves_on(helper, stunnel_bin):
-    """A peer that connects and says nothing, and one that never sends GO: their workers
-    give up (5 s for a request, 10 s for GO), the helper never waits for either."""
-    silent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    err_r, err_w = os.pipe()
-    with silent, os.fdopen(err_r, "rb") as err:
-        silent.connect(helper.path)
-        peer, reply, received = hand_over_by_hand(helper.path, ["stunnel", "-V"], [err_w])
-        os.close(err_w)
-        with peer:
-            for fd in received:
-                os.close(fd)
-            assert reply.startswith(b"READY ")
-            assert len(helper.workers()) == 2
-            started = time.monotonic()
-            process, _, said = run_with_fd3(stunnel_bin, ["-x"], True)  # served meanwhile
-            assert process.returncode == 1 and process.pid not in serving_ids(said)
-            assert time.monotonic() - started < 3
-            assert silent.recv(64) == b"NO"  # after 5 s: the worker's refusal
-            assert peer.recv(64) == b"X0"  # after 10 s without GO: it ended, having run nothing
-            helper.wait_no_workers()
-        assert err.read() == b""
-    assert "refused request" in helper.log()  # the silent one: nothing came in 5 s
-
-
-def test_sigterm_removes_the_socket_and_the_helper_waits_for_its_workers(helper, stunnel_bin, pki):
+def test_sigterm_removes_the_rendezvous_and_the_helper_waits_for_its_workers(
+    helper, stunnel_bin, pki
+):
     with held_session(stunnel_bin, pki) as (process, network):
         helper.process.send_signal(signal.SIGTERM)
         helper.wait_log("stopping once 1 sessions have ended")
-        assert not os.path.exists(helper.path)  # new connections go direct at once
+        assert os.listdir(helper.path) == []  # new connections go direct at once
         assert helper.process.poll() is None and len(helper.workers()) == 1
-        network.close()  # the session ends on its own, its status reaches the client
+        network.close()  # the session ends on its own, its status reaches the front
         said = process.communicate(timeout=TIMEOUT)[1]
     assert process.returncode == 0 and process.pid not in serving_ids(said)
     assert helper.process.wait(TIMEOUT) == 0
     assert "info: stopped" in helper.log()
 
 
-def test_a_killed_helper_leaves_the_client_waiting_for_its_worker(helper, stunnel_bin, pki):
-    """No status can come any more, but the client leaves only when its worker has ended:
-    tcpserver still counts the connection while it is served."""
+@pytest.mark.parametrize("end", ["plain", "signal"])
+def test_a_killed_helper_leaves_the_sessions_their_status(helper, stunnel_bin, pki, end):
+    """svc -k (SIGKILL) of the helper: each session goes on, and its front still exits with
+    the worker's own status (issue #18), not a made-up one."""
     with held_session(stunnel_bin, pki) as (process, network):
         (worker,) = helper.workers()
         helper.process.kill()
         helper.process.wait(TIMEOUT)
         time.sleep(0.3)
         assert process.poll() is None and os.path.exists(f"/proc/{worker}")
-        network.close()  # the worker's session ends; then so does the client
+        if end == "plain":
+            network.close()  # the worker's session ends; then so does the front
+        else:
+            process.send_signal(signal.SIGTERM)  # relayed by the front itself
         said = process.communicate(timeout=TIMEOUT)[1]
-    assert process.returncode == 1
-    assert b"the warm helper ended the session without a status" in said
-    assert said.index(b"bytes sent to SSL") < said.index(b"without a status")  # worker first
+    assert process.returncode == (0 if end == "plain" else 3), said
+    assert b"without a status" not in said
+    assert (b"bytes sent to SSL" if end == "plain" else b"Received signal 15") in said
+
+
+def test_fronts_waiting_on_a_stopped_helper_go_direct_when_it_dies(helper, stunnel_bin):
+    """A helper that never answers holds its fronts only as long as it lives: SIGKILL, and
+    each of them runs the direct path, nothing lost."""
+    helper.process.send_signal(signal.SIGSTOP)
+    try:
+        mine, theirs = socket.socketpair()
+        with mine, theirs:
+            process = spawn(stunnel_bin, ["-x"], True, {3: theirs.fileno()}, stderr=subprocess.PIPE)
+            time.sleep(0.5)
+            assert process.poll() is None  # it waits: the helper lives
+            helper.process.kill()
+            err = process.communicate(timeout=TIMEOUT)[1]
+    finally:
+        helper.process.wait(TIMEOUT)
+    assert process.returncode == 1 and serving_ids(err) == {process.pid}
+    assert b"Illegal option: 'x'" in err
+
+
+def no_pidfd_getfd() -> None:
+    """A seccomp filter in the helper's process: pidfd_getfd(2) fails with EPERM, as under
+    Yama's ptrace_scope 3 or a container's filter."""
+    import ctypes
+    import struct
+
+    ld_nr, jeq, ret = 0x20, 0x15, 0x06
+    allow, eperm = 0x7FFF0000, 0x00050000 | 1
+    program = [(ld_nr, 0, 0, 0), (jeq, 0, 1, 438), (ret, 0, 0, eperm), (ret, 0, 0, allow)]
+    code = b"".join(struct.pack("HBBI", *insn) for insn in program)
+    buffer = ctypes.create_string_buffer(code)
+    fprog = struct.pack("HL", len(program), ctypes.addressof(buffer))
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+    assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0, ctypes.get_errno()
+
+
+def test_where_pidfd_getfd_is_forbidden_every_front_runs_directly(
+    tmp_path, stunnel_bin, monkeypatch
+):
+    directory = tmp_path / "warm"
+    directory.mkdir(mode=0o700)
+    blocked = Helper(directory, str(Path(stunnel_bin).with_name("stunnel3-warm")), no_pidfd_getfd)
+    try:
+        said = blocked.wait_log("every connection is served directly")
+        assert said.count("warning:") == 1 and "Operation not permitted" in said
+        assert os.listdir(directory) == []  # no rendezvous: fronts do not even ask
+        monkeypatch.setenv("STUNNEL3_WARM_DIR", str(directory))
+        process, _, err = run_with_fd3(stunnel_bin, ["-x"], True)
+        assert process.returncode == 1 and serving_ids(err) == {process.pid}
+    finally:
+        blocked.process.terminate()
+        assert blocked.process.wait(TIMEOUT) == 0
