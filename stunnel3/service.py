@@ -98,18 +98,18 @@ def _check_transparent(options: Options) -> None:
 
 
 def _load_modules(options: Options) -> None:
-    """Import now every module a session can need: the jail holds no Python."""
-    import encodings.idna  # noqa: F401  socket may encode a host name
-    import fcntl  # noqa: F401  -L: the pty's controlling terminal
-    import termios  # noqa: F401
-
-    from cryptography import x509  # noqa: F401  pyOpenSSL loads it lazily
+    """Import now every module this session can need, the jail holds no Python; and only
+    those: on the direct path every import costs every connection its CPU. (The protocol
+    layer's module is loaded already: _check_mode made a layer.)"""
     from OpenSSL import SSL
 
-    from stunnel3 import client_negotiation, ident, limits  # noqa: F401
-
-    if options.protocol in SERVER_PROTOCOLS and not options.client:
-        from stunnel3 import imap, pop3, smtp  # noqa: F401
+    if options.remote or options.local_ip or options.daemon:
+        import encodings.idna  # noqa: F401  socket may encode a host name
+    if options.local_pty:
+        import fcntl  # noqa: F401  -L: the pty's controlling terminal
+        import termios  # noqa: F401
+    if options.ident_user is not None:
+        from stunnel3 import ident  # noqa: F401
     if options.daemon is not None:
         from stunnel3 import daemon  # noqa: F401
     # OpenSSL reads its configuration on first use: let that happen out here.

@@ -90,6 +90,7 @@ def _run(args: list[str], fixcrio_fd: str | None = None) -> int:
 
 def _serve(options, log) -> int:
     log.notice(f"Using '{options.service_name}' as tcpwrapper service name")
+    _defer_unused(options)
     from stunnel3 import service  # type: ignore[attr-defined]  # the engine (TLS issue)
     from stunnel3.tls_library import problem
     from stunnel3.usage import stunnel_info
@@ -100,6 +101,23 @@ def _serve(options, log) -> int:
         log.err(too_old)
         return 1
     return service.run(options, log)
+
+
+# What only a session that looks into a certificate uses (on_demand.py): pyOpenSSL
+# imports the first at its top, tls.py the second (-v 3 compares certificates).
+CERTIFICATE_MODULES = ("cryptography.x509", "cryptography.hazmat.primitives.serialization")
+
+
+def _defer_unused(options) -> None:
+    """Leave the certificate modules unloaded when these options never use them: no -v
+    (nothing is verified), no -l (no peer names to pass on), no -c (the server's certificate
+    arrives, unasked, in every handshake), no -d (the daemon warms up inside its jail)."""
+    if options.verify_level or options.client or options.local_program or options.daemon:
+        return
+    from stunnel3 import on_demand
+
+    for name in CERTIFICATE_MODULES:
+        on_demand.defer(name)
 
 
 def _describe(error: BaseException) -> str:

@@ -45,6 +45,8 @@ end markers (QUIT, the end-of-data dot), so truncation gains an attacker
 nothing there.
 """
 
+from __future__ import annotations  # x509 may be a stand-in until first used (on_demand.py)
+
 import os
 import stat
 
