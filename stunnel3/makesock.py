@@ -9,9 +9,11 @@ Processes and descriptors:
   started, counts and waits for is PROG1, the one holding the network socket
   on 0 and 1, and tcpserver gets PROG1's exit status. PROG1 keeps 0, 1 and 2
   and gets its end of the pair on descriptor FD (3 by default).
-- PROG2 is a forked child with the other end on 0 and 1; it keeps 2. When
-  our in-process stunnel can add fixcrio's CRs itself, a fixcrio in PROG2
-  is left out (without_fixcrio).
+- PROG2 is a child with the other end on 0 and 1; it keeps 2. When our
+  in-process stunnel can add fixcrio's CRs itself, a fixcrio in PROG2 is left
+  out (without_fixcrio). With that in-process stunnel, PROG2 is started with
+  posix_spawn (spawn_second: a fork of a Python process costs page faults),
+  else forked (run_second).
 - Nothing we open leaks: the pair, and the gate pipe below, are close-on-exec
   until placed. Descriptors the caller passed in above 2 are passed on as is,
   as any chain-loader does (except FD, which PROG1's end replaces).
@@ -158,6 +160,30 @@ def run_second(argv: list[str], name: str, fd: int, end: int, gate: int) -> None
     unix.fatal(name, "run " + argv[0], unix.exec_program(argv), True)
 
 
+def spawn_second(argv: list[str], name: str, fd: int, end: int) -> bool:
+    """PROG2 started without a fork (limits.spawn) when PROG1 is our stunnel in this
+    process, so that there is no exec of PROG1 to wait for; an exec error is said on fd 2
+    as run_second says it, and PROG1 reads EOF on FD. False: fork and run_second."""
+    if end <= 1:
+        return False  # the caller had closed 0 or 1: run_second's case
+    actions = [(os.POSIX_SPAWN_DUP2, end, 0), (os.POSIX_SPAWN_DUP2, end, 1),
+               (os.POSIX_SPAWN_CLOSE, end), (os.POSIX_SPAWN_CLOSE, fd)]  # fmt: skip
+    started = unix.spawn_program(argv, actions)
+    if isinstance(started, OSError):
+        unix.say(name, unix.fatal_text("run " + argv[0], started))
+    return started is not None
+
+
+def run_our_stunnel(invocation: Invocation, second_end: int, elided: bool) -> int:
+    """PROG1, our stunnel, in this process (runs_our_stunnel), PROG2 started already."""
+    os.close(second_end)
+    if elided:
+        os.environ[FIXCRIO_ENV] = str(invocation.fd)  # stunnel.run() takes it out again
+    from stunnel3 import stunnel
+
+    return stunnel.main(["stunnel", *invocation.first[1:]])
+
+
 def runs_our_stunnel(name: str) -> bool:
     """Would exec'ing name start our own stunnel front with this very Python?
 
@@ -257,6 +283,8 @@ def main(argv: list[str]) -> int:
         second_end = make_pair(invocation)
     except OSError as error:
         unix.fatal(PROG, "create socket pair", error)
+    if ours and spawn_second(second, name, invocation.fd, second_end):
+        return run_our_stunnel(invocation, second_end, elided is not None)
     try:
         gate_read, gate_write = os.pipe()
         pid = os.fork()
@@ -268,15 +296,11 @@ def main(argv: list[str]) -> int:
             run_second(second, name, invocation.fd, second_end, gate_read)
         finally:
             os._exit(111)
-    os.close(second_end)
     os.close(gate_read)
     if ours:
         os.close(gate_write)  # as a successful exec would: PROG2 may run
-        if elided:
-            os.environ[FIXCRIO_ENV] = str(invocation.fd)  # stunnel.run() takes it out again
-        from stunnel3 import stunnel
-
-        return stunnel.main(["stunnel", *invocation.first[1:]])
+        return run_our_stunnel(invocation, second_end, elided is not None)
+    os.close(second_end)
     failure = unix.exec_program(invocation.first)
     try:
         os.write(gate_write, b"!")

@@ -131,14 +131,24 @@ def die(prog: str, code: int, *parts: str, forked: bool = False) -> "NoReturn":
     In a forked child (forked=True) leave with os._exit: the child must never
     run the parent's exit handlers or fall back into its caller's code.
     """
+    say(prog, *parts)
+    if forked:
+        os._exit(code)
+    raise SystemExit(code)
+
+
+def say(prog: str, *parts: str) -> None:
+    """Write `prog: <parts>` as one line on fd 2."""
     line = (prog + ": " + "".join(parts) + "\n").encode("utf-8", "surrogateescape")
     try:
         os.write(2, line)
     except OSError:
         pass  # no stderr: the exit code still tells
-    if forked:
-        os._exit(code)
-    raise SystemExit(code)
+
+
+def fatal_text(what: str, error: OSError) -> str:
+    """`fatal: unable to <what>: <djb text>`."""
+    return f"fatal: unable to {what}: {error_text(error.errno)}"
 
 
 def usage(prog: str, text: str, forked: bool = False) -> "NoReturn":
@@ -147,7 +157,7 @@ def usage(prog: str, text: str, forked: bool = False) -> "NoReturn":
 
 def fatal(prog: str, what: str, error: OSError, forked: bool = False) -> "NoReturn":
     """`prog: fatal: unable to <what>: <djb text>`, exit 111."""
-    die(prog, FATAL, "fatal: unable to ", what, ": ", error_text(error.errno), forked=forked)
+    die(prog, FATAL, fatal_text(what, error), forked=forked)
 
 
 def candidates(file: str, environ) -> list[bytes]:
@@ -191,4 +201,23 @@ def exec_program(argv: list[str]) -> OSError:
                     break
     for limit, value in saved.items():
         resource.setrlimit(limit, value)
+    return found
+
+
+def spawn_program(argv: list[str], file_actions: list) -> int | OSError | None:
+    """Start argv as a child, found and run as exec_program would (limits.spawn: no fork).
+
+    The child's pid; or the error to report, chosen as exec_program chooses it (the child
+    never ran); or None when it cannot be spawned here (the caller forks instead)."""
+    environ = limits.child_environment()
+    args = [os.fsencode(arg) or b"-" for arg in argv[:1]] + [os.fsencode(a) for a in argv[1:]]
+    found = OSError(errno.ENOENT, "file does not exist")
+    for candidate in candidates(argv[0], environ):
+        try:
+            return limits.spawn(candidate, args, environ, file_actions)
+        except OSError as error:
+            if error.errno != errno.ENOENT:
+                found = error
+                if error.errno not in (errno.EACCES, errno.EPERM, errno.EISDIR):
+                    break
     return found
