@@ -29,6 +29,8 @@ class Session:
     total: float
     version: str
     cipher: str
+    tls_session: ssl.SSLSession | None = None  # what the server gave to resume with
+    resumed: bool = False  # this session was resumed from the one offered
 
 
 def client_context() -> ssl.SSLContext:
@@ -64,7 +66,8 @@ def expect(sock, buffer: bytearray, code: bytes) -> bytes:
     return reply
 
 
-def starttls_session(port: int, context: ssl.SSLContext) -> Session:
+def starttls_session(port: int, context: ssl.SSLContext, resume=None) -> Session:
+    """One session; `resume`: a ssl.SSLSession to offer (Session.tls_session, .resumed)."""
     start = time.perf_counter()
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -76,7 +79,7 @@ def starttls_session(port: int, context: ssl.SSLContext) -> Session:
             raise SessionError("STARTTLS not advertised")
         raw.sendall(b"STARTTLS\r\n")
         expect(raw, buffer, b"220")
-        tls = context.wrap_socket(raw, server_hostname="localhost")
+        tls = context.wrap_socket(raw, server_hostname="localhost", session=resume)
         tls_ready = time.perf_counter()
         buffer.clear()
         tls.sendall(b"EHLO client.invalid\r\n")
@@ -84,9 +87,11 @@ def starttls_session(port: int, context: ssl.SSLContext) -> Session:
         tls.sendall(b"QUIT\r\n")
         expect(tls, buffer, b"221")
         version, cipher = tls.version() or "", (tls.cipher() or ("",))[0]
+        ticket, resumed = tls.session, tls.session_reused  # TLS 1.3: after the first read
         tls.close()
     end = time.perf_counter()
-    return Session(greeting - start, tls_ready - start, end - start, version, cipher)
+    return Session(greeting - start, tls_ready - start, end - start, version, cipher, ticket,
+                   resumed)  # fmt: skip
 
 
 @dataclass
@@ -132,6 +137,18 @@ def saturate(port: int, clients: int, seconds: float) -> LoadResult:
     for thread in threads:
         thread.join(seconds + 3 * TIMEOUT)
     return result
+
+
+def resumptions(port: int, count: int) -> int:
+    """How many of `count` reconnections resume the session (ticket) of the one before."""
+    context = client_context()
+    offered = starttls_session(port, context).tls_session
+    resumed = 0
+    for _ in range(count):
+        session = starttls_session(port, context, offered)
+        resumed += session.resumed
+        offered = session.tls_session or offered
+    return resumed
 
 
 def one_by_one(port: int, count: int) -> list[Session]:

@@ -101,8 +101,6 @@ def _load_modules(options: Options) -> None:
     """Import now every module this session can need, the jail holds no Python; and only
     those: on the direct path every import costs every connection its CPU. (The protocol
     layer's module is loaded already: _check_mode made a layer.)"""
-    from OpenSSL import SSL
-
     if options.remote or options.local_ip or options.daemon:
         import encodings.idna  # noqa: F401  socket may encode a host name
     if options.local_pty:
@@ -112,8 +110,9 @@ def _load_modules(options: Options) -> None:
         from stunnel3 import ident  # noqa: F401
     if options.daemon is not None:
         from stunnel3 import daemon  # noqa: F401
-    # OpenSSL reads its configuration on first use: let that happen out here.
-    SSL.Context(SSL.TLS_METHOD)
+    # OpenSSL reads its configuration on first use: let that happen out here, with the
+    # context make_context will configure (one the warm helper made is kept).
+    tls.prepare_context()
 
 
 def make_layer(options: Options, log):

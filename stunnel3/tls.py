@@ -207,9 +207,33 @@ def _set_verify(ctx: SSL.Context, options: Options, log) -> None:
     ctx.set_verify(mode, verify)
 
 
+# A context made ahead of make_context (prepare_context), unconfigured.
+_spare: SSL.Context | None = None
+
+
+def prepare_context(renew: bool = False) -> None:
+    """Make this process's next context now, unless one waits already (renew: always).
+
+    make_context then configures it instead of making one (SSL_CTX_new: ~0.5 ms of
+    CPU). Made before the jail, it is OpenSSL's first use, which reads its
+    configuration; made in the warm helper, every worker forked from it inherits
+    it, and with it OpenSSL's session-ticket key: a client resumes its TLS
+    session on any worker (the helper renews it, a new key, every hour).
+    """
+    global _spare
+    if renew or _spare is None:
+        _spare = SSL.Context(SSL.TLS_METHOD)
+
+
+def _new_context() -> SSL.Context:
+    global _spare
+    ctx, _spare = _spare, None
+    return ctx if ctx is not None else SSL.Context(SSL.TLS_METHOD)
+
+
 def make_context(options: Options, log) -> SSL.Context:
     """The one context of this process (daemon workers inherit it across fork)."""
-    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx = _new_context()
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(
         SSL.OP_NO_COMPRESSION

@@ -58,12 +58,17 @@ def versions() -> str:
     )
 
 
+_openssl_text: list[str] = []  # found once per process (and by the warm helper for its workers)
+
+
 def openssl_text() -> str:
     """`OpenSSL 3.0.22 25 Aug 2026 (the system's, /usr/lib/.../libssl.so.3)` or the like."""
-    from OpenSSL import SSL
+    if not _openssl_text:
+        from OpenSSL import SSL
 
-    library = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
-    return f"{library} ({openssl_origin(library)})"
+        library = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+        _openssl_text.append(f"{library} ({openssl_origin(library)})")
+    return _openssl_text[0]
 
 
 def openssl_origin(library: str) -> str:

@@ -41,6 +41,7 @@ import select
 import signal
 import stat
 import sys
+import time
 
 from stunnel3 import unix, warm_worker
 
@@ -48,6 +49,7 @@ PROG = "stunnel3-warm"
 USAGE = "stunnel3-warm [ -d directory ] [ -c limit ]"
 DIR_ENV = "STUNNEL3_WARM_DIR"
 DEFAULT_LIMIT = 400  # workers at once; over it, fronts run the direct path
+TICKET_KEY_SECONDS = 3600  # the workers' shared session-ticket key is renewed this often
 FILES = ("helper", "announce", "lifeline")
 HELP = f"""stunnel3-warm: load stunnel3 and OpenSSL once; serve each connection's
 makesock or stunnel from a process forked from here (stunnel3-warm(8), docs/warm.md).
@@ -133,9 +135,11 @@ def _preload() -> None:
                 importlib.import_module(f"stunnel3.{module.name}")
             except Exception as error:  # noqa: BLE001 - the worker meets it as stunnel would
                 say(f"warning: unable to load stunnel3.{module.name}: {error}")
-    from stunnel3 import tls_warmup
+    from stunnel3 import tls, tls_library, tls_warmup
 
     tls_warmup.warm_up(lambda text: say(f"warning: {text}"))  # OpenSSL's first-use work, shared
+    tls.prepare_context()  # each worker's: one session-ticket key for all of them
+    tls_library.openssl_text()  # each session logs it: found once, here
 
 
 def _cannot_take_descriptors() -> str | None:
@@ -262,6 +266,7 @@ class Helper:
         self.poller = select.poll()
         self.poller.register(self.wake_r, select.POLLIN)
         self.closed: set[int] = set()
+        self.ticket_key_made = time.monotonic()  # _preload made the first (tls.prepare_context)
 
     def listen(self, rendezvous: Rendezvous) -> None:
         self.rendezvous = rendezvous
@@ -331,6 +336,11 @@ class Helper:
             front.close()
 
     def _start_worker(self, front: warm_worker.Front) -> None:
+        if time.monotonic() - self.ticket_key_made > TICKET_KEY_SECONDS:
+            from stunnel3 import tls
+
+            tls.prepare_context(renew=True)  # a new session-ticket key for the next workers
+            self.ticket_key_made = time.monotonic()
         reply = _open_reply(front)
         try:
             if warm_worker.exited(front.watcher):

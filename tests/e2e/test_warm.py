@@ -23,6 +23,7 @@ from helpers import (  # noqa: F401  (no_leftovers is a fixture)
     environment,
     no_leftovers,
     tcpserver,
+    tls_client,
     tls_exchange,
 )
 from test_jail import (
@@ -510,6 +511,25 @@ def test_one_process_per_connection(helper, stunnel_bin, pki):
             process.communicate(timeout=TIMEOUT)
             assert process.returncode == 0
     helper.wait_no_workers()
+
+
+def test_workers_share_one_ticket_key(helper, stunnel_bin, pki, tmp_path):
+    """A client resumes its TLS session on the next worker (tls.prepare_context in the
+    helper); on the direct path each connection has its own key and never does."""
+    resumed = {}
+    for warm in (True, False):
+        env = environment(STUNNEL3_WARM="1" if warm else "0")
+        argv = [stunnel_bin, "-f", "-p", str(pki["server"]), "-l", "/bin/cat"]
+        with tcpserver(tmp_path, argv, env) as service:
+            context, offered, resumed[warm] = tls_client(), None, []
+            for _ in range(3):
+                with socket.create_connection(("127.0.0.1", service.port), TIMEOUT) as raw:
+                    with context.wrap_socket(raw, session=offered) as conn:
+                        conn.sendall(b"x")
+                        assert conn.recv(1) == b"x"  # TLS 1.3: the tickets came before it
+                        resumed[warm].append(conn.session_reused)
+                        offered = conn.session
+    assert resumed == {True: [False, True, True], False: [False, False, False]}
 
 
 def test_a_root_client_signals_its_jailed_worker(
