@@ -35,6 +35,7 @@ session's status survives the helper), and which we write again, or
   warning line at start, no rendezvous, and every front runs the direct path.
 """
 
+import _signal  # pthread_sigmask without enums: twice per connection
 import gc
 import os
 import select
@@ -140,6 +141,21 @@ def _preload() -> None:
     tls_warmup.warm_up(lambda text: say(f"warning: {text}"))  # OpenSSL's first-use work, shared
     tls.prepare_context()  # each worker's: one session-ticket key for all of them
     tls_library.openssl_text()  # each session logs it: found once, here
+    _load_name_services()
+
+
+def _load_name_services() -> None:
+    """The name service modules (nsswitch.conf) that a session's -s and -g look-ups load,
+    loaded here once (libnss_systemd: ~0.3 ms per worker): a name no account has takes
+    every source in turn."""
+    import grp
+    import pwd
+
+    for look_up in (pwd.getpwnam, grp.getgrnam):
+        try:
+            look_up("stunnel3-warm.invalid")
+        except KeyError:
+            pass
 
 
 def _cannot_take_descriptors() -> str | None:
@@ -347,14 +363,14 @@ class Helper:
                 # It no longer waits: it read its reply pipe before we held it (EOF).
                 raise warm_worker.Refused(f"pid {front.pid} stopped waiting", answer=False)
             # Until the child has dropped our handlers and wake-up pipe, no signal may reach them.
-            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            _signal.pthread_sigmask(_signal.SIG_BLOCK, _STOP_SIGNALS)
             try:
                 _flush()
                 worker = os.fork()
                 if worker == 0:
                     self._become_worker(front, reply)
             finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+                _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _STOP_SIGNALS)
         except BaseException:
             os.close(reply)
             raise
@@ -406,7 +422,7 @@ class Helper:
             signal.set_wakeup_fd(-1)
             for signum in _STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _STOP_SIGNALS)
             reply, _log_fd = warm_worker.become(front, [reply, os.dup(2)])
             os.write(reply, b"T %d\n" % os.getpid())  # from here the session is ours
             os.close(_log_fd)

@@ -51,6 +51,7 @@ _STATUS_KEYS = ("CapEff", "CapPrm", "CapBnd", "NoNewPrivs", "Seccomp")
 # OpenSSL reads these once, when it is loaded: in the helper, at its start.
 _OPENSSL_AT_LOAD = (b"OPENSSL_CONF", b"OPENSSL_MODULES", b"OPENSSL_ENGINES", b"OPENSSL_ia32cap")
 _MEMORY = {"AS": resource.RLIMIT_AS, "DATA": resource.RLIMIT_DATA, "STACK": resource.RLIMIT_STACK}
+_LIMITS = sorted({getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")})
 _kept: list = []  # the helper's own stdio objects: never collected, never closing 0-2
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -79,6 +80,7 @@ class Front:
         self.blocked: set[int] = set()
         self.gids: tuple[int, ...] = ()
         self.groups: list[int] = []
+        self.status: dict[str, str] = {}  # /proc/PID/status, as identify read it
 
     def close(self) -> None:
         """Our copies of its descriptors and its pidfds (the worker keeps its own)."""
@@ -131,13 +133,34 @@ def identify(pid: int, reply: int, python: str) -> Front:
     prog = front_program(script, dict(environ), python)
     front = Front(pid, pidfd, watcher_fd, reply, prog or b"", [prog or b"", *words[2:]])
     front.env = environ
+    front.status = status  # read while the pidfd showed it alive: take() uses it too
     if prog not in PROGRAMS:  # another installation's, or another Python: it waits, answer it
         raise Refused(f"pid {pid} is not a front of this installation ({script!r})", front=front)
     return front
 
 
 def front_program(script: bytes, environ: dict, python: str) -> bytes | None:
-    """The program our bin/ front at script runs, if it would start this very Python."""
+    """The program our bin/ front at script runs, if it would start this very Python.
+
+    Found once per front file (by its inode and mtime), interpreter setting and Python:
+    the helper answers every connection, and this reads a file and resolves two paths."""
+    try:
+        info = os.stat(script)
+    except OSError:
+        return None
+    key = (script, info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size,
+           environ.get(b"STUNNEL3_PYTHON"), python)  # fmt: skip
+    if key not in _fronts_seen:
+        if len(_fronts_seen) > 64:
+            _fronts_seen.clear()
+        _fronts_seen[key] = _front_program(script, environ, python)
+    return _fronts_seen[key]
+
+
+_fronts_seen: dict[tuple, bytes | None] = {}
+
+
+def _front_program(script: bytes, environ: dict, python: str) -> bytes | None:
     try:
         with open(script, "rb") as file:
             head = file.read(4096)
@@ -169,7 +192,7 @@ def take(front: Front, world: dict[str, str]) -> None:
     """Read and copy everything Python would have had after the front's exec (see the top)."""
     pid = front.pid
     try:
-        status = _status(pid)
+        status = front.status or _status(pid)
         _check_world(front, world)
         front.umask = int(status["Umask"], 8)
         front.ignored = _signals(status["SigIgn"])
@@ -178,10 +201,8 @@ def take(front: Front, world: dict[str, str]) -> None:
         front.blocked = set() if len(blocked) > 60 else blocked
         front.gids = tuple(int(g) for g in status["Gid"].split()[:3])
         front.groups = [int(g) for g in status["Groups"].split()]
-        for name in dir(resource):
-            if name.startswith("RLIMIT_"):
-                limit = getattr(resource, name)
-                front.limits[limit] = resource.prlimit(pid, limit)
+        for limit in _LIMITS:
+            front.limits[limit] = resource.prlimit(pid, limit)
         _check_floor(front)
         numbers = _inherited(pid, front.reply)
         front.cwd = os.open(f"/proc/{pid}/cwd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -202,14 +223,12 @@ def getfd(pidfd: int, number: int) -> int:
     return fd
 
 
-def world(pid: str = "self") -> dict[str, str]:
-    """What must be equal between front and helper: namespaces, root, limits on power."""
+def world(pid: str = "self", status: dict[str, str] | None = None) -> dict[str, str]:
+    """What must be equal between front and helper: namespaces, root, limits on power
+    (status: its /proc/PID/status, read already)."""
     base = f"/proc/{pid}"
-    found = {}
-    for line in open(f"{base}/status", encoding="ascii", errors="replace"):
-        key, _, value = line.partition(":")
-        if key in _STATUS_KEYS:
-            found[key] = value.strip()
+    status = status or _status(pid)
+    found = {key: status[key] for key in _STATUS_KEYS if key in status}
     for name in sorted(os.listdir("/proc/self/ns")):
         found[f"ns/{name}"] = os.readlink(f"{base}/ns/{name}")
     root = os.stat(f"{base}/root")
@@ -222,7 +241,7 @@ def _check_world(front: Front, mine: dict[str, str]) -> None:
     for variable in _OPENSSL_AT_LOAD:
         if environment.get(variable) != os.environb.get(variable):
             raise Refused(f"{variable.decode()} is not the helper's (OpenSSL read it at start)")
-    theirs = world(str(front.pid))
+    theirs = world(str(front.pid), front.status)
     for key, value in mine.items():
         if key.startswith("Cap"):
             if int(theirs[key], 16) & int(value, 16) != int(value, 16):
@@ -260,7 +279,7 @@ def _inherited(pid: int, reply: int) -> list[int]:
     return sorted(numbers)
 
 
-def _status(pid: int) -> dict[str, str]:
+def _status(pid: int | str) -> dict[str, str]:
     found = {}
     for line in _read(f"/proc/{pid}/status").decode("ascii", "replace").splitlines():
         key, _, value = line.partition(":")
