@@ -31,7 +31,8 @@ class Context:
 
 
 def start(ctx: Context, server: Server, mode: str, port: int, prefix=(), env=None) -> Running:
-    argv = [*prefix, *server.command(ctx.setup, port, mode)]
+    """The server on port; `prefix` (the bisection's softlimit) replaces server.prefix()."""
+    argv = [*(prefix or server.prefix()), *server.command(ctx.setup, port, mode)]
     log = ctx.logdir / f"{server.name}.log"
     env = {**ctx.env, **server.env(ctx.setup), **(env or {})}
     running = Running(argv, log, ctx.setup.workdir, env)
@@ -150,12 +151,23 @@ def memory(ctx: Context, server: Server, count: int) -> Memory:
     try:
         held = hold_sessions(port, count)
         time.sleep(0.3)
-        total = session_memory(running.pid, {"/usr/bin/dash", "/usr/bin/head"})
+        backends = tuple(ctx.setup.backend(mode) for mode in ("smtp", "upload", "download"))
+        total = session_memory(running.pid, backends)
     finally:
         for tls in held:
             tls.close()
         running.stop(ctx.reaper)
     return Memory(round(total.processes / count, 1), total.rss_kib // count, total.pss_kib // count)
+
+
+def resumed(ctx: Context, server: Server, count: int) -> int:
+    """How many of `count` reconnections resume the session they offer (TLS tickets)."""
+    port = ctx.port()
+    running = start(ctx, server, "smtp", port)
+    try:
+        return client.resumptions(port, count)
+    finally:
+        running.stop(ctx.reaper)
 
 
 def works_under(ctx: Context, server: Server, limit: int, env: dict[str, str]) -> bool:

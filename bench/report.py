@@ -132,10 +132,12 @@ def resource_table(data: dict) -> list[str]:
         "### Memory, bulk throughput, memory limit",
         "",
         "| server | processes/session | peak RSS KiB/session | PSS KiB/session "
-        "| upload MB/s | download MB/s | smallest softlimit -m | smallest STUNNEL3_MEMORY_FLOOR |",
-        "|---|---|---|---|---|---|---|---|",
+        "| upload MB/s | download MB/s | TLS resumed | smallest softlimit -m "
+        "| smallest STUNNEL3_MEMORY_FLOOR |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     mem, bulk, lim = data["memory"], data["bulk"], data["limits"]
+    resumed = data.get("resumed", {})
     b_mem, b_bulk, b_lim = mem.get(BASE, {}), bulk.get(BASE, {}), lim.get(BASE, {})
     for name in data["servers"]:
         m, b, limit = mem.get(name, {}), bulk.get(name, {}), lim.get(name, {})
@@ -148,7 +150,9 @@ def resource_table(data: dict) -> list[str]:
         lines.append(
             f"| {name} | {m.get('processes', '–')} | {cell(m, b_mem, 'rss_kib')} "
             f"| {cell(m, b_mem, 'pss_kib')} | {cell(b, b_bulk, 'upload')} "
-            f"| {cell(b, b_bulk, 'download')} | {cell(limit, b_lim, 'softlimit')} "
+            f"| {cell(b, b_bulk, 'download')} "
+            f"| {resumed[name] if name in resumed else '–'} of {resumed.get('of', '–')} "
+            f"| {cell(limit, b_lim, 'softlimit')} "
             f"| {'–' if floor is None else floor} |"
         )
     return lines + [""]

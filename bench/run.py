@@ -35,6 +35,7 @@ import startup
 from servers import SERVERS, Reaper, Setup, make_jail, scripts_dir, write_backends
 
 ROOT = Path(__file__).resolve().parent.parent
+RECONNECTIONS = 6  # after one session, each offering the TLS session (ticket) it got
 
 
 def options(argv: list[str]) -> argparse.Namespace:
@@ -258,6 +259,7 @@ def run(args: argparse.Namespace, argv: list[str], workdir: Path, account: str |
         return 1
     results = interleaved(ctx, servers, keys, args)
     memories = {server.name: measure.memory(ctx, server, args.hold) for server in servers}
+    resumed = {server.name: measure.resumed(ctx, server, RECONNECTIONS) for server in servers}
     # Before the bisection's starved helpers write their lines.
     warm = {
         name: warm_stats(workdir / f"{name}.log")
@@ -265,6 +267,7 @@ def run(args: argparse.Namespace, argv: list[str], workdir: Path, account: str |
     }
     bounds = {} if args.no_bisect else limits(ctx, servers, args.smoke)
     data = report.collect(args, argv, servers, missing, results, memories, bounds)
+    data["resumed"] = {"of": RECONNECTIONS, **resumed}
     data["seconds"] = round(time.time() - started)
     data["machine"]["load at start"] = load_start
     data["install"] = {**installed(), "setuidgid": account}

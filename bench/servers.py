@@ -66,6 +66,11 @@ class Server:
     name: str
     label: str
 
+    def prefix(self) -> list[str]:
+        """What runs above tcpserver: the README's run script starts with `softlimit -m
+        5000000` (our fronts raise their own soft limits, and give them back to PROG2)."""
+        return ["softlimit", "-m", "5000000"] if self.name in README_LINE else []
+
     def env(self, setup: Setup) -> dict[str, str]:
         if self.name.startswith("stunnel3-warm"):
             return {}  # as stunnel3-setup makes it: the helper on ./warm, the fronts' default
@@ -127,6 +132,7 @@ class Server:
         raise ValueError(self.name)
 
 
+README_LINE = ("stunnel3-jail", "stunnel3-warm-jail")  # the README's whole run-script line
 SERVERS = [
     Server("stunnel4", "Debian stunnel4 (stunnel 5, inetd under tcpserver)"),
     Server("tlswrapper", "tlswrapper + tlswrapper-smtp"),
@@ -295,13 +301,20 @@ class Memory:
     pss_kib: int
 
 
-def session_memory(sid: int, exclude_exe: set[str]) -> Memory:
+def session_memory(sid: int, backends: tuple[str, ...]) -> Memory:
     """The processes of a server's session but its leader (tcpserver or the daemon) and the
-    backends: what each connection adds."""
+    backends (`sh BACKEND`, `head`): what each connection adds. Our sh fronts (a dash
+    running bin/makesock, waiting for a warm worker) count."""
     total = Memory(0, 0, 0)
     for pid in session_members(sid):
         try:
-            if pid == sid or os.readlink(f"/proc/{pid}/exe") in exclude_exe:
+            words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            # A backend: `sh BACKEND` (its #! line run by the kernel), or head.
+            if (
+                pid == sid
+                or words[0].endswith(b"head")
+                or any(word.decode(errors="replace") in backends for word in words[:2])
+            ):
                 continue
             status = Path(f"/proc/{pid}/status").read_text()
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()

@@ -18,9 +18,18 @@ import time
 from pathlib import Path
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
-# What a session of `stunnel -n smtp- -F 3` loads (those that exist yet).
+# What a session of `stunnel -n smtp- -F 3` loads (those that exist yet), after what its
+# options let it leave unloaded (stunnel._defer_unused: cryptography.x509 and the like).
 SESSION_MODULES = ["stunnel3.stunnel", "stunnel3.service", "stunnel3.relay", "stunnel3.smtp",
                    "stunnel3.tls", "OpenSSL.SSL"]  # fmt: skip
+SESSION_ARGS = ["-p", "stunnel.pem", "-n", "smtp-", "-f", "-F", "3"]
+DEFERRAL = f"""try:
+    from stunnel3 import stunnel
+    from stunnel3.options import parse
+    stunnel._defer_unused(parse({SESSION_ARGS!r}))
+except (ImportError, AttributeError):  # an older stunnel3: it loads them all
+    pass
+"""
 # The fronts' own way in: -I -S, then site-packages by hand, no .pth files (see bin/stunnel).
 PRELUDE = """import sys, site
 add, site.addsitepackages = site.addsitepackages, lambda known_paths, prefixes=None: None
@@ -63,7 +72,7 @@ def present(modules: list[str]) -> list[str]:
 
 def importtime(modules: list[str]) -> list[tuple[str, float]]:
     """The slowest imports, cumulative ms, from python -X importtime."""
-    code = PRELUDE + "".join(f"import {name}\n" for name in modules)
+    code = PRELUDE + DEFERRAL + "".join(f"import {name}\n" for name in modules)
     run = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", "-c", code],
                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     rows = []
@@ -131,7 +140,7 @@ def profile(pem: str, repeat: int = 15, key: str = "rsa") -> dict:
     modules = present(SESSION_MODULES)
     python = [sys.executable, "-I", "-S"]
     regular = regular_install_prelude()
-    imports = "".join(f"import {name}\n" for name in modules)
+    imports = DEFERRAL + "".join(f"import {name}\n" for name in modules)
     front_env = {**os.environ, "STUNNEL3_PYTHON": "/bin/true"}
     pieces = {
         "sh front, exec'ing /bin/true instead of Python": cost(

@@ -65,15 +65,17 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   `stunnel3-setup` makes it (the fronts' default rendezvous; the helper is started with each
   server instance, in its process tree, so its start-up and all its CPU and memory are charged
   to it; see docs/warm.md); the same chain
-  with the README's whole set `-/ ssl -s 65534 -g 65534 -i -R seed` and `setuidgid` to a throwaway
-  account (the README's qmaild) before fixcrio; that same line with `stunnel3-warm` running (what
-  an administrator runs with the README's script and the helper); and stunnel3's daemon mode,
+  with the README's whole set `-/ ssl -s 65534 -g 65534 -i -R seed`, `setuidgid` to a throwaway
+  account (the README's qmaild) before fixcrio, and `softlimit -m 5000000` above tcpserver, as the
+  README's run script has it; that same line with `stunnel3-warm` running (what an administrator
+  runs with the README's script and the helper); and stunnel3's daemon mode,
   `stunnel -d 127.0.0.1:PORT -p pem -n smtp- -f -l backend`. The other stunnel3 servers run with
   `STUNNEL3_WARM=0`. Under load, stunnel4's and tlswrapper's per-connection processes are forked
   by tcpserver and exec C; stunnel3's chain starts Python once per connection (makesock, which
   runs stunnel in its own process and leaves fixcrio out of PROG2: stunnel adds fixcrio's CRs
-  itself, docs/makesock.md); with the helper, makesock's sh front hands its own process to a
-  worker forked from the helper, and no Python starts per connection.
+  itself, docs/makesock.md; PROG2 is started with posix_spawn, through prlimit(1) under
+  softlimit); with the helper, makesock's sh front hands its own process to a worker forked from
+  the helper, and no Python starts per connection.
 - **Session.** Greeting, EHLO, STARTTLS, handshake, EHLO, QUIT, with Python's `ssl` (no
   certificate verification: the same for all) on blocking sockets, one thread per client.
 - **sessions/s**: the clients start sessions for the load time and finish those in flight.
@@ -92,9 +94,15 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
 - **greeting / TLS ready**: from connect() to the 220 greeting and to the end of the handshake,
   one client, sessions in a row; median and p99 over all rounds.
 - **memory**: {p["hold"]} sessions held open after the second EHLO; the sum over the server's
-  processes (the listener and the dash backends left out) of peak RSS (`VmHWM`) and PSS
-  (`/proc/PID/smaps_rollup`), divided by the sessions held. For the warm variant that sum
-  includes the helper itself (its PSS is shared with its workers).
+  processes (the listener and the backends left out; our sh fronts, waiting for the warm
+  workers, counted) of peak RSS (`VmHWM`) and PSS (`/proc/PID/smaps_rollup`), divided by the
+  sessions held. For the warm variant that sum includes the helper itself (its PSS is shared
+  with its workers).
+- **TLS resumed**: after one session, {data.get("resumed", {}).get("of", 6)} more, each offering
+  the TLS session (the ticket) the one before got: how many the server resumed. Each
+  stunnel3-warm worker configures a context the helper made before forking, so all of them
+  seal and open tickets with the same key (docs/warm.md); on the direct path every connection
+  has a key of its own.
 - **bulk**: one connection through a plain TLS relay (no SMTP: stunnel4 without `protocol`,
   tlswrapper without `-n`, stunnel3 without `-n`) to a backend that reads exactly the bytes then
   says `done` (upload), or writes them (download). MB are 10^6 bytes.
@@ -135,7 +143,8 @@ Measured by `bench/startup.py` (medians of {profile["repeat"]} runs; wall-clock 
 the CPU of the process and its children; these run before the load, on a quiet machine).
 Every connection of the users' chain starts Python once: makesock, which then runs stunnel in
 its own process and leaves fixcrio out of PROG2 (stunnel adds its CRs; the fixcrio row says
-what a fixcrio of its own would cost).
+what a fixcrio of its own would cost). The session's imports leave out what its options never
+use (cryptography.x509 and serialization: `stunnel._defer_unused`, `stunnel3/on_demand.py`).
 
 | piece | wall ms | CPU ms |
 |---|---|---|

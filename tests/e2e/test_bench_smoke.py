@@ -53,3 +53,6 @@ def test_bench_smoke_measures_every_server(tmp_path, stunnel_bin):
     text = (tmp_path / "benchmarks.md").read_text()
     assert data["command"] in text and "| stunnel3-daemon |" in text
     assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The helper's workers share one ticket key: every reconnection resumed (docs/warm.md).
+    for warm in ("stunnel3-warm", "stunnel3-warm-jail", "stunnel3-daemon"):
+        assert data["resumed"][warm] == data["resumed"]["of"], data["resumed"]
