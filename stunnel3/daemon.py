@@ -10,12 +10,15 @@ outside the jail that the parent needs later (/dev/null, the pid file) is
 opened before the jail.
 
 The parent never touches a connection: it accepts, forks, closes its copy.
+Before its first fork it freezes its objects (gc.freeze): no collection in a
+worker walks them, so their pages stay shared with it instead of being copied.
 Workers are bounded (3.22's max_clients: 125/256 of the descriptor limit);
 at the bound the listener is simply not polled until one ends. SIGCHLD wakes
 the loop through a self-pipe (signal.set_wakeup_fd). SIGTERM/SIGINT: pass it
 on to the workers, wait for them (bounded), remove the pid file, exit 3.
 """
 
+import gc
 import os
 import resource
 import select
@@ -70,6 +73,7 @@ def serve(options: Options, log, ids, run_session) -> int:
     if ready is not None:
         os.close(ready)
     workers: set[int] = set()
+    gc.freeze()  # the parent's objects stay shared with every worker: no collection touches them
     try:
         _accept_loop(options, log, listener, workers, lambda fd, env: run_session(ctx, fd, env))
     except Terminated as stop:

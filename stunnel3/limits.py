@@ -91,20 +91,25 @@ def _originals(environ) -> dict[int, tuple[int, int]]:
     return found
 
 
+def lowered(environ=os.environ) -> dict[int, int]:
+    """The soft limits ours differ from, by resource: the originals a program must get."""
+    return {limit: soft for limit, (soft, _) in _originals(environ).items()
+            if resource.getrlimit(limit)[0] != soft}  # fmt: skip
+
+
 def spawn(path: bytes, args: list[bytes], environ: dict, file_actions: list) -> int | None:
     """Start path with args and environ as prepare_child and an exec would, but without
     forking (see the top): the child's pid. The exec's error is raised (OSError); None
     when limits must be given back and there is no prlimit: the caller forks instead."""
-    lowered = [
+    words = [
         f"{_PRLIMIT_FLAGS[limit]}={'unlimited' if soft == resource.RLIM_INFINITY else soft}:"
-        for limit, (soft, _) in _originals(os.environ).items()
-        if resource.getrlimit(limit)[0] != soft
+        for limit, soft in lowered().items()
     ]
-    if lowered:
+    if words:
         if not os.access(PRLIMIT, os.X_OK):
             return None
         _check_runnable(path)  # prlimit would find out only after we have let go
-        args = [PRLIMIT.encode(), *(word.encode() for word in lowered), b"--", path, *args[1:]]
+        args = [PRLIMIT.encode(), *(word.encode() for word in words), b"--", path, *args[1:]]
         path = PRLIMIT.encode()
     return os.posix_spawn(path, args, environ, file_actions=file_actions,
                           setsigdef=_PYTHON_IGNORES)  # fmt: skip

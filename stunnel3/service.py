@@ -108,6 +108,8 @@ def _load_modules(options: Options) -> None:
         import termios  # noqa: F401
     if options.ident_user is not None:
         from stunnel3 import ident  # noqa: F401
+    if options.local_program is not None:
+        import subprocess  # noqa: F401  -l: started by it (_spawn_program)
     if options.daemon is not None:
         from stunnel3 import daemon  # noqa: F401
     # OpenSSL reads its configuration on first use: let that happen out here, with the
@@ -260,12 +262,46 @@ def start_program(options: Options, log, env: dict, session: TlsSession | None) 
     else:
         pair = socket.socketpair()
         ours, theirs = pair[0].detach(), pair[1].detach()
-    pid = os.fork()
-    if pid == 0:
-        _exec_program(options, log, program, theirs, extra, limits)
+    if options.local_pty or limits.lowered():  # a new session and terminal; limits to give back
+        pid: int | None = os.fork()
+        if pid == 0:
+            _exec_program(options, log, program, theirs, extra, limits)
+    else:
+        pid = _spawn_program(options, log, program, theirs, _program_environment(extra, limits))
     os.close(theirs)
-    log.info(f"Local mode child started (PID={pid})")
+    if pid is not None:
+        log.info(f"Local mode child started (PID={pid})")
     return Endpoint(ours, ours, program, pty=options.local_pty)
+
+
+def _program_environment(extra: dict, limits) -> dict:
+    environment = limits.child_environment()
+    for key, value in extra.items():
+        if value is None:
+            environment.pop(key, None)
+        else:
+            environment[key] = value
+    return environment
+
+
+def _spawn_program(options, log, program: str, fd: int, environment: dict) -> int | None:
+    """-l without a fork of this process (subprocess: vfork and exec, in C), with what
+    _exec_program gives it: fd on 0 and 1 (and 2 without -f), nothing else above 2,
+    SIGPIPE and SIGXFSZ at their defaults. Its pid, or None when it cannot be run."""
+    import subprocess
+
+    try:
+        child = subprocess.Popen(program_argv(options), executable=program, stdin=fd, stdout=fd,
+                                 stderr=None if options.foreground else fd, close_fds=True,
+                                 env=environment, restore_signals=True)  # fmt: skip
+    except OSError as error:
+        log.err(f"{program}: {error.strerror} ({error.errno})")
+        return None
+    _started.append(child)  # never collected: reap_children reaps it
+    return child.pid
+
+
+_started: list = []
 
 
 def _exec_program(options, log, program: str, fd: int, extra: dict, limits) -> None:
@@ -278,12 +314,7 @@ def _exec_program(options, log, program: str, fd: int, extra: dict, limits) -> N
             if not options.foreground:  # 3.22: without -f the program's stderr is the peer too
                 os.dup2(fd, 2)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-        environment = limits.child_environment()
-        for key, value in extra.items():
-            if value is None:
-                environment.pop(key, None)
-            else:
-                environment[key] = value
+        environment = _program_environment(extra, limits)
         for name in ("SIGTERM", "SIGINT", "SIGCHLD"):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
         limits.prepare_child()

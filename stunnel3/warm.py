@@ -122,6 +122,7 @@ def _preload() -> None:
     import encodings.idna  # noqa: F401
     import importlib
     import pkgutil
+    import subprocess  # noqa: F401  -l programs start with it
     import syslog  # noqa: F401
     import termios  # noqa: F401
 

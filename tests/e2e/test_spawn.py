@@ -1,5 +1,5 @@
-"""PROG2 started without a fork (limits.spawn, docs/makesock.md): what it gets is what the
-forked PROG2 got.
+"""Programs started without a fork (makesock's PROG2: limits.spawn, docs/makesock.md;
+stunnel's -l: subprocess): what they get is what a forked one got.
 
 makesock runs our stunnel in its own process and starts PROG2 with posix_spawn; under
 `softlimit` through prlimit(1), which gives the soft limits back to the byte. Either way
@@ -15,7 +15,15 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TIMEOUT, environment, no_leftovers  # noqa: F401  (a fixture)
+from helpers import (  # noqa: F401  (no_leftovers is a fixture)
+    TIMEOUT,
+    Service,
+    environment,
+    free_port,
+    no_leftovers,
+    tcpserver,
+    tls_exchange,
+)
 
 from stunnel3 import limits
 
@@ -134,3 +142,36 @@ def test_without_prlimit_the_caller_forks(monkeypatch, tmp_path):
     assert pid is not None
     assert os.waitpid(pid, 0)[1] == 0
     assert Path(out).read_text().split()[3] == str(wanted)
+
+
+LOCAL_REPORT = (  # the shell's own descriptors (a pipeline would add its pipes), then the rest
+    "ls /proc/$$/fd; echo end; grep ^SigIgn /proc/$$/status;"
+    " grep -E '^Max (address space|data size|stack size) ' /proc/$$/limits"
+)
+
+
+@pytest.mark.parametrize("softlimit", [False, True], ids=["spawned", "forked"])
+def test_a_local_program_gets_what_it_got_forked(softlimit, stunnel_bin, pki, tmp_path):
+    """-l: started by subprocess (vfork) when no limits are to be given back, else forked:
+    the same descriptors, ignored signals and limits either way."""
+    prefix = ["softlimit", "-m", "5000000"] if softlimit else []
+    argv = [*prefix, "tcpserver", "-R", "-H", "-l", "localhost", "127.0.0.1"]
+    program = [stunnel_bin, "-f", "-p", str(pki["server"]), "-l", "/bin/sh", "--", "sh", "-c",
+               LOCAL_REPORT]  # fmt: skip
+    port = free_port()
+    with Service([*argv, str(port), *program], port, tmp_path / "tcpserver.log", environment()):
+        said = tls_exchange(port, b"").decode().splitlines()
+    caller = subprocess.run([*prefix, "sh", "-c", LOCAL_REPORT.replace("$$", "self")],
+                            capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    fds, rest = said[: said.index("end")], said[said.index("end") + 1 :]
+    expected = caller.stdout.splitlines()
+    assert sorted(fds, key=int) == ["0", "1", "2"], said
+    assert rest == expected[expected.index("end") + 1 :], (said, expected)
+
+
+def test_a_local_program_that_cannot_run_is_logged(stunnel_bin, pki, tmp_path):
+    program = [stunnel_bin, "-f", "-p", str(pki["server"]), "-l", "/nonexistent/prog"]
+    with tcpserver(tmp_path, program, environment()) as service:
+        assert tls_exchange(service.port, b"") == b""  # the program's end: nothing served
+        log = service.wait_log("Connection closed")
+    assert "/nonexistent/prog: No such file or directory (2)" in log
