@@ -245,6 +245,7 @@ class Running:
                     (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_DUP2, out, 1),
                     (os.POSIX_SPAWN_DUP2, out, 2),
+                    *((os.POSIX_SPAWN_CLOSE, fd) for fd in inherited()),
                 ],
                 setsid=True,
             )
@@ -274,6 +275,19 @@ class Running:
             if reaper.settle(grace):
                 return
         raise RuntimeError(f"server {self.pid} left processes behind")
+
+
+def inherited() -> list[int]:
+    """Descriptors above 2 that this process got from its caller and would pass on (the
+    lock files of a wrapper's flock(1), say): tlswrapper refuses to start with fd 5 open."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if int(name) > 2 and os.get_inheritable(int(name)):
+                found.append(int(name))
+        except OSError:
+            pass  # the listing's own descriptor, closed by now
+    return found
 
 
 def proc_stat(pid: int) -> list[str]:
