@@ -27,9 +27,9 @@ import grp
 import os
 import pwd
 import stat
-from dataclasses import dataclass
 
 from stunnel3.options import Options
+from stunnel3.record import record
 
 try:  # the libcrypto pyOpenSSL runs on; its generator is the one that must get the seed
     from cryptography.hazmat.bindings.openssl.binding import Binding
@@ -52,7 +52,7 @@ class SetupError(Exception):
         self.text = text
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Ids:
     uid: int | None  # -s, resolved to a number before the jail
     gid: int | None  # -g, or the primary group of the -s account

@@ -14,14 +14,13 @@ plaintext). Bytes the server sent after its last negotiation reply belong to
 TLS and are handed over in StartTls.early. No sockets here (STYLE item 1).
 """
 
-from dataclasses import dataclass
-
 from stunnel3.protocol import Action, Close, Log, StartTls, TlsInfo, ToBackend, ToClient
+from stunnel3.record import record
 
 MAX_LINE = 8192
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Step:
     send: bytes | None  # our command, None for the greeting
     expect: tuple[bytes, ...]  # accepted reply prefixes (the final line)

@@ -35,10 +35,10 @@ The rules, each kept in one place (docs/imap-pop3.md has the reasons):
 
 import enum
 import re
-from dataclasses import dataclass
 
 from stunnel3.layer import LineProxy, ProxyError, next_line
 from stunnel3.protocol import ToBackend, ToClient
+from stunnel3.record import record
 
 # RFC 2595 section 3.1 and RFC 9051 section 6.2.1 wording.
 BEGIN_TLS = b"OK Begin TLS negotiation now\r\n"
@@ -91,7 +91,7 @@ CONTINUED = frozenset({Kind.AUTHENTICATE, Kind.IDLE})
 KINDS = {b"LOGIN": Kind.LOGIN, b"AUTHENTICATE": Kind.AUTHENTICATE, b"IDLE": Kind.IDLE}
 
 
-@dataclass
+@record
 class Pending:
     tag: bytes
     kind: Kind

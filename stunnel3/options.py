@@ -14,18 +14,17 @@ Rules, as 3.22's options.c applied them (differences are marked where made):
 Only light modules are imported: a process starts for every connection.
 """
 
-from dataclasses import dataclass
-
 from stunnel3.cgetopt import OPTSTRING, OptionError, getopt, scan  # noqa: F401  (re-exported)
+from stunnel3.record import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Address:
     host: str | None  # None: the option's default (any address for -d, 127.0.0.1 for -r)
     port: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SocketOption:
     where: str  # "a" accept, "l" local, "r" remote
     name: str  # "SO_KEEPALIVE", "TCP_NODELAY", ...
@@ -33,7 +32,7 @@ class SocketOption:
     text: str | None = None  # SO_BINDTODEVICE: the interface name (3.22's TYPE_STRING)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Options:
     show: str | None = None  # -h "help", -V "version"
     client: bool = False  # -c

@@ -30,10 +30,10 @@ The rules, each kept in one place (docs/imap-pop3.md has the reasons):
 
 import enum
 from collections import deque
-from dataclasses import dataclass
 
 from stunnel3.layer import LineProxy, ProxyError, next_line
 from stunnel3.protocol import ToBackend, ToClient
+from stunnel3.record import record
 
 # RFC 2595 section 4: the positive answer to STLS; refusals as its examples word them.
 BEGIN_TLS = b"+OK Begin TLS negotiation\r\n"
@@ -106,7 +106,7 @@ class Expect(enum.Enum):
 STOP_POINTS = frozenset({Expect.GREETING, Expect.AUTH, Expect.STLS})
 
 
-@dataclass
+@record
 class Pending:
     expect: Expect
     reply: bytes = b""  # LOCAL: the reply; STLS: its arguments

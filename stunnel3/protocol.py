@@ -23,20 +23,20 @@ what is queued for that side is written, the relay half-closes it
 Without -n, `Passthrough` is the layer: every byte goes straight across.
 """
 
-from dataclasses import dataclass
+from stunnel3.record import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ToClient:
     data: bytes
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ToBackend:
     data: bytes
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StartTls:
     """Begin the TLS handshake on the client side now.
 
@@ -47,14 +47,14 @@ class StartTls:
     early: bytes = b""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Close:
     """End the session once what is queued for either side has been written."""
 
     reason: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Log:
     level: int  # syslog level, 0 emerg .. 7 debug
     text: str
@@ -63,7 +63,7 @@ class Log:
 Action = ToClient | ToBackend | StartTls | Close | Log
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TlsInfo:
     version: str  # "TLSv1.3"
     cipher: str  # "TLS_AES_256_GCM_SHA384"

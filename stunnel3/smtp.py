@@ -35,11 +35,11 @@ No sockets, no TLS, no clock but the one passed in. The rules, each kept in one 
 import enum
 import time
 from collections import deque
-from dataclasses import dataclass
 
 from stunnel3 import smtp_text as text
 from stunnel3.layer import LineProxy
 from stunnel3.protocol import ToBackend, ToClient
+from stunnel3.record import record
 from stunnel3.smtp_command import (
     ALLOWED_BEFORE_HELO,
     ALLOWED_BEFORE_TLS,
@@ -86,7 +86,7 @@ FORWARDED = {
 }
 
 
-@dataclass
+@record
 class Pending:
     expect: Expect
     reply: bytes = b""  # LOCAL: the reply; STARTTLS: its parameters

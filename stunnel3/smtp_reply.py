@@ -7,8 +7,7 @@ Lines are split at LF, CR optional, and kept byte for byte: what is not
 rewritten reaches the client unchanged.
 """
 
-from dataclasses import dataclass
-
+from stunnel3.record import record
 from stunnel3.smtp_text import KEPT_EXTENSIONS, MAX_LINE, STARTTLS_CAPABILITY
 
 
@@ -16,7 +15,7 @@ class ReplyTooLong(Exception):
     """A backend line longer than MAX_LINE: the backend is broken, end the session."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Reply:
     lines: tuple[bytes, ...]  # each with its own line ending, as received
 

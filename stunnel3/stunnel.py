@@ -64,9 +64,9 @@ def _run(args: list[str], fixcrio_fd: str | None = None) -> int:
             _say(f"\n{USAGE_HINT}\n\n")  # 3.22's print_info(), blank lines included
         return error.status
     if fixcrio_fd is not None and fixcrio_fd == str(options.plaintext_fd):
-        import dataclasses
+        from stunnel3.record import replace
 
-        options = dataclasses.replace(options, plaintext_add_cr=True)
+        options = replace(options, plaintext_add_cr=True)
     if options.show is not None:
         from stunnel3 import usage
 
