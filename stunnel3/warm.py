@@ -50,12 +50,14 @@ DIR_ENV = "STUNNEL3_WARM_DIR"
 DEFAULT_LIMIT = 400  # workers at once; over it, fronts run the direct path
 FILES = ("helper", "announce", "lifeline")
 HELP = f"""stunnel3-warm: load stunnel3 and OpenSSL once; serve each connection's
-makesock or stunnel from a process forked from here (stunnel3-warm(8), docs/warm.md).
+makesock or stunnel from a process forked from here (stunnel3-warm(8),
+docs/warm.md).
 
 usage: {USAGE}
 
   -d directory  the rendezvous directory, where the chain's fronts look for
-                the helper (default: ${DIR_ENV}, else the working directory)
+                the helper (default: ${DIR_ENV}, else the working
+                directory)
   -c limit      sessions served at once; over it, the fronts serve their own
                 (default: {DEFAULT_LIMIT})
   -h, --help    show this text

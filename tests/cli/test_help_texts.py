@@ -25,12 +25,12 @@ def test_warm_help_is_its_usage_and_options(flag):
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == warm.HELP
     assert f"usage: {warm.USAGE}\n" in done.stdout
-    for option in ("-s socket", "-c limit", "-h, --help"):
+    for option in ("-d directory", "-c limit", "-h, --help"):
         assert f"\n  {option}  " in done.stdout
     assert all(len(line) <= 80 for line in done.stdout.splitlines())
 
 
-@pytest.mark.parametrize("args", [["-x"], ["--socket"], ["-c", "0"], ["-s"]])
+@pytest.mark.parametrize("args", [["-x"], ["--dir"], ["-c", "0"], ["-d"], ["-s", "x.sock"]])
 def test_warm_usage_errors_are_one_line_and_100(args):
     done = run("stunnel3-warm", *args)
     assert (done.returncode, done.stdout) == (100, "")

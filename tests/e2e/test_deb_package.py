@@ -221,26 +221,24 @@ def test_setup_and_the_run_script_deliver_over_starttls_direct_and_warm(package)
         service, port = base / "smtp-tls", free_port()
         args = ["--ip", "127.0.0.1", "--port", str(port), "--smtpd", str(backend)]
         args += ["--rules", str(base / "none.cdb"), "--hostname", "localhost"]
-        args += ["--warm", str(base / "warm"), str(service)]
+        args.append(str(service))
         done = run(SETUP, *args, env=system_env())
         assert done.returncode == 0, done.stdout + done.stderr
+        warm_service = service / "warm"  # the helper's service, and the fronts' rendezvous
         path = f"PATH={PROGRAMS}:/usr/local/bin:/var/qmail/bin:/usr/bin:/bin\n"
         assert path in (service / "run").read_text()
-        assert path in (base / "warm" / "run").read_text()
+        assert path in (warm_service / "run").read_text()
 
-        socket_path = base / "warm.sock.d" / "warm.sock"
-        env = {**system_env(), "STUNNEL3_WARM_SOCKET": str(socket_path)}
         log = base / "smtp.log"
-        processes.append(start(["./run"], service, log, env))
+        processes.append(start(["./run"], service, log, system_env()))
         wait_for(log, "tcpserver: status: 0/", processes[0])
         pem = service / "ssl" / "stunnel.pem"
 
         for warm in (False, True):
-            if warm:  # the package's helper, as its run file starts it (with our socket)
+            if warm:  # the package's helper, started by the run file stunnel3-setup wrote
                 helper_log = base / "warm.log"
-                helper = [str(PROGRAMS / "stunnel3-warm"), "-s", str(socket_path)]
-                processes.append(start(helper, base, helper_log, system_env()))
-                wait_for(helper_log, "info: listening on", processes[-1])
+                processes.append(start(["./run"], warm_service, helper_log, system_env()))
+                wait_for(helper_log, f"info: serving {warm_service} (pid ", processes[-1])
                 assert "warm-up failed" not in helper_log.read_text()
             token = uuid.uuid4().hex
             start_at = len(log.read_bytes().decode(errors="replace"))
