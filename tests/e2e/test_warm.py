@@ -661,4 +661,5 @@ def test_a_killed_helper_leaves_the_client_waiting_for_its_worker(helper, stunne
         said = process.communicate(timeout=TIMEOUT)[1]
     assert process.returncode == 1
     assert b"the warm helper ended the session without a status" in said
-    assert said.index(b"bytes sent to SSL") < said.index(b"without a status")  # worker first
+    # the worker's last line first (a handshake that never came: 3.22 said only that)
+    assert said.index(b"SSL_accept: ") < said.index(b"without a status")
