@@ -159,7 +159,7 @@ def drop_ids(options: Options, ids: Ids, log) -> None:
     if ids.uid is not None:
         _step("setuid", os.setuid, ids.uid)
     _verify(ids)
-    if options.chroot_dir is not None or ids.uid is not None or ids.gid is not None:
+    if options.chroot_dir is not None or options.switch_ids_now:  # sg2's jail: say it
         log.debug(_describe(options.chroot_dir, ids))
     if ids.uid == 0:
         log.warning(f"Running as root (-s {options.setuid_user}): the jail does not hold root")

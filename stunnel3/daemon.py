@@ -24,8 +24,8 @@ The parent never touches a connection: it accepts, forks, closes its copy.
 Workers are bounded as 3.22 bounded its threads (FD_SETSIZE and the descriptor
 limit: 500 clients for a limit of 1024 or more); a connection over the bound is
 accepted and closed with a warning. SIGCHLD wakes the loop through a self-pipe
-(signal.set_wakeup_fd). SIGTERM/SIGINT: pass it on to the workers, wait for
-them (bounded), remove the pid file, exit 3.
+(signal.set_wakeup_fd). SIGTERM, SIGQUIT, SIGINT, SIGHUP (3.22's four): pass
+SIGTERM on to the workers, wait for them (bounded), remove the pid file, exit 3.
 """
 
 import os
@@ -96,7 +96,12 @@ def serve(options: Options, log, run_session) -> int:
         if pid_file is not None:
             pid_file.chown(ids.uid, log)
         chroot.drop_ids(options, ids, log)
-    tls_warmup.warm_up(log.warning, ctx, server=not options.client)  # once here, not per worker
+    from stunnel3.service import TERMINATING
+
+    # once here, not in each worker; a signal meanwhile waits (warm_up makes any error a warning)
+    signal.pthread_sigmask(signal.SIG_BLOCK, TERMINATING)
+    tls_warmup.warm_up(log.warning, ctx, server=not options.client)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINATING)
     if ready is not None:
         os.write(ready, b"R")
         os.close(ready)
@@ -266,13 +271,13 @@ def _accept_loop(options, log, listener, workers: set[int], limit: int, serve_on
     poller.register(listener.fileno(), select.POLLIN)
     name = service_name(options)
     while True:
-        _reap(workers, log, name)
-        for fd, _ in poller.poll():
-            if fd == wake_r:
-                while _drain(wake_r):
-                    pass
-            else:
-                _accept(options, log, listener, workers, limit, serve_one, (wake_r, wake_w))
+        ready = dict(poller.poll())
+        if wake_r in ready:  # workers that ended are said before the next is accepted
+            while _drain(wake_r):
+                pass
+            _reap(workers, log, name)
+        if listener.fileno() in ready:
+            _accept(options, log, listener, workers, limit, serve_one, (wake_r, wake_w))
 
 
 def _drain(fd: int) -> bool:

@@ -50,7 +50,7 @@ def _timeout(name: str, default: float) -> float:
 
 
 class Terminated(Exception):
-    """SIGTERM or SIGINT arrived: the service exits with status 3."""
+    """SIGTERM, SIGQUIT, SIGINT or SIGHUP arrived: the service exits with status 3."""
 
     def __init__(self, signum: int):
         super().__init__(signum)

@@ -43,6 +43,8 @@ from stunnel3.tls import ContextError, TlsSession
 from stunnel3.usage import stunnel_info
 
 CONNECT_TIMEOUT = 60.0
+# 3.22's signal_handler: each of these is `Received signal <n>; terminating`, exit 3
+TERMINATING = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP)
 SERVER_PROTOCOLS = ("smtp", "smtp-", "pop3", "pop3-", "imap-")
 UNSUPPORTED_PROTOCOLS = ("smb", "telnet")  # 3.22 knew their names, and no more
 
@@ -70,12 +72,11 @@ def run(options: Options, log) -> int:
     finally:
         # Past this point a SIGTERM must not raise into the interpreter's
         # shutdown (a traceback would reach the log): it ends us at once.
-        signal.signal(signal.SIGTERM, _exit_by_signal)
-        signal.signal(signal.SIGINT, _exit_by_signal)
+        for number in TERMINATING:
+            signal.signal(number, _exit_by_signal)
 
 
 def _run(options: Options, log) -> int:
-    _check_mode(options)
     _load_modules(options)
     prepare = getattr(log, "prepare_for_jail", None)
     if prepare is not None:
@@ -107,6 +108,7 @@ def make_context(options: Options, log):
         tls.check_pem(options.pem or "stunnel.pem", log)
     chroot.seed_random(options, log)
     ctx = tls.make_context(options, log)
+    _check_mode(options)  # ours, after 3.22's own checks
     log.notice(stunnel_info())
     return ctx
 
@@ -401,6 +403,7 @@ def start_program(options: Options, log, env: dict, session: TlsSession | None) 
     try:
         if options.local_pty:
             ours, theirs = os.openpty()
+            log.debug(f"{os.ttyname(theirs)} allocated")
         else:
             ours, theirs = loopback_pair()
         pid = os.fork()
@@ -430,8 +433,8 @@ def _exec_program(options, log, program: str, fd: int, extra: dict) -> None:
                 environment.pop(key, None)
             else:
                 environment[key] = value
-        for name in ("SIGTERM", "SIGINT", "SIGCHLD"):
-            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        for number in (*TERMINATING, signal.SIGCHLD):
+            signal.signal(number, signal.SIG_DFL)
         limits.prepare_child()
         os.execvpe(program, program_argv(options), environment)
     except OSError as error:
@@ -457,6 +460,6 @@ def reap_children(signum=None, frame=None) -> None:
 
 
 def _install_signals() -> None:
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
+    for number in TERMINATING:
+        signal.signal(number, _terminate)
     signal.signal(signal.SIGCHLD, reap_children)
