@@ -2,24 +2,29 @@
 
 Rules of this file (SPEC §2, "Order of operations"; docs/jail.md):
 
-- `resolve_ids` runs first, while /etc/passwd and /etc/group are reachable: the
-  jail holds neither. A name is looked up first and a string of digits is then
-  taken as a number, as 3.22 did (`-s 451 -g 451` needs no account).
+- `resolve_ids` runs before the chroot, while /etc/passwd and /etc/group are
+  reachable: the jail holds neither. The group first (3.22's order). A name
+  is looked up first and a string of digits is then taken as a number (sg2:
+  `-s 451 -g 451` needs no account).
 - -s without -g takes the account's primary group. 3.22 kept gid 0 and root's
   supplementary groups in that case; we never do. A number with no account and
   no -g is refused: there is no group to take.
 - -s/-g apply in daemon mode, and in inetd mode only with -i (sg2); otherwise
-  they are ignored with a notice. -/ applies in every mode.
+  they are ignored, in silence as by 3.22 (with a notice under -/). -/
+  applies in every mode.
 - `enter_jail` runs in one fixed order, each step checked: chroot(dir),
-  chdir("/"), setgroups([gid]), setgid(gid), setuid(uid); then the result is
-  verified (the root directory, getresuid, getresgid, getgroups, no way back to
-  uid 0). Any failure is a SetupError `<what>: <strerror> (<errno>)`; the
-  caller exits 1 before it serves a byte.
+  chdir("/") (`enter_root`), setgroups([gid]), setgid(gid), setuid(uid)
+  (`drop_ids`); then the result is verified (the root directory, getresuid,
+  getresgid, getgroups, no way back to uid 0). A daemon without -i takes the
+  two halves apart, with its pem read between them (daemon.py). Any failure is
+  a SetupError `<what>: <strerror> (<errno>)`; the caller exits 1 before it
+  serves a byte.
 - Nothing is imported after the chroot: the jail holds no Python. Everything
   this module needs is imported here, at the top.
-- `seed_random` runs inside the jail, as the unprivileged user: the seed file
-  is fed to OpenSSL's generator (the one pyOpenSSL uses: cryptography's
-  binding, RAND_add), then rewritten in place with fresh bytes unless -W.
+- `seed_random` is 3.22's init_prng on OpenSSL 3: the -R file (else $RANDFILE
+  or $HOME/.rnd), fed to OpenSSL's generator (the one pyOpenSSL uses:
+  cryptography's binding, RAND_add), then 1024 fresh bytes over its start
+  unless -W; inside the jail, as the unprivileged user, when there is one.
 """
 
 import errno
