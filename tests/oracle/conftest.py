@@ -12,8 +12,9 @@ import socket
 from pathlib import Path
 
 import pytest
-from compare import Pair, Workdir, oracle_binary
 from sandbox import Sandbox
+
+from oracle.compare import Pair, Workdir, oracle_binary
 
 
 @pytest.fixture(scope="session")

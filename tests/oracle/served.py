@@ -15,8 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from compare import Outcome, Pair, outcome_of
 from sandbox import Run
+
+from oracle.compare import Outcome, Pair, outcome_of
 
 TIMEOUT = 20
 LISTEN = "0A"  # /proc/net/tcp's state of a listening socket

@@ -15,7 +15,8 @@ status and first error line), so that a difference no longer there is noticed.
 import shlex
 
 import pytest
-from compare import DIFFERENCES, differences
+
+from oracle.compare import DIFFERENCES, differences
 
 R = "-f -D 7 -r {closed}"  # accepted: ends at the refused connection, logged on stderr
 C = "-f -D 7 -c -r {closed}"  # the same in client mode (no pem needed)

@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from compare import DIFFERENCES, OPTIONAL
+from oracle.compare import DIFFERENCES, OPTIONAL
 
 ROOT = Path(__file__).resolve().parents[2]
 

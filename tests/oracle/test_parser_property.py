@@ -12,9 +12,10 @@ of the draw (ports over 65535, `-D mail.`), since test_command_line holds
 those one by one.
 """
 
-from compare import normalise
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from oracle.compare import normalise
 
 THREE_22 = "A:a:cp:v:d:fTl:L:r:s:g:t:u:n:N:hC:D:O:E:R:WB:VP:S:o:I:"
 FLAGS = [c for i, c in enumerate(THREE_22) if c != ":" and THREE_22[i + 1 : i + 2] != ":"]

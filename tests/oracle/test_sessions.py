@@ -13,8 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-from compare import Line, Outcome, differences
-from served import TIMEOUT, Served, free_port
+from oracle.compare import Line, Outcome, differences
+from oracle.served import TIMEOUT, Served, free_port, listening
 
 
 def tls_client() -> ssl.SSLContext:
@@ -291,7 +291,7 @@ def test_client_mode_to_a_tls_server(pair, tmp_path):
     )  # fmt: skip
     try:
         deadline = time.monotonic() + TIMEOUT
-        while not _listening(tls_port):
+        while not listening(tls_port):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         outcomes = {}
@@ -304,12 +304,6 @@ def test_client_mode_to_a_tls_server(pair, tmp_path):
     oracle, ours = outcomes["oracle"], outcomes["ours"]
     assert oracle.stdout == ours.stdout == b"txet nialp\n"
     assert_same(oracle, ours)
-
-
-def _listening(port: int) -> bool:
-    from served import listening
-
-    return listening(port)
 
 
 def test_each_terminating_signal_is_said_and_exits_3(pair):

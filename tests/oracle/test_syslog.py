@@ -12,9 +12,9 @@ import shutil
 import smtplib
 
 import pytest
-from compare import SEVERITIES, differences
-from served import Served
 
+from oracle.compare import SEVERITIES, differences
+from oracle.served import Served
 from stunnel3.log import FACILITIES
 
 

@@ -12,9 +12,10 @@ import socket
 import ssl
 
 import pytest
-from compare import Line, differences
-from served import TIMEOUT, Served, free_port
-from test_sessions import Echo, echo_once, inetd_session
+
+from oracle.compare import Line, differences
+from oracle.served import TIMEOUT, Served, free_port
+from oracle.test_sessions import Echo, echo_once, inetd_session
 
 
 @pytest.fixture
