@@ -214,7 +214,7 @@ def bind(options: Options, log) -> socket.socket:
         address: tuple = ("0.0.0.0", port)
         family = socket.AF_INET
     else:
-        from stunnel3.service import resolve
+        from stunnel3.session import resolve
 
         family, address = resolve(host, port, options.daemon.resolved)[0]  # 3.22: the first
     try:
