@@ -13,6 +13,7 @@ status and first error line), so that a difference no longer there is noticed.
 """
 
 import shlex
+import socket
 
 import pytest
 
@@ -233,6 +234,10 @@ VECTORS: list[tuple[str, tuple | None]] = [
     ("-f -D 7 -d 127.0.0.1:1 -r 25 -P /nonexistent/", None),
     ("-f -D 7 -d 127.0.0.1:1 -r 25 -P /nonexistent/dir/x.pid", None),
     ("-D 7 -d 127.0.0.1:1 -r 25 -P relative.pid", ("failed start", 1, None)),
+    # daemon mode: 3.22 looked the names up after bind, the group first
+    ("-f -D 7 -d 127.0.0.1:{free} -P none -r 25 -s nosuchuser", None),
+    ("-f -D 7 -d 127.0.0.1:{free} -P none -r 25 -s nosuchuser -g nosuchgroup", None),
+    ("-f -D 7 -d 127.0.0.1:{free} -P none -r 25 -O a:SO_BINDTODEVICE=nosuchdev0", None),
     # -- clusters with values
     ("-fD7 -r{closed}", None),
     ("-fcD7 -r{closed} -v1", None),
@@ -250,7 +255,11 @@ VECTORS: list[tuple[str, tuple | None]] = [
 
 
 def expand(argv: str, closed_port: int) -> list[str]:
-    return shlex.split(argv.replace("{closed}", str(closed_port)))
+    """{closed}: the refusing port; {free}: one to bind (SO_REUSEADDR lets both runs)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    return shlex.split(argv.replace("{closed}", str(closed_port)).replace("{free}", str(free)))
 
 
 def test_there_are_enough_vectors_and_every_letter_is_in_one():
