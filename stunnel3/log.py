@@ -8,9 +8,12 @@ in local time. Syslog gets the text alone (syslog adds its own stamp), with
 ident `stunnel`, the pid, the -D facility, and LOG_NDELAY so that the socket to
 /dev/log is opened now, before a chroot makes /dev/log unreachable.
 
-Where lines go (3.22's log_open): the -o file if it was given; else stderr
-with -f; else syslog. While options are parsed there is no Log yet and the
-main writes to stderr (see `stderr_line`).
+Where lines go (3.22's log_open): the -o file if it was given and opens; else
+stderr with -f; else syslog. A -o file that cannot be opened is said there
+(`Unable to open output file: <file>`) and the program goes on, as 3.22 did.
+While options are parsed there is no Log yet and the main writes to stderr
+(see `stderr_line`). A text longer than 255 bytes is cut there, as 3.22's
+256-byte buffer cut it.
 
 Security: a line is written as given. The log never carries secrets: callers
 must not pass an AUTH argument, a password, a DATA line or key material, at any
@@ -36,7 +39,9 @@ LOG_INFO = 6
 LOG_DEBUG = 7
 
 LEVEL_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
-# 3.22's -D facility names; the numbers are syslog.h's (facility << 3).
+# The one table of -D facility names (options.py reads it too): 3.22's, with
+# the two Linux adds, authpriv and ftp; the numbers are glibc's syslog.h
+# (facility << 3). glibc has no LOG_NTP, so `ntp` is refused, as by 3.22.
 FACILITIES = {
     "auth": 4 << 3,
     "cron": 9 << 3,
@@ -49,16 +54,11 @@ FACILITIES = {
     "user": 1 << 3,
     "uucp": 8 << 3,
     **{f"local{n}": (16 + n) << 3 for n in range(8)},
+    "authpriv": 10 << 3,
+    "ftp": 11 << 3,
 }
-
-
-class LogOpenError(Exception):
-    """The -o file cannot be opened: `text` is 3.22's line, exit status 1."""
-
-    def __init__(self, text: str, status: int = 1):
-        super().__init__(text)
-        self.text = text
-        self.status = status
+# 3.22 formatted each line into 256 bytes (vsnprintf): longer texts are cut.
+TEXT_MAX = 255
 
 
 def printable(text: str) -> str:
@@ -78,6 +78,16 @@ def show_pid(pid: int) -> None:
     _shown_pid = pid
 
 
+def clip(text: str) -> str:
+    """The text as 3.22's vsnprintf(text, 256) left it: at most 255 bytes."""
+    if len(text) <= TEXT_MAX // 4:  # no UTF-8 character is longer than 4 bytes
+        return text
+    encoded = text.encode(errors="surrogateescape")
+    if len(encoded) <= TEXT_MAX:
+        return text
+    return encoded[:TEXT_MAX].decode(errors="ignore")
+
+
 def format_line(level: int, text: str, when: float | None = None) -> str:
     """One line as 3.22 wrote it to a file or stderr, without the newline."""
     t = time.localtime(when)
@@ -85,7 +95,8 @@ def format_line(level: int, text: str, when: float | None = None) -> str:
         f"{t.tm_year:04d}.{t.tm_mon:02d}.{t.tm_mday:02d} "
         f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
     )
-    return f"{stamp} LOG{level}[{_shown_pid or os.getpid()}:{get_native_id()}]: {printable(text)}"
+    pid = _shown_pid or os.getpid()
+    return f"{stamp} LOG{level}[{pid}:{get_native_id()}]: {printable(clip(text))}"
 
 
 def stderr_line(level: int, text: str) -> None:
@@ -126,30 +137,29 @@ class Log:
             syslog.openlog(
                 "stunnel",
                 syslog.LOG_PID | syslog.LOG_CONS | syslog.LOG_NDELAY,
-                FACILITIES.get(facility, FACILITIES["daemon"]),
+                FACILITIES[facility],
             )
             self._syslog = syslog
         self.prepare_for_jail()
 
     @classmethod
     def from_options(cls, options) -> "Log":
-        """3.22's log_open: the -o file if given, else stderr with -f, else syslog.
+        """3.22's log_open: the -o file if it opens, else stderr with -f, else syslog.
 
-        A -o file that cannot be opened raises LogOpenError ("Unable to open output
-        file: <file>", exit 1). 3.22 logged that line and fell back to syslog;
-        we stop instead, so that a typo never silently loses the log.
+        A -o file that cannot be opened is one error line where the lines go
+        instead (`Unable to open output file: <file>`), as in 3.22.
         """
+        level, facility = options.debug_level, options.debug_facility
         output = options.output_file
-        try:
-            return cls(
-                level=options.debug_level,
-                facility=options.debug_facility,
-                stderr=output is None and options.foreground,
-                output_file=output,
-                use_syslog=output is None and not options.foreground,
-            )
-        except OSError:
-            raise LogOpenError(f"Unable to open output file: {output}") from None
+        if output is not None:
+            try:
+                return cls(level, facility, stderr=False, output_file=output)
+            except OSError:
+                pass
+        log = cls(level, facility, stderr=options.foreground, use_syslog=not options.foreground)
+        if output is not None:
+            log.err(f"Unable to open output file: {output}")
+        return log
 
     def prepare_for_jail(self) -> None:
         """Load the time zone now: after chroot /etc/localtime is out of reach.
@@ -171,7 +181,7 @@ class Log:
                 _write(sys.stderr, line)
         if self._syslog is not None:
             try:
-                self._syslog.syslog(level, printable(text))
+                self._syslog.syslog(level, printable(clip(text)))
             except OSError:
                 pass
 

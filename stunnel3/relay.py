@@ -50,7 +50,7 @@ def _timeout(name: str, default: float) -> float:
 
 
 class Terminated(Exception):
-    """SIGTERM or SIGINT arrived: the service exits with status 3."""
+    """SIGTERM, SIGQUIT, SIGINT or SIGHUP arrived: the service exits with status 3."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -237,7 +237,12 @@ class Relay:
     # -- reading and writing ---------------------------------------------------
 
     def _read_network(self) -> None:
-        data = self.network.read(READ_SIZE)
+        try:
+            data = self.network.read(READ_SIZE)
+        except PeerError:
+            if self.tls is None or self.tls.established:
+                raise
+            data = b""  # a reset during the handshake: the handshake says it (as 3.22's did)
         if data is None:
             return
         self.last_activity = time.monotonic()

@@ -115,12 +115,13 @@ def _ssl_reason(error: SSL.Error) -> str:
         return str(error)
 
 
-def _check_pem(path: str, log) -> None:
-    """3.22 stat()ed the pem first: its error is `<pem>: <strerror> (<errno>)`."""
+def check_pem(path: str, log) -> None:
+    """3.22 stat()ed the pem before anything else: `<pem>: <strerror> (<errno>)`."""
     try:
         st = os.stat(path)
-        with open(path, "rb"):
-            pass
+        if stat.S_ISREG(st.st_mode):  # unreadable to the jail's account: say so now
+            with open(path, "rb"):
+                pass
     except OSError as error:
         raise ContextError(f"{path}: {error.strerror} ({error.errno})") from None
     if stat.S_IMODE(st.st_mode) & 0o007:
@@ -128,11 +129,14 @@ def _check_pem(path: str, log) -> None:
 
 
 def _load_pem(ctx: SSL.Context, path: str, log) -> None:
-    _check_pem(path, log)
     try:
         ctx.use_certificate_chain_file(path)
     except SSL.Error as error:
-        raise ContextError(f"SSL_CTX_use_certificate_chain_file: {_ssl_reason(error)}") from None
+        raise ContextError(
+            f"Error reading certificate file: {path}\n"
+            f"SSL_CTX_use_certificate_chain_file: {_ssl_reason(error)}"
+        ) from None
+    log.debug(f"Certificate: {path}")
     try:
         ctx.use_privatekey_file(path)
     except SSL.Error as error:
@@ -170,33 +174,49 @@ def _local_certificates(options: Options) -> set[bytes]:
 
 
 def _set_verify(ctx: SSL.Context, options: Options, log) -> None:
-    level = options.verify_level or 0
-    if options.cert_defaults & 1:  # -S 1 or 3: OpenSSL's compiled-in store
-        ctx.set_default_verify_paths()
-    if options.cert_defaults & 2 and (options.ca_file or options.ca_dir):
-        try:
-            ctx.load_verify_locations(options.ca_file, options.ca_dir)
-        except SSL.Error as error:
-            where = options.ca_file or options.ca_dir
-            raise ContextError(
-                f"Error loading verify certificates from {where}: {_ssl_reason(error)}"
-            ) from None
-    if level == 0:
+    """3.22's verify_init: nothing at all without -v (-A and -a are not even read)."""
+    if options.verify_level is None:
         ctx.set_verify(SSL.VERIFY_NONE)
         return
+    level = options.verify_level
+    log.debug(f"cert_defaults is {options.cert_defaults}")
+    log.debug(f"cert_dir is {options.ca_dir or ''}")
+    log.debug(f"cert_file is {options.ca_file or ''}")
+    if options.cert_defaults & 1:  # -S 1 or 3: OpenSSL's compiled-in store
+        log.debug("Initializing SSL library verify paths")
+        ctx.set_default_verify_paths()
+    if options.cert_defaults & 2:
+        log.debug("installing defaults where not set")
+    for where, is_file in ((options.ca_file, True), (options.ca_dir, False)):
+        if not where:
+            continue
+        try:
+            ctx.load_verify_locations(where if is_file else None, None if is_file else where)
+        except SSL.Error as error:
+            said = "loading verify certificates from" if is_file else "setting verify directory to"
+            raise ContextError(
+                f"Error {said} {where}\nSSL_CTX_load_verify_locations: {_ssl_reason(error)}"
+            ) from None
+        log.debug(f"Loaded verify certificates from {where}" if is_file else (
+            f"Set verify directory to {where}"))  # fmt: skip
+    if level >= 3:
+        log.notice(f"Peer certificate location {options.ca_dir or ''}")
     local = _local_certificates(options) if level >= 3 else set()
 
     def verify(conn, cert, errnum, depth, ok):
         subject = oneline(cert.to_cryptography().subject)
+        if level == 0:  # 3.22 asked for a certificate and took whatever came
+            log.notice(f"VERIFY IGNORE: depth={depth}, {subject}")
+            return True
         if not ok:
             reason = _VERIFY_ERRORS.get(errnum, f"error {errnum}")
             log.warning(f"VERIFY ERROR: depth={depth}, error={reason}: {subject}")
             return False
         if level >= 3 and depth == 0:
             if _der(cert) not in local:
-                log.warning(f"VERIFY ERROR ONLY MY: no cert for: {subject}")
+                log.warning(f"VERIFY ERROR ONLY MY: no cert for {subject}")
                 return False
-        log.notice(f"VERIFY OK: depth={depth}: {subject}")
+        log.notice(f"VERIFY OK: depth={depth}, {subject}")
         return True
 
     mode = SSL.VERIFY_PEER
@@ -215,17 +235,18 @@ def make_context(options: Options, log) -> SSL.Context:
         | SSL.OP_CIPHER_SERVER_PREFERENCE
         | SSL.OP_IGNORE_UNEXPECTED_EOF
     )
-    if hasattr(ctx, "clear_mode"):
+    if hasattr(ctx, "clear_mode"):  # pyOpenSSL 25.3 and later
         ctx.clear_mode(_PARTIAL_WRITE)
+    ctx.set_session_id(SESSION_ID_CONTEXT)
+    ctx.set_timeout(options.session_timeout)
+    # 3.22's order of checks, each fatal: the pem (check_pem first), verification, ciphers
+    if not options.client or options.pem:
+        _load_pem(ctx, options.pem or "stunnel.pem", log)
+    _set_verify(ctx, options, log)
     try:
         ctx.set_cipher_list((options.cipher_list or DEFAULT_CIPHERS).encode())
     except SSL.Error as error:
         raise ContextError(f"SSL_CTX_set_cipher_list: {_ssl_reason(error)}") from None
-    if not options.client or options.pem:
-        _load_pem(ctx, options.pem or "stunnel.pem", log)
-    _set_verify(ctx, options, log)
-    ctx.set_session_id(SESSION_ID_CONTEXT)
-    ctx.set_timeout(options.session_timeout)
     return ctx
 
 

@@ -87,6 +87,17 @@ def test_fixcrio_takes_no_option_and_its_page_lists_none():
     assert "\nOPTIONS\n" not in render("fixcrio.1").stdout
 
 
+def test_stunnel_pages_synopsis_has_every_option():
+    """Each letter of the option string is in SYNOPSIS, as in -h's (issue #16: -W was not)."""
+    text = render("stunnel.8").stdout
+    synopsis = text.split("\nSYNOPSIS\n", 1)[1].split("\nDESCRIPTION\n", 1)[0]
+    letters = [c for c in OPTSTRING if c != ":"]
+    missing = [
+        c for c in letters if not re.search(rf"[\[{{|] ?-{re.escape(c)}(?![A-Za-z])", synopsis)
+    ]
+    assert missing == []
+
+
 def test_stunnel_page_documents_every_environment_variable():
     """Each STUNNEL3_ name the programs read (code and sh fronts) is in ENVIRONMENT."""
     sources = list((ROOT / "stunnel3").glob("*.py")) + [ROOT / "bin" / "stunnel"]

@@ -80,7 +80,7 @@ def test_makesock_works_and_both_programs_keep_the_limits(makesock_bin):
 def test_stunnel_starts_under_softlimit(stunnel_bin):
     done = run([*SOFTLIMIT, stunnel_bin, "-V"])
     assert done.returncode == 0
-    assert done.stderr.startswith(b"stunnel 3.22 on ")
+    assert done.stderr.startswith(b"\nstunnel 3.22 on ")
 
 
 def test_the_chain_under_softlimit_and_tcpserver(makesock_bin, fixcrio_bin, tmp_path):

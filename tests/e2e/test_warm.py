@@ -165,7 +165,7 @@ def test_statuses_and_texts_equal_the_direct_path(helper, stunnel_bin, args, sta
     [
         (signal.SIGTERM, 3, b"Received signal 15; terminating"),
         (signal.SIGINT, 3, b"Received signal 2; terminating"),
-        (signal.SIGHUP, -signal.SIGHUP, None),  # not handled: it dies of it, and so do we
+        (signal.SIGHUP, 3, b"Received signal 1; terminating"),  # 3.22 took HUP alike
     ],
 )
 def test_a_signal_mid_session_ends_it_as_directly(helper, stunnel_bin, pki, signum, status, line):
@@ -569,7 +569,7 @@ def test_a_killed_helper_leaves_the_sessions_their_status(helper, stunnel_bin, p
         said = process.communicate(timeout=TIMEOUT)[1]
     assert process.returncode == (0 if end == "plain" else 3), said
     assert b"without a status" not in said
-    assert (b"bytes sent to SSL" if end == "plain" else b"Received signal 15") in said
+    assert (b"SSL_accept: " if end == "plain" else b"Received signal 15") in said
 
 
 def test_fronts_waiting_on_a_stopped_helper_go_direct_when_it_dies(helper, stunnel_bin):

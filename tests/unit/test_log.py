@@ -8,10 +8,8 @@ import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import pytest
-
 from stunnel3 import log as logging
-from stunnel3.log import Log, LogOpenError, format_line, printable
+from stunnel3.log import FACILITIES, TEXT_MAX, Log, clip, format_line, printable
 from stunnel3.options import parse
 
 LINE = re.compile(r"^\d{4}\.\d\d\.\d\d \d\d:\d\d:\d\d LOG(\d)\[(\d+):(\d+)\]: (.*)$")
@@ -104,12 +102,35 @@ def test_322s_sink_rules(tmp_path, monkeypatch, capsys):
     assert LINE.match(capsys.readouterr().err.strip()).group(4) == "to stderr"
 
 
-def test_an_output_file_that_cannot_be_opened(tmp_path):
+def test_an_output_file_that_cannot_be_opened_is_said_where_the_lines_go(tmp_path, capsys):
+    """3.22's log_open: the error, then the log as if there were no -o (stderr with -f)."""
     missing = tmp_path / "no" / "such.log"
-    with pytest.raises(LogOpenError) as caught:
-        Log.from_options(parse(["-o", str(missing), "-F3"]))
-    assert caught.value.text == f"Unable to open output file: {missing}"
-    assert caught.value.status == 1
+    log = Log.from_options(parse(["-f", "-o", str(missing), "-F3"]))
+    log.notice("goes on")
+    log.close()
+    said = [LINE.match(line).groups()[::3] for line in capsys.readouterr().err.splitlines()]
+    assert said == [("3", f"Unable to open output file: {missing}"), ("5", "goes on")]
+
+
+def test_texts_are_cut_at_255_bytes_as_322s_buffer_did():
+    assert clip("x" * 300) == "x" * TEXT_MAX
+    assert clip("x" * 255) == "x" * 255
+    assert clip("\u00e9" * 200).encode() == "\u00e9".encode() * 127  # never half a character
+    assert format_line(5, "y" * 400).endswith("]: " + "y" * TEXT_MAX)
+
+
+def test_one_facility_table_with_linuxs_two():
+    """The table options.py checks -D against is the one openlog gets (syslog.h numbers)."""
+    import syslog
+
+    from stunnel3 import options
+
+    assert options.FACILITIES is FACILITIES
+    for name, code in FACILITIES.items():
+        if name != "ftp":  # Python's syslog module has no LOG_FTP
+            assert getattr(syslog, f"LOG_{name.upper()}") == code, name
+    assert FACILITIES["ftp"] == 11 << 3  # glibc's sys/syslog.h
+    assert "ntp" not in FACILITIES  # glibc has no LOG_NTP: 3.22 refused it on Linux
 
 
 JAILED = """
