@@ -24,7 +24,6 @@ from stunnel3.options import Options, service_name
 from stunnel3.relay import Terminated
 from stunnel3.session import SERVER_PROTOCOLS, TERMINATING, session
 from stunnel3.tls import ContextError
-from stunnel3.tls_library import problem
 from stunnel3.usage import stunnel_info
 
 __all__ = ["TERMINATING", "make_context", "reap_children", "run"]
@@ -50,9 +49,6 @@ def run(options: Options, log) -> int:
 
 
 def _run(options: Options, log) -> int:
-    too_old = problem()  # before the first byte: a library we cannot use fails every session
-    if too_old:
-        raise chroot.SetupError(too_old)
     _load_modules(options)
     prepare = getattr(log, "prepare_for_jail", None)
     if prepare is not None:
@@ -121,7 +117,9 @@ def _load_modules(options: Options) -> None:
     from cryptography import x509  # noqa: F401  pyOpenSSL loads it lazily
     from OpenSSL import SSL
 
-    from stunnel3 import client_negotiation, ident, limits  # noqa: F401
+    from stunnel3 import client_negotiation, ident, limits, tls_library  # noqa: F401
+
+    tls_library.openssl_text()  # whose OpenSSL, from /proc: the jail has none (STUNNEL_INFO)
 
     if options.protocol in SERVER_PROTOCOLS and not options.client:
         from stunnel3 import imap, pop3, smtp  # noqa: F401

@@ -92,7 +92,13 @@ def _serve(options, log) -> int:
     from stunnel3 import libwrap
 
     log.log(*libwrap.startup_line(options.service_name))
-    from stunnel3 import service  # the engine: only now is OpenSSL loaded
+    from stunnel3.tls_library import problem
+
+    too_old = problem()  # before the engine: a library we cannot use fails every session
+    if too_old:
+        log.err(too_old)
+        return 1
+    from stunnel3 import service  # the engine: only now is the rest of it loaded
 
     return service.run(options, log)
 
