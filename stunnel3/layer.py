@@ -43,11 +43,12 @@ def next_line(
     buffer: bytes, limit: int, too_long: bytes, error: type[ProxyError] = ProxyError
 ) -> tuple[bytes | None, bytes]:
     """(the first whole line of buffer, LF included, and the rest), or (None, buffer)
-    while it has not all come; a partial line longer than limit raises error(too_long)."""
+    while it has not all come; a line of more than limit bytes before its LF raises
+    error(too_long), whole or partial (the bound must not depend on how bytes came)."""
     end = buffer.find(b"\n")
+    if end > limit or (end < 0 and len(buffer) > limit):
+        raise error(too_long)
     if end < 0:
-        if len(buffer) > limit:
-            raise error(too_long)
         return None, buffer
     return buffer[: end + 1], buffer[end + 1 :]
 

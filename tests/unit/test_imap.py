@@ -247,6 +247,13 @@ def test_backend_line_bound():
     assert client_bytes(actions) == imap.BACKEND_LINE_TOO_LONG and isinstance(actions[-1], Close)
 
 
+def test_backend_line_bound_holds_for_a_whole_line_too():
+    line = b"* " + b"x" * (imap.MAX_LINE - 2)
+    assert client_bytes(greeted().feed_backend(line + b"\n")) == line + b"\n"
+    actions = greeted().feed_backend(line + b"x\n")
+    assert client_bytes(actions) == imap.BACKEND_LINE_TOO_LONG and isinstance(actions[-1], Close)
+
+
 def test_pipelining_bound():
     proxy = greeted()
     commands = b"".join(b"a%d NOOP\r\n" % n for n in range(imap.MAX_PENDING + 1))

@@ -206,6 +206,10 @@ def test_backend_line_bound():
     proxy.feed_client(b"NOOP\r\n")
     actions = proxy.feed_backend(b"+OK " + b"x" * pop3.MAX_LINE)
     assert client_bytes(actions) == pop3.BACKEND_LINE_TOO_LONG and isinstance(actions[-1], Close)
+    proxy = greeted()
+    proxy.feed_client(b"NOOP\r\n")  # a whole line over the bound in one read: the same
+    actions = proxy.feed_backend(b"+OK " + b"x" * pop3.MAX_LINE + b"\r\n")
+    assert client_bytes(actions) == pop3.BACKEND_LINE_TOO_LONG and isinstance(actions[-1], Close)
 
 
 def test_pipelining_bound():

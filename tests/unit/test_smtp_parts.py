@@ -48,6 +48,13 @@ def test_backend_line_length_bound_at_and_over():
         ReplyReader().feed(b"2" * (MAX_LINE + 1))
 
 
+def test_backend_line_length_bound_holds_for_a_whole_line_too():
+    # one read may bring a whole long line: the bound must not depend on the split
+    assert len(ReplyReader().feed(b"250 " + b"x" * (MAX_LINE - 5) + b"\r\n")) == 1
+    with pytest.raises(ReplyTooLong):
+        ReplyReader().feed(b"250 " + b"x" * (MAX_LINE - 4) + b"\r\n")
+
+
 # -- the EHLO rewrite ---------------------------------------------------------------
 
 
