@@ -15,11 +15,12 @@ No sockets, no TLS, no clock but the one passed in. The rules, each kept in one 
               in the same FIFO, so every reply reaches the client in command order.
   stop points after DATA, AUTH and STARTTLS nothing more is parsed until the reply:
               what follows may be message data, a SASL line, or TLS.
-  EHLO reply  rewritten (smtp_reply.rewrite_ehlo): + STARTTLS before TLS, only
-              extensions the FIFO can follow are kept.
+  EHLO reply  rewritten (smtp_reply.rewrite_ehlo): + STARTTLS before TLS and AUTH,
+              only extensions the FIFO can follow are kept.
   transaction opened by a positive reply to MAIL; closed by a positive reply to RSET,
               EHLO or HELO, and by any reply to the end of the data.
-  STARTTLS    TLS active -> 503; parameters -> 501; not greeted -> 503; in a
+  STARTTLS    TLS active -> 503; parameters -> 501; after a successful AUTH -> 503
+              (a plaintext login must not survive into TLS); not greeted -> 503; in a
               transaction -> 503; client bytes after it -> 421 and the session ends
               (CVE-2011-0411); else 220, StartTls, RSET to the backend (reply
               checked and swallowed), EHLO/HELO required again.
@@ -278,6 +279,8 @@ class SmtpProxy(LineProxy):
             refusal = text.STARTTLS_TWICE
         elif argument:
             refusal = text.STARTTLS_PARAMETERS
+        elif self._authenticated:
+            refusal = text.STARTTLS_AFTER_AUTH
         elif not self._greeted:
             refusal = text.STARTTLS_BEFORE_HELO
         elif self._transaction:
@@ -324,7 +327,8 @@ class SmtpProxy(LineProxy):
 
     def _reply_ehlo(self, reply: Reply) -> None:
         if reply.positive:
-            reply = rewrite_ehlo(reply, offer_starttls=not self._tls_active)
+            offer = not (self._tls_active or self._authenticated)
+            reply = rewrite_ehlo(reply, offer_starttls=offer)
             self._greeted, self._must_greet, self._transaction = True, False, False
         self._emit(ToClient(reply.raw))
 
