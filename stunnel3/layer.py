@@ -21,12 +21,62 @@ The rules kept here, once for all layers:
   TLS         _start_tls() asks the relay for the handshake and holds parsing in
               HANDSHAKE; when it completes, parsing resumes where STARTTLS held it.
   log         Log(7) per line only when log_dialogue; P: marks the proxy's own lines.
+  commands    the proxy's idea of a command is the backend's (first_word, loggable):
+              a verb ends at any blank some backend ends it at; what the proxy does
+              not know, it waits on (the backend's reply decides what follows) and
+              never logs; a credential or SASL data never reaches the log.
 """
 
 import enum
+import re
 from typing import ClassVar
 
 from stunnel3.protocol import Action, Close, Log, StartTls, TlsInfo, ToBackend, ToClient
+
+# Where a verb ends and words part, for some backend: every server splits at SP;
+# exim, Postfix and mailfront also at TAB (exim strips trailing white space, so
+# `DATA<TAB>` is DATA to it, and mailfront takes `AUTH<TAB>LOGIN`); the other C
+# isspace() bytes for servers that split with isspace(). Reading a verb in more
+# lines than a backend does is safe (the reply decides what follows); fewer is not.
+BLANKS = b" \t\v\f\r"
+_FIRST_WORD = re.compile(rb"[ \t\v\f\r]*([^ \t\v\f\r\n]*)[ \t\v\f\r]*(.*?)[ \t\v\f\r\n]*\Z", re.S)
+# SASL mechanism names the debug log may show (RFC 4422 registry, and common X- ones).
+SASL_MECHANISMS = frozenset(
+    b"PLAIN LOGIN CRAM-MD5 DIGEST-MD5 GSSAPI GS2-KRB5 NTLM EXTERNAL ANONYMOUS XOAUTH2"
+    b" OAUTHBEARER SCRAM-SHA-1 SCRAM-SHA-1-PLUS SCRAM-SHA-256 SCRAM-SHA-256-PLUS".split()
+)
+
+
+def first_word(text: bytes) -> tuple[bytes, bytes]:
+    """`mail\tFROM:<a>\r\n` -> (b"mail", b"FROM:<a>"): the first word (leading
+    blanks skipped; it ends at any of BLANKS) and the rest, without the blanks
+    around it or the line end. Callers upper-case a verb themselves."""
+    found = _FIRST_WORD.match(text)
+    assert found is not None  # every part of the pattern may be empty
+    return found.group(1), found.group(2)
+
+
+def loggable(
+    verb: bytes, argument: bytes, line: bytes, known, secret, sasl, tag: bytes = b""
+) -> str:
+    """How the debug log shows a command line whose upper-cased verb is `verb`.
+
+    sasl (AUTH, AUTHENTICATE): the verb, the mechanism if it is a registered
+    one, *** for whatever else follows. secret (LOGIN, USER, PASS, APOP): the
+    verb and ***. Another verb in `known`: the line as it came. Anything else
+    only by its size: a line the proxy does not understand may be anything,
+    a password sent where a command was due included. `tag` (IMAP's) goes first."""
+    shown = tag.decode("latin-1") + " " if tag else ""
+    if verb in sasl:
+        mechanism, rest = first_word(argument)
+        if mechanism.upper() not in SASL_MECHANISMS:
+            return shown + verb.decode() + (" ***" if argument else "")
+        return shown + f"{verb.decode()} {mechanism.upper().decode()}" + (" ***" if rest else "")
+    if verb in secret:
+        return shown + verb.decode() + (" ***" if argument else "")
+    if verb in known:
+        return line.rstrip(b"\r\n").decode("latin-1")
+    return f"({len(line)} bytes: not a command this proxy knows)"
 
 
 class ProxyError(Exception):

@@ -42,6 +42,9 @@ NOT_IMPLEMENTED = b"502 5.5.1 Command not implemented\r\n"
 TOO_MUCH_PIPELINING = b"421 4.7.0 Too many pipelined commands, closing connection\r\n"
 BACKEND_RESET_FAILED = b"421 4.3.0 Server did not accept the reset after STARTTLS, closing\r\n"
 BACKEND_LINE_TOO_LONG = b"421 4.3.0 Server reply line too long, closing connection\r\n"
+# A 354 or 334 to a command followed by others already forwarded as commands: the
+# backend now reads them as message data or SASL, and no later reply can be matched.
+BACKEND_OUT_OF_STEP = b"421 4.3.0 Server reply out of step with the commands, closing\r\n"
 
 STARTTLS_CAPABILITY = b"STARTTLS"
 
