@@ -46,6 +46,7 @@ from stunnel3.tls import TlsError, TlsSession
 BUFFER = 256 * 1024
 READ_SIZE = 128 * 1024
 CLOSE_WAIT = 10.0
+ALERT_WAIT = 2.0  # for the alert of a failed TLS session to leave
 
 
 def _timeout(name: str, default: float) -> float:
@@ -180,9 +181,18 @@ class Relay:
                 self.log.debug("SSL closed on SSL_read")
             self._apply(self.layer.feed_client(plain))
             moved = True
-        # Reading may have produced records of its own (a key update's answer).
+        # Reading may have produced records of its own (a key update's answer, or
+        # the refusal of a renegotiation).
         self.net_out += tls.outgoing()
+        self._note_renegotiation(tls)
         return moved
+
+    def _note_renegotiation(self, tls: TlsSession) -> None:
+        if tls.renegotiations_refused and not self._renegotiation_logged:
+            self._renegotiation_logged = True
+            self.log.notice("SSL renegotiation refused: the session goes on as it was")
+
+    _renegotiation_logged = False
 
     def _encrypt(self, tls: TlsSession) -> int:
         """Move about BUFFER bytes of plain_out through TLS into net_out."""
@@ -350,13 +360,35 @@ class Relay:
         try:
             while self._pass():
                 pass
-        except (PeerError, TlsError) as error:
+        except TlsError as error:
+            self.log.err(str(error))
+            self._send_alert()
+            self._reset(network=False)
+            return False
+        except PeerError as error:
             self.log.err(str(error))
             self._reset()
             return False
         return True
 
-    def _reset(self) -> None:
-        self.network.reset()
+    def _send_alert(self) -> None:
+        """After a TLS failure: the alert OpenSSL wrote (and what was queued before
+        it) goes out within ALERT_WAIT, then our side of the connection closes."""
+        if self.tls is not None:
+            self.net_out += self.tls.outgoing()
+        poller = select.poll()
+        poller.register(self.network.wfd, select.POLLOUT)
+        deadline = time.monotonic() + ALERT_WAIT
+        try:
+            while self.net_out and time.monotonic() < deadline:
+                if not self._write(self.network, self.net_out):
+                    poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
+        except PeerError:
+            return  # the peer is gone: nothing more to tell it
+        self.network.shut_write()
+
+    def _reset(self, network: bool = True) -> None:
+        if network:
+            self.network.reset()
         if self.backend is not None:
             self.backend.reset()

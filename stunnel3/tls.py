@@ -43,6 +43,15 @@ Without the option OpenSSL would also refuse to write afterwards, and the
 replies still owed to a half-closed client would be lost. SMTP carries its own
 end markers (QUIT, the end-of-data dot), so truncation gains an attacker
 nothing there.
+
+Renegotiation is refused (OP_NO_RENEGOTIATION): a TLS 1.2 peer that asks for a
+new handshake gets OpenSSL's warning alert no_renegotiation and the session goes
+on as it was (RFC 5746 lets the peer choose to go on or to end it; OpenSSL peers
+end it). OpenSSL says nothing of it to the caller, so the context's info callback
+counts the alerts it writes, and the relay logs the refusal. Any failure (a
+handshake that cannot agree, a bad record) leaves the alert OpenSSL wrote in the
+outgoing BIO: the relay sends it before it closes, so the peer learns why
+(protocol_version, handshake_failure, ...) instead of reading a bare reset.
 """
 
 import os
@@ -64,6 +73,7 @@ RECORD = 16384  # the largest TLS record's plaintext
 # and names no constant for it): only a blocking transport needs it.
 _PARTIAL_WRITE = 0x1
 _DRAIN_MIN = 65536  # a handshake flight, an alert, a ticket fit in one read
+NO_RENEGOTIATION = 100  # the alert's number (RFC 5246 section 7.2.2)
 
 # The X509_V_ERR_* texts a mail administrator meets most (x509_vfy.h numbers).
 _VERIFY_ERRORS = {
@@ -202,6 +212,15 @@ def _set_verify(ctx: SSL.Context, options: Options, log) -> None:
     ctx.set_verify(mode, verify)
 
 
+def _watch_alerts(conn: SSL.Connection, where: int, value: int) -> None:
+    """OpenSSL's info callback: count the renegotiations this end refused."""
+    sent = where & SSL.SSL_CB_WRITE_ALERT == SSL.SSL_CB_WRITE_ALERT
+    if sent and value & 0xFF == NO_RENEGOTIATION:
+        session = conn.get_app_data()
+        if session is not None:
+            session.renegotiations_refused += 1
+
+
 def make_context(options: Options, log) -> SSL.Context:
     """The one context of this process (daemon workers inherit it across fork)."""
     ctx = SSL.Context(SSL.TLS_METHOD)
@@ -222,6 +241,7 @@ def make_context(options: Options, log) -> SSL.Context:
     _set_verify(ctx, options, log)
     ctx.set_session_id(SESSION_ID_CONTEXT)
     ctx.set_timeout(options.session_timeout)
+    ctx.set_info_callback(_watch_alerts)
     return ctx
 
 
@@ -236,6 +256,8 @@ class TlsSession:
         else:
             self._conn.set_connect_state()
         self.established = False
+        self.renegotiations_refused = 0  # counted by _watch_alerts
+        self._conn.set_app_data(self)
         self._written = 0  # plaintext written since the last drain
         self._held: bytes | TlsError | None = None  # what ended read_many's last batch
         self._stirred = False  # an SSL call since the last drain (it may have output)

@@ -262,6 +262,23 @@ def test_close_ends_the_session_with_close_notify_and_a_backend_eof(ctx):
     assert h.finish() is True
 
 
+def test_a_failed_handshake_sends_its_alert_before_closing(ctx):
+    from OpenSSL import SSL
+
+    h = Harness(ctx)
+    old = SSL.Context(SSL.TLS_METHOD)
+    old.set_max_proto_version(SSL.TLS1_1_VERSION)
+    old.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+    client = TlsSession(old, server=False)
+    client.handshake()
+    h.net_ours.sendall(client.outgoing())
+    h.net_ours.settimeout(10)
+    # protocol_version (70) in a fatal alert record, then our side closes
+    assert recv_all(h.net_ours) == b"\x15\x03\x02\x00\x02\x02\x46"
+    assert h.finish() is False
+    assert any(line.startswith("SSL_accept: ") for line in h.log.lines)
+
+
 def test_back_pressure_bounds_the_queues(ctx):
     h = Harness(ctx)
     client = h.tls_client()

@@ -117,6 +117,40 @@ def test_tls_1_1_is_refused(certs):
         pump(client, server)
 
 
+def test_a_failed_handshake_leaves_its_alert_to_send(certs):
+    old = SSL.Context(SSL.TLS_METHOD)
+    old.set_max_proto_version(SSL.TLS1_1_VERSION)
+    old.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+    server = TlsSession(make_context(Options(pem=certs["server"]), RecordingLog()), server=True)
+    client = TlsSession(old, server=False)
+    client.handshake()
+    server.receive(client.outgoing())
+    with pytest.raises(TlsError):
+        server.handshake()
+    # a fatal alert record: type 21, then protocol_version (70) in its body
+    assert server.outgoing() == b"\x15\x03\x02\x00\x02\x02\x46"
+
+
+def test_a_renegotiation_is_refused_counted_and_the_session_goes_on(certs):
+    server = TlsSession(make_context(Options(pem=certs["server"]), RecordingLog()), server=True)
+    tls12 = SSL.Context(SSL.TLS_METHOD)
+    tls12.set_max_proto_version(SSL.TLS1_2_VERSION)
+    client = TlsSession(tls12, server=False)
+    client.handshake()
+    pump(client, server)
+    assert server.renegotiations_refused == 0
+    client._conn.renegotiate()  # pyOpenSSL's client API; our session has none
+    client.handshake()
+    server.receive(client.outgoing())
+    assert server.read() is None  # the ClientHello is refused, nothing decrypted
+    assert server.renegotiations_refused == 1
+    client.receive(server.outgoing())  # no_renegotiation, a warning: an OpenSSL
+    with pytest.raises(TlsError, match="no renegotiation"):  # client gives up
+        client.handshake()
+    server.write(b"still here\r\n")  # the server's side of the session goes on
+    assert server.outgoing()
+
+
 def test_compression_and_renegotiation_are_off(certs):
     ctx = make_context(Options(pem=certs["server"]), RecordingLog())
     options = ctx.set_options(0)
