@@ -132,12 +132,16 @@ def test_a_renegotiation_is_refused_counted_and_the_session_goes_on(certs):
     client.handshake()
     server.receive(client.outgoing())
     assert server.read() is None  # the ClientHello is refused, nothing decrypted
-    assert server.renegotiations_refused == 1
     client.receive(server.outgoing())  # no_renegotiation, a warning: an OpenSSL
+    assert server.renegotiations_refused == 1  # (counted as it leaves)
     with pytest.raises(TlsError, match="no renegotiation"):  # client gives up
         client.handshake()
     server.write(b"still here\r\n")  # the server's side of the session goes on
     assert server.outgoing()
+    server.close()  # our close_notify is an alert too, but no refusal,
+    server.read()  # even with a read before the drain
+    server.outgoing()
+    assert server.renegotiations_refused == 1
 
 
 def test_compression_and_renegotiation_are_off(certs):
