@@ -30,7 +30,7 @@ SASL_COMMANDS = frozenset({b"AUTH"})
 
 
 def split_command(line: bytes) -> tuple[bytes, bytes]:
-    """`mail FROM:<a>\r\n` -> (b"MAIL", b"FROM:<a>"); the verb ends at any blank a
+    """`mail FROM:<a>\\r\\n` -> (b"MAIL", b"FROM:<a>"); the verb ends at any blank a
     backend ends it at (layer.BLANKS: `DATA<TAB>` is DATA); a line may end in LF alone."""
     verb, argument = first_word(line)
     return verb.upper(), argument
