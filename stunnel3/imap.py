@@ -13,7 +13,9 @@ The rules, each kept in one place (docs/imap-pop3.md has the reasons):
               takes it off. The greeting comes first: nothing is parsed before it.
   stop points after STARTTLS, AUTHENTICATE and IDLE nothing is parsed until the
               answer; AUTHENTICATE and IDLE take one client line per `+` from the
-              server (SASL data, DONE).
+              server (SASL data, DONE), and so does a command the proxy does not
+              know (the server decides; that line is never logged). Words end at
+              any blank (layer.BLANKS): `a LOGIN<TAB>...` is a LOGIN.
   CAPABILITY  in `* CAPABILITY` responses and `[CAPABILITY ...]` response codes:
               + STARTTLS before TLS (once), none after it; COMPRESS=* dropped (the
               stream could not be followed), and the COMPRESS command refused.
@@ -30,14 +32,15 @@ The rules, each kept in one place (docs/imap-pop3.md has the reasons):
               IMAP cannot resynchronise inside a command); MAX_PENDING commands.
   log         Log(7) per line when log_dialogue (C: client, S: server, P: proxy);
               LOGIN's arguments, AUTHENTICATE's data and the lines and literals
-              that follow them show as ***, other literals only as their size.
+              that follow them show as ***, other literals only as their size, and
+              a command the proxy does not know only by its size.
 """
 
 import enum
 import re
 from dataclasses import dataclass
 
-from stunnel3.layer import LineProxy, ProxyError, next_line
+from stunnel3.layer import LineProxy, ProxyError, first_word, loggable, next_line
 from stunnel3.protocol import ToBackend, ToClient
 
 # RFC 2595 section 3.1 and RFC 9051 section 6.2.1 wording.
@@ -81,7 +84,8 @@ class Kind(enum.Enum):
     LOGIN = "login"  # OK: authenticated; arguments are secret
     AUTHENTICATE = "authenticate"  # SASL lines after each `+`
     IDLE = "idle"  # DONE after the `+`
-    OTHER = "other"
+    OTHER = "other"  # a command in KNOWN
+    UNKNOWN = "unknown"  # any other: a `+` makes the next line its, and secret
     STARTTLS = "starttls"  # local: decided at the head
     LOCAL = "local"  # local: a ready tagged response
 
@@ -89,6 +93,20 @@ class Kind(enum.Enum):
 STOP_POINTS = frozenset({Kind.GREETING, Kind.STARTTLS, Kind.AUTHENTICATE, Kind.IDLE})
 CONTINUED = frozenset({Kind.AUTHENTICATE, Kind.IDLE})
 KINDS = {b"LOGIN": Kind.LOGIN, b"AUTHENTICATE": Kind.AUTHENTICATE, b"IDLE": Kind.IDLE}
+# What an OK can log the session in with (an unknown command might: it counts).
+LOGIN_KINDS = frozenset({Kind.LOGIN, Kind.AUTHENTICATE, Kind.UNKNOWN})
+# Whose continuation lines and literals the log shows only as ***.
+SECRET_KINDS = LOGIN_KINDS
+# Commands the log shows as they came (RFC 9051 and the common extensions). Not a
+# stop point: an unknown command is not one either (a server may answer a garbled
+# one with `* BAD` and no tagged end, which a stop would wait for forever).
+KNOWN = frozenset(
+    b"CAPABILITY NOOP LOGOUT STARTTLS COMPRESS ENABLE SELECT EXAMINE CREATE DELETE RENAME"
+    b" SUBSCRIBE UNSUBSCRIBE LIST LSUB XLIST NAMESPACE STATUS APPEND CHECK CLOSE UNSELECT"
+    b" EXPUNGE SEARCH FETCH STORE COPY MOVE UID ID IDLE GETQUOTA GETQUOTAROOT SETQUOTA"
+    b" GETACL SETACL DELETEACL LISTRIGHTS MYRIGHTS SORT THREAD ESEARCH NOTIFY GETMETADATA"
+    b" SETMETADATA".split()
+)
 
 
 @dataclass
@@ -202,9 +220,9 @@ class ImapProxy(LineProxy):
         return line
 
     def _client_line(self, line: bytes) -> None:
-        if self._pending and self._pending[-1].kind in CONTINUED and self._line_ready:
+        if self._line_ready and self._pending:  # after a `+`: the command's next line
             self._line_ready = False
-            secret = self._pending[-1].kind is Kind.AUTHENTICATE
+            secret = self._pending[-1].kind in SECRET_KINDS
             self._log("C: " + ("***" if secret else line.rstrip(b"\r\n").decode("latin-1")))
             self._emit(ToBackend(line))
             return
@@ -214,7 +232,7 @@ class ImapProxy(LineProxy):
             if command is None:
                 return
         else:
-            secret = command.kind in (Kind.LOGIN, Kind.AUTHENTICATE)
+            secret = command.kind in SECRET_KINDS
             self._log("C: " + ("***" if secret else line.rstrip(b"\r\n").decode("latin-1")))
             self._emit(ToBackend(line))
         self._announce(command, literal(line))
@@ -226,7 +244,7 @@ class ImapProxy(LineProxy):
             return
         size, synchronising = announced
         self._continuing = command
-        secret = command is not None and command.kind in (Kind.LOGIN, Kind.AUTHENTICATE)
+        secret = command is not None and command.kind in SECRET_KINDS
         self._log(f"C: ({'***' if secret else size} bytes of literal)")
         if synchronising:
             self._literal_wait = (command, size)
@@ -235,10 +253,10 @@ class ImapProxy(LineProxy):
 
     def _command(self, line: bytes) -> Pending | None:
         """A new command line: forward it (and list it), or answer it here."""
-        tag, _, rest = line.rstrip(b"\r\n").partition(b" ")
-        verb, _, argument = rest.partition(b" ")
+        tag, rest = first_word(line)
+        verb, argument = first_word(rest)
         verb = verb.upper()
-        self._log("C: " + self._loggable(tag, verb, argument, line))
+        self._log("C: " + loggable(verb, argument, line, KNOWN, {b"LOGIN"}, {b"AUTHENTICATE"}, tag))
         if verb in (b"STARTTLS", b"COMPRESS"):
             if literal(line) is not None:
                 raise ImapError(LOCAL_WITH_LITERAL)
@@ -248,18 +266,10 @@ class ImapProxy(LineProxy):
                 self._queue(Pending(tag, Kind.LOCAL, COMPRESS_REFUSED))
             return None
         self._emit(ToBackend(line))
-        command = Pending(tag, KINDS.get(verb, Kind.OTHER))
+        command = Pending(tag, KINDS.get(verb, Kind.OTHER if verb in KNOWN else Kind.UNKNOWN))
         if tag and verb:  # else the backend answers `* BAD`: no completion to wait for
             self._pending.append(command)
         return command
-
-    @staticmethod
-    def _loggable(tag: bytes, verb: bytes, argument: bytes, line: bytes) -> str:
-        if verb == b"LOGIN":
-            line = tag + b" LOGIN ***"
-        elif verb == b"AUTHENTICATE" and b" " in argument:
-            line = tag + b" AUTHENTICATE " + argument.split(b" ", 1)[0] + b" ***"
-        return line.rstrip(b"\r\n").decode("latin-1")
 
     def _queue(self, entry: Pending) -> None:
         self._pending.append(entry)
@@ -338,8 +348,8 @@ class ImapProxy(LineProxy):
         if self._literal_wait is not None:
             self._literal_left = self._literal_wait[1]
             self._literal_wait = None
-        elif self._pending and self._pending[-1].kind in CONTINUED:
-            self._line_ready = True
+        elif self._pending and self._pending[-1].kind in CONTINUED | {Kind.UNKNOWN}:
+            self._line_ready = True  # the server decides: the next client line is data
 
     def _response_start(self, line: bytes) -> None:
         tag, _, rest = line.partition(b" ")
@@ -352,13 +362,13 @@ class ImapProxy(LineProxy):
         for index, entry in enumerate(self._pending):
             if entry.tag == tag and entry.kind not in (Kind.LOCAL, Kind.STARTTLS):
                 del self._pending[index]
-                if entry.kind in (Kind.LOGIN, Kind.AUTHENTICATE) and OK.match(status):
+                if entry.kind in LOGIN_KINDS and OK.match(status):
                     self._authenticated = True
                 self._command_done(entry)
                 return
 
     def _command_done(self, entry: Pending) -> None:
-        if entry.kind in CONTINUED:
+        if entry.kind in CONTINUED | {Kind.UNKNOWN}:
             self._line_ready = False
         if self._literal_wait is not None and self._literal_wait[0] is entry:
             # RFC 9051 section 7.5: a literal the server refused is not sent.

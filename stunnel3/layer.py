@@ -21,12 +21,66 @@ The rules kept here, once for all layers:
   TLS         _start_tls() asks the relay for the handshake and holds parsing in
               HANDSHAKE; when it completes, parsing resumes where STARTTLS held it.
   log         Log(7) per line only when log_dialogue; P: marks the proxy's own lines.
+  commands    the proxy's idea of a command is the backend's (first_word, loggable):
+              a verb ends at any blank some backend ends it at; what the proxy does
+              not know, it waits on (the backend's reply decides what follows) and
+              never logs; a credential or SASL data never reaches the log.
 """
 
 import enum
+import re
 from typing import ClassVar
 
 from stunnel3.protocol import Action, Close, Log, StartTls, TlsInfo, ToBackend, ToClient
+
+# Where a verb ends and words part, for some backend: every server splits at SP;
+# exim, Postfix and mailfront also at TAB (exim strips trailing white space, so
+# `DATA<TAB>` is DATA to it, and mailfront takes `AUTH<TAB>LOGIN`); the other C
+# isspace() bytes for servers that split with isspace(). Reading a verb in more
+# lines than a backend does is safe (the reply decides what follows); fewer is not.
+BLANKS = b" \t\v\f\r"
+_BLANK = re.compile(rb"[ \t\v\f\r]")
+# SASL mechanism names the debug log may show (RFC 4422 registry, and common X- ones).
+SASL_MECHANISMS = frozenset(
+    b"PLAIN LOGIN CRAM-MD5 DIGEST-MD5 GSSAPI GS2-KRB5 NTLM EXTERNAL ANONYMOUS XOAUTH2"
+    b" OAUTHBEARER SCRAM-SHA-1 SCRAM-SHA-1-PLUS SCRAM-SHA-256 SCRAM-SHA-256-PLUS".split()
+)
+
+
+def first_word(text: bytes) -> tuple[bytes, bytes]:
+    """`mail\\tFROM:<a>\\r\\n` -> (b"mail", b"FROM:<a>"): the first word (leading
+    blanks skipped; it ends at any of BLANKS) and the rest, without the blanks
+    around it or the line end. Callers upper-case a verb themselves. Linear in
+    the line, whatever its blanks (a regular expression that backtracks over
+    them cost seconds for one 16 KiB line)."""
+    body = text.rstrip(BLANKS + b"\n").lstrip(BLANKS)
+    blank = _BLANK.search(body)
+    if blank is None:
+        return body, b""
+    return body[: blank.start()], body[blank.end() :].lstrip(BLANKS)
+
+
+def loggable(
+    verb: bytes, argument: bytes, line: bytes, known, secret, sasl, tag: bytes = b""
+) -> str:
+    """How the debug log shows a command line whose upper-cased verb is `verb`.
+
+    sasl (AUTH, AUTHENTICATE): the verb, the mechanism if it is a registered
+    one, *** for whatever else follows. secret (LOGIN, USER, PASS, APOP): the
+    verb and ***. Another verb in `known`: the line as it came. Anything else
+    only by its size: a line the proxy does not understand may be anything,
+    a password sent where a command was due included. `tag` (IMAP's) goes first."""
+    shown = tag.decode("latin-1") + " " if tag else ""
+    if verb in sasl:
+        mechanism, rest = first_word(argument)
+        if mechanism.upper() not in SASL_MECHANISMS:
+            return shown + verb.decode() + (" ***" if argument else "")
+        return shown + f"{verb.decode()} {mechanism.upper().decode()}" + (" ***" if rest else "")
+    if verb in secret:
+        return shown + verb.decode() + (" ***" if argument else "")
+    if verb in known:
+        return line.rstrip(b"\r\n").decode("latin-1")
+    return f"({len(line)} bytes: not a command this proxy knows)"
 
 
 class ProxyError(Exception):
@@ -43,11 +97,12 @@ def next_line(
     buffer: bytes, limit: int, too_long: bytes, error: type[ProxyError] = ProxyError
 ) -> tuple[bytes | None, bytes]:
     """(the first whole line of buffer, LF included, and the rest), or (None, buffer)
-    while it has not all come; a partial line longer than limit raises error(too_long)."""
+    while it has not all come; a line of more than limit bytes before its LF raises
+    error(too_long), whole or partial (the bound must not depend on how bytes came)."""
     end = buffer.find(b"\n")
+    if end > limit or (end < 0 and len(buffer) > limit):
+        raise error(too_long)
     if end < 0:
-        if len(buffer) > limit:
-            raise error(too_long)
         return None, buffer
     return buffer[: end + 1], buffer[end + 1 :]
 

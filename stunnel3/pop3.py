@@ -12,8 +12,11 @@ The rules, each kept in one place (docs/imap-pop3.md has the reasons):
               passes uninterpreted (a mail line that reads `+OK` or `STLS` is data).
   CAPA        the body is rewritten: + STLS before TLS (once), none after it; only
               capabilities whose commands the FIFO can frame are kept.
-  stop points after AUTH (SASL lines follow `+ ` continuations) and STLS nothing is
-              parsed until the answer.
+  stop points after AUTH (SASL lines follow `+ ` continuations), STLS, and a command
+              the proxy does not know, nothing is parsed until the answer; a `+ `
+              to such a command makes the next line a SASL line too (the backend
+              decides), and its +OK counts as a login. Verbs end at any blank
+              (layer.BLANKS): `PASS<TAB>x` is a PASS.
   STLS        TLS active, arguments, or after authentication -> -ERR; client bytes
               after it -> -ERR and the session ends (CVE-2011-0411); else
               `+OK Begin TLS negotiation`, StartTls. POP3 has nothing to reset: the
@@ -25,14 +28,14 @@ The rules, each kept in one place (docs/imap-pop3.md has the reasons):
               MAX_LINE per backend line outside a body, MAX_PENDING commands.
   log         Log(7) per line when log_dialogue (C: client, S: server, P: proxy);
               USER, PASS, APOP and AUTH arguments and SASL lines show as ***, a
-              multi-line body only as its size.
+              multi-line body and a command the proxy does not know only as their size.
 """
 
 import enum
 from collections import deque
 from dataclasses import dataclass
 
-from stunnel3.layer import LineProxy, ProxyError, next_line
+from stunnel3.layer import LineProxy, ProxyError, first_word, loggable, next_line
 from stunnel3.protocol import ToBackend, ToClient
 
 # RFC 2595 section 4: the positive answer to STLS; refusals as its examples word them.
@@ -62,6 +65,10 @@ MULTILINE_WITHOUT_ARGUMENT = frozenset({b"LIST", b"UIDL", b"LANG", b"AUTH"})
 ALLOWED_BEFORE_TLS = frozenset({b"CAPA", b"STLS", b"QUIT"})
 SECRET_ARGUMENTS = frozenset({b"USER", b"PASS", b"APOP"})
 LOGIN_COMMANDS = frozenset({b"PASS", b"APOP", b"AUTH"})
+# Commands the FIFO frames and the log shows (all but the secret ones) as they came.
+KNOWN = frozenset(
+    b"USER PASS APOP AUTH CAPA STLS QUIT STAT LIST RETR DELE NOOP RSET TOP UIDL LANG UTF8".split()
+)
 # CAPA tags whose commands answer one line or a `.`-ended body the FIFO knows
 # (RFC 2449, 2595, 5034, 6856); anything else is dropped: its framing is unknown.
 KEPT_CAPABILITIES = frozenset(
@@ -99,11 +106,14 @@ class Expect(enum.Enum):
     CAPA = "capa"  # a body, rewritten
     AUTH = "auth"  # `+ ` continuations until the final line; may be multi (no argument)
     LOGIN = "login"  # PASS, APOP: +OK enters the TRANSACTION state
+    UNKNOWN = "unknown"  # not in KNOWN: one line; `+ ` is SASL, +OK may be a login
     STLS = "stls"  # local: decided at the head of the FIFO
     LOCAL = "local"  # local: a ready reply
 
 
-STOP_POINTS = frozenset({Expect.GREETING, Expect.AUTH, Expect.STLS})
+STOP_POINTS = frozenset({Expect.GREETING, Expect.AUTH, Expect.STLS, Expect.UNKNOWN})
+SASL_EXPECTS = frozenset({Expect.AUTH, Expect.UNKNOWN})  # may answer `+ `: SASL follows
+LOGIN_EXPECTS = frozenset({Expect.LOGIN, Expect.AUTH, Expect.UNKNOWN})
 
 
 @dataclass
@@ -114,20 +124,14 @@ class Pending:
 
 
 def split_command(line: bytes) -> tuple[bytes, bytes]:
-    body = line.rstrip(b"\r\n")
-    verb, _, argument = body.partition(b" ")
-    return verb.upper(), argument.strip()
+    verb, argument = first_word(line)
+    return verb.upper(), argument
 
 
-def loggable(verb: bytes, argument: bytes) -> str:
-    """The command as the debug log may show it: no user name, password or SASL data."""
-    if verb in SECRET_ARGUMENTS and argument:
-        shown = verb + b" ***"
-    elif verb == b"AUTH" and b" " in argument:
-        shown = verb + b" " + argument.split(b" ", 1)[0] + b" ***"
-    else:
-        shown = verb + (b" " + argument if argument else b"")
-    return shown.decode("latin-1")
+def shown(verb: bytes, argument: bytes, line: bytes) -> str:
+    """The command as the debug log may show it: no user name, password or SASL data,
+    and only the size of a line the proxy does not know (layer.loggable)."""
+    return loggable(verb, argument, line, KNOWN, SECRET_ARGUMENTS, {b"AUTH"})
 
 
 def capability_tag(line: bytes) -> bytes:
@@ -245,7 +249,7 @@ class Pop3Proxy(LineProxy):
 
     def _command(self, line: bytes) -> None:
         verb, argument = split_command(line)
-        self._log("C: " + loggable(verb, argument))
+        self._log("C: " + shown(verb, argument, line))
         if self.require_tls and not self._tls_active and verb not in ALLOWED_BEFORE_TLS:
             self._queue(Pending(Expect.LOCAL, MUST_STLS))
         elif verb == b"STLS":
@@ -262,6 +266,8 @@ class Pop3Proxy(LineProxy):
             return Pending(Expect.AUTH, multi=not argument)
         if verb in LOGIN_COMMANDS:
             return Pending(Expect.LOGIN)
+        if verb not in KNOWN:
+            return Pending(Expect.UNKNOWN)
         multi = verb in MULTILINE or (verb in MULTILINE_WITHOUT_ARGUMENT and not argument)
         return Pending(Expect.MULTI if multi else Expect.SINGLE)
 
@@ -311,7 +317,7 @@ class Pop3Proxy(LineProxy):
             self._emit(ToClient(line))
             return
         entry = self._pending[0]
-        if entry.expect is Expect.AUTH and line[:1] == b"+" and line[:3] != b"+OK":
+        if entry.expect in SASL_EXPECTS and line[:1] == b"+" and line[:3] != b"+OK":
             self._sasl = True  # a SASL challenge: the client's next line answers it
             self._emit(ToClient(line))
             return
@@ -324,7 +330,7 @@ class Pop3Proxy(LineProxy):
         if positive and multi:
             self._body = Body()
             return
-        if positive and entry.expect in (Expect.LOGIN, Expect.AUTH):
+        if positive and entry.expect in LOGIN_EXPECTS:
             self._logged_in = True
         self._sasl = False
         self._done()

@@ -19,6 +19,8 @@ reads no more client bytes (back-pressure on a client that pipelines faster
 than the backend answers). ToClient(b"") and ToBackend(b"") mean EOF: once
 what is queued for that side is written, the relay half-closes it
 (close_notify, or shutdown(SHUT_WR)). The session ends when both directions are closed, or at Close.
+Every action takes effect before the relay waits again: a reply the layer makes
+to decrypted client bytes leaves at once, with no further byte from anyone.
 
 Without -n, `Passthrough` is the layer: every byte goes straight across.
 """
@@ -49,7 +51,9 @@ class StartTls:
 
 @dataclass(frozen=True)
 class Close:
-    """End the session once what is queued for either side has been written."""
+    """End the session: what is queued for either side is written, then each side
+    gets EOF (close_notify once TLS is on, shutdown(SHUT_WR)), and the relay ends
+    (waiting 10 s at most for a peer that reads nothing)."""
 
     reason: str
 

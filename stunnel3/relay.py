@@ -8,8 +8,15 @@ fds 0/1 with -c). Before the layer asks for TLS (StartTls) network bytes reach
 it raw; after, they pass through the TlsSession first. The layer sees every
 plaintext byte and decides what goes where (see protocol.py).
 
-Each pass of the loop: move what can move without waiting (handshake, TLS
-records in and out), derive the poll set from the state, wait, read and write.
+Each pass of the loop first settles: it moves everything that can move without
+waiting (handshake steps, TLS records in, the layer's answers to what they
+decrypted, queued plaintext encrypted, EOFs turned into close_notify and
+shutdowns), round after round, until a whole round moves nothing. One step can
+enable another (decrypted client bytes make the layer queue a reply, which must
+be encrypted before anything waits), so stopping earlier would leave bytes that
+no descriptor will ever wake the loop for. Only then is the poll set derived
+from the state; then the loop waits, reads and writes.
+
 Three byte queues (ByteQueue: chunks as they came, never copied together)
 hold what waits for a writable fd or for TLS:
 
@@ -39,6 +46,7 @@ from stunnel3.tls import TlsError, TlsSession
 BUFFER = 256 * 1024
 READ_SIZE = 128 * 1024
 CLOSE_WAIT = 10.0
+ALERT_WAIT = 2.0  # for the alert of a failed TLS session to leave
 
 
 def _timeout(name: str, default: float) -> float:
@@ -118,36 +126,52 @@ class Relay:
                 if action.early:
                     self.tls.receive(action.early)
             elif isinstance(action, Close):
+                # Rule: Close is EOF both ways (close_notify, shutdowns) once what is
+                # queued has been written; the session then ends.
                 self.log.debug(f"Closing: {action.reason}")
                 self.closing = True
+                self.net_eof_queued = self.back_eof_queued = True
             elif isinstance(action, Log):
                 self.log.log(action.level, action.text)
 
     # -- moving bytes without waiting ----------------------------------------
 
-    def _pump_tls(self) -> None:
+    def _settle(self) -> None:
+        """Move everything that can move without waiting, until nothing does."""
+        while True:
+            moved = self._pump_tls()
+            moved |= self._flush_closes()
+            if not moved:
+                return
+
+    def _pump_tls(self) -> bool:
+        """One round of TLS work; True if anything moved (the next round may move more)."""
         tls = self.tls
         if tls is None:
-            return
+            return False
         if not tls.established:
             done = tls.handshake()
             self.net_out += tls.outgoing()
             if not done:
-                return
+                return False
             self.handshake_deadline = None
             info = tls.info()
             self.log.info(f"Negotiated ciphers: {info.cipher} {info.version} ({info.bits} bits)")
             if self.backend is None and self.open_backend is not None:
                 self.backend = self.open_backend(tls)
             self._apply(self.layer.tls_started(info))
+            return True
+        moved = False
         while self.plain_out and len(self.net_out) < BUFFER and self.net_writing:
             self.ssl_bytes += self._encrypt(tls)
+            moved = True
         # Rule: EOF from the layer towards the network becomes close_notify once
         # every queued plaintext byte is encrypted.
         if self.net_eof_queued and not self.plain_out and self.net_writing:
             tls.close()
             self.net_out += tls.outgoing()
             self.net_writing = False
+            moved = True
         while self.net_reading and len(self.back_out) < BUFFER and not self._layer_paused():
             plain = tls.read_many(READ_SIZE)
             if plain is None:
@@ -156,8 +180,19 @@ class Relay:
                 self.net_reading = False
                 self.log.debug("SSL closed on SSL_read")
             self._apply(self.layer.feed_client(plain))
-        # Reading may have produced records of its own (a key update's answer).
+            moved = True
+        # Reading may have produced records of its own (a key update's answer, or
+        # the refusal of a renegotiation).
         self.net_out += tls.outgoing()
+        self._note_renegotiation(tls)
+        return moved
+
+    def _note_renegotiation(self, tls: TlsSession) -> None:
+        if tls.renegotiations_refused and not self._renegotiation_logged:
+            self._renegotiation_logged = True
+            self.log.notice("SSL renegotiation refused: the session goes on as it was")
+
+    _renegotiation_logged = False
 
     def _encrypt(self, tls: TlsSession) -> int:
         """Move about BUFFER bytes of plain_out through TLS into net_out."""
@@ -170,7 +205,9 @@ class Relay:
         self.net_out += tls.outgoing()
         return moved
 
-    def _flush_closes(self) -> None:
+    def _flush_closes(self) -> bool:
+        """The half-close rules; True if a side was closed just now."""
+        moved = False
         # Rule: once the network's EOF is queued and nothing is left to send,
         # our write side closes (after close_notify if TLS is on; a pipe closes).
         if self.net_eof_queued and not self.net_out and not self.plain_out:
@@ -178,13 +215,15 @@ class Relay:
                 self.net_writing = False
             if not self.net_writing and self.network.wfd >= 0 and not self._net_shut:
                 self.network.shut_write()
-                self._net_shut = True
+                self._net_shut = moved = True
         # Rule: EOF towards the backend (close_notify or TCP EOF from the network)
         # becomes shutdown(SHUT_WR) on it, or close for a pipe, once back_out is empty.
         if self.back_eof_queued and not self.back_out and self.back_writing:
             self.back_writing = False
+            moved = True
             if self.backend is not None:
                 self.backend.shut_write()
+        return moved
 
     _net_shut = False
 
@@ -230,7 +269,7 @@ class Relay:
     def _deadline(self) -> tuple[float, str]:
         if self.handshake_deadline is not None:
             return self.handshake_deadline, "SSL handshake timed out"
-        if not self.back_reading:
+        if not self.back_reading or self.closing:
             return self.last_activity + CLOSE_WAIT, ""
         return self.last_activity + self.idle_timeout, "Connection idle timeout"
 
@@ -276,8 +315,7 @@ class Relay:
 
     def _pass(self) -> bool:
         """One turn of the loop; False when the session is over."""
-        self._pump_tls()
-        self._flush_closes()
+        self._settle()
         if self._finished():
             return False
         wanted = self._poll_set()
@@ -327,13 +365,35 @@ class Relay:
         try:
             while self._pass():
                 pass
-        except (PeerError, TlsError) as error:
+        except TlsError as error:
+            self.log.err(str(error))
+            self._send_alert()
+            self._reset(network=False)
+            return False
+        except PeerError as error:
             self.log.err(str(error))
             self._reset()
             return False
         return True
 
-    def _reset(self) -> None:
-        self.network.reset()
+    def _send_alert(self) -> None:
+        """After a TLS failure: the alert OpenSSL wrote (and what was queued before
+        it) goes out within ALERT_WAIT, then our side of the connection closes."""
+        if self.tls is not None:
+            self.net_out += self.tls.outgoing()
+        poller = select.poll()
+        poller.register(self.network.wfd, select.POLLOUT)
+        deadline = time.monotonic() + ALERT_WAIT
+        try:
+            while self.net_out and time.monotonic() < deadline:
+                if not self._write(self.network, self.net_out):
+                    poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
+        except PeerError:
+            return  # the peer is gone: nothing more to tell it
+        self.network.shut_write()
+
+    def _reset(self, network: bool = True) -> None:
+        if network:
+            self.network.reset()
         if self.backend is not None:
             self.backend.reset()

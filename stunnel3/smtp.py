@@ -13,13 +13,20 @@ No sockets, no TLS, no clock but the one passed in. The rules, each kept in one 
               any case; each forwarded command puts what its reply means on a FIFO
               (RFC 2920 pipelining); replies the proxy makes itself wait their turn
               in the same FIFO, so every reply reaches the client in command order.
-  stop points after DATA, AUTH and STARTTLS nothing more is parsed until the reply:
-              what follows may be message data, a SASL line, or TLS.
-  EHLO reply  rewritten (smtp_reply.rewrite_ehlo): + STARTTLS before TLS, only
-              extensions the FIFO can follow are kept.
+  stop points after STARTTLS, and after every forwarded command not in
+              smtp_command.FOLLOWED (DATA, AUTH, anything the proxy does not know),
+              nothing more is parsed until the reply: what follows may be message
+              data, a SASL line, or TLS.
+  the backend decides  a 354 to any client command starts the DATA phase, a 334 makes
+              the next line a SASL line, a 235 means authenticated, whatever the
+              proxy made of the command; verbs end at any blank a backend ends them
+              at (layer.BLANKS: `DATA<TAB>` is DATA).
+  EHLO reply  rewritten (smtp_reply.rewrite_ehlo): + STARTTLS before TLS and AUTH,
+              only extensions the FIFO can follow are kept.
   transaction opened by a positive reply to MAIL; closed by a positive reply to RSET,
               EHLO or HELO, and by any reply to the end of the data.
-  STARTTLS    TLS active -> 503; parameters -> 501; not greeted -> 503; in a
+  STARTTLS    TLS active -> 503; parameters -> 501; after a successful AUTH -> 503
+              (a plaintext login must not survive into TLS); not greeted -> 503; in a
               transaction -> 503; client bytes after it -> 421 and the session ends
               (CVE-2011-0411); else 220, StartTls, RSET to the backend (reply
               checked and swallowed), EHLO/HELO required again.
@@ -29,7 +36,8 @@ No sockets, no TLS, no clock but the one passed in. The rules, each kept in one 
   BDAT        502 and the announced chunk is skipped unread (CHUNKING is not offered).
   bounds      smtp_text.MAX_LINE, MAX_PENDING, MAX_HELD.
   log         Log(7) per line when log_dialogue: C: client, S: server, P: proxy;
-              never an AUTH argument or SASL line (***), never message content.
+              never an AUTH argument or SASL line (***), never message content,
+              a line it does not know only by its size.
 """
 
 import enum
@@ -38,14 +46,15 @@ from collections import deque
 from dataclasses import dataclass
 
 from stunnel3 import smtp_text as text
-from stunnel3.layer import LineProxy
+from stunnel3.layer import LineProxy, first_word
 from stunnel3.protocol import ToBackend, ToClient
 from stunnel3.smtp_command import (
     ALLOWED_BEFORE_HELO,
     ALLOWED_BEFORE_TLS,
+    FOLLOWED,
     NOT_FOLLOWABLE,
-    loggable,
     received_line,
+    shown,
     split_command,
 )
 from stunnel3.smtp_data import MessageData
@@ -73,14 +82,21 @@ class Expect(enum.Enum):
     DATA = "data"
     MESSAGE = "message"  # the end of the data
     AUTH = "auth"
-    OTHER = "other"
+    OTHER = "other"  # a command in smtp_command.FOLLOWED
+    UNKNOWN = "unknown"  # any other: its reply decides what follows
     RESET_AFTER_TLS = "reset after tls"  # the proxy's own RSET: reply swallowed
     STARTTLS = "starttls"  # local: decided when it reaches the head
     LOCAL = "local"  # local: a ready reply
 
 
-STOP_POINTS = frozenset({Expect.GREETING, Expect.DATA, Expect.AUTH, Expect.STARTTLS})
+STOP_POINTS = frozenset(
+    {Expect.GREETING, Expect.DATA, Expect.AUTH, Expect.UNKNOWN, Expect.STARTTLS}
+)
 LOCAL_ENTRIES = frozenset({Expect.STARTTLS, Expect.LOCAL})
+# Replies that answer no client command: the backend's greeting, its reply to our RSET.
+OWN_REPLIES = frozenset({Expect.GREETING, Expect.RESET_AFTER_TLS})
+# Replies after which the client's bytes are not commands, to whatever command.
+PHASES = {b"354": Expect.DATA, b"334": Expect.AUTH}
 FORWARDED = {
     verb.encode(): Expect[verb] for verb in ("EHLO", "HELO", "MAIL", "RSET", "DATA", "AUTH")
 }
@@ -228,7 +244,7 @@ class SmtpProxy(LineProxy):
         self._discarding = end < 0
 
     def _command(self, verb: bytes, argument: bytes, line: bytes) -> None:
-        self._log_lines("C: ", loggable(verb, argument, line))
+        self._log_lines("C: ", shown(verb, argument, line))
         if verb in NOT_FOLLOWABLE:
             self._local(text.NOT_IMPLEMENTED)
         elif verb == b"BDAT":
@@ -240,10 +256,11 @@ class SmtpProxy(LineProxy):
         elif verb == b"STARTTLS":
             self._queue(Pending(Expect.STARTTLS, argument))
         else:
-            self._forward(line, FORWARDED.get(verb, Expect.OTHER))
+            expect = FORWARDED.get(verb, Expect.OTHER if verb in FOLLOWED else Expect.UNKNOWN)
+            self._forward(line, expect)
 
     def _bdat(self, argument: bytes) -> None:
-        size = argument.split(b" ", 1)[0]
+        size, _ = first_word(argument)
         if not size.isdigit() or len(size) > 18:
             raise ClientError(text.BDAT_BAD_SIZE)
         self._skip = int(size)
@@ -278,6 +295,8 @@ class SmtpProxy(LineProxy):
             refusal = text.STARTTLS_TWICE
         elif argument:
             refusal = text.STARTTLS_PARAMETERS
+        elif self._authenticated:
+            refusal = text.STARTTLS_AFTER_AUTH
         elif not self._greeted:
             refusal = text.STARTTLS_BEFORE_HELO
         elif self._transaction:
@@ -307,6 +326,13 @@ class SmtpProxy(LineProxy):
             self._emit(ToClient(reply.raw))
             return
         expect = self._pending.popleft().expect
+        if expect not in OWN_REPLIES:
+            # The backend decides what comes next, whatever the proxy made of the command.
+            if reply.code in PHASES:
+                expect = PHASES[reply.code]
+                if self._pending:  # what followed went on as commands: out of step
+                    raise BackendError(text.BACKEND_OUT_OF_STEP)
+            self._authenticated = self._authenticated or reply.code == b"235"  # RFC 4954
         handler = getattr(self, "_reply_" + expect.name.lower(), None)
         if handler is None:
             self._emit(ToClient(reply.raw))
@@ -324,7 +350,8 @@ class SmtpProxy(LineProxy):
 
     def _reply_ehlo(self, reply: Reply) -> None:
         if reply.positive:
-            reply = rewrite_ehlo(reply, offer_starttls=not self._tls_active)
+            offer = not (self._tls_active or self._authenticated)
+            reply = rewrite_ehlo(reply, offer_starttls=offer)
             self._greeted, self._must_greet, self._transaction = True, False, False
         self._emit(ToClient(reply.raw))
 

@@ -45,6 +45,8 @@ class ReplyReader:
         replies = []
         start = 0
         while (end := self._buffer.find(b"\n", start)) >= 0:
+            if end - start > MAX_LINE:  # the bound holds however the bytes were split
+                raise ReplyTooLong()
             line = self._buffer[start : end + 1]
             start = end + 1
             self._lines.append(line)

@@ -14,6 +14,10 @@ STARTTLS_PARAMETERS = b"501 5.5.4 Syntax error (no parameters allowed)\r\n"
 STARTTLS_BEFORE_HELO = b"503 5.5.1 Send EHLO or HELO first\r\n"
 STARTTLS_IN_TRANSACTION = b"503 5.5.1 STARTTLS not allowed during a mail transaction\r\n"
 STARTTLS_TWICE = b"503 5.5.1 TLS already active\r\n"
+# A plaintext AUTH must not survive STARTTLS: a man in the middle could have logged
+# the session into an account of his before the client asked for TLS. RFC 3207 names
+# no reply for it; IMAP and POP3 refuse the same way (RFC 2595).
+STARTTLS_AFTER_AUTH = b"503 5.5.1 STARTTLS is only allowed before authentication\r\n"
 # CVE-2011-0411: bytes pipelined after STARTTLS are never executed. The session
 # ends, because those bytes may have been injected by a man in the middle and
 # nothing the client sends in plaintext afterwards can be trusted to be its own.
@@ -38,6 +42,9 @@ NOT_IMPLEMENTED = b"502 5.5.1 Command not implemented\r\n"
 TOO_MUCH_PIPELINING = b"421 4.7.0 Too many pipelined commands, closing connection\r\n"
 BACKEND_RESET_FAILED = b"421 4.3.0 Server did not accept the reset after STARTTLS, closing\r\n"
 BACKEND_LINE_TOO_LONG = b"421 4.3.0 Server reply line too long, closing connection\r\n"
+# A 354 or 334 to a command followed by others already forwarded as commands: the
+# backend now reads them as message data or SASL, and no later reply can be matched.
+BACKEND_OUT_OF_STEP = b"421 4.3.0 Server reply out of step with the commands, closing\r\n"
 
 STARTTLS_CAPABILITY = b"STARTTLS"
 

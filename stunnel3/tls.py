@@ -43,6 +43,19 @@ Without the option OpenSSL would also refuse to write afterwards, and the
 replies still owed to a half-closed client would be lost. SMTP carries its own
 end markers (QUIT, the end-of-data dot), so truncation gains an attacker
 nothing there.
+
+Renegotiation is refused (OP_NO_RENEGOTIATION): a TLS 1.2 peer that asks for a
+new handshake gets OpenSSL's warning alert no_renegotiation and the session goes
+on as it was (RFC 5746 lets the peer choose to go on or to end it; OpenSSL peers
+end it). OpenSSL says nothing of it to the caller, and an info callback cannot
+be used to learn it: Python code that OpenSSL calls back loses any exception
+raised in it, SIGTERM's Terminated included. But in TLS 1.2 a record's type is in
+the clear, and an alert that a read (not close()) made us write, one that did
+not end the session, can only be that refusal: `outgoing()` counts those records
+in what it drains, and the relay logs the refusal. Any failure (a
+handshake that cannot agree, a bad record) leaves the alert OpenSSL wrote in the
+outgoing BIO: the relay sends it before it closes, so the peer learns why
+(protocol_version, handshake_failure, ...) instead of reading a bare reset.
 """
 
 import os
@@ -67,6 +80,7 @@ RECORD = 16384  # the largest TLS record's plaintext
 # and write() loops over the records one call each, slower but the same bytes.
 _PARTIAL_WRITE = 0x1
 _DRAIN_MIN = 65536  # a handshake flight, an alert, a ticket fit in one read
+ALERT = 0x15  # the content type of an alert record (RFC 5246 section 6.2.1)
 
 # The X509_V_ERR_* texts a mail administrator meets most (x509_vfy.h numbers).
 _VERIFY_ERRORS = {
@@ -250,6 +264,15 @@ def make_context(options: Options, log) -> SSL.Context:
     return ctx
 
 
+def _alert_records(records: bytes) -> int:
+    """How many alert records a run of whole TLS records holds."""
+    count = position = 0
+    while position + 5 <= len(records):
+        count += records[position] == ALERT
+        position += 5 + int.from_bytes(records[position + 3 : position + 5], "big")
+    return count
+
+
 class TlsSession:
     """One TLS connection over memory BIOs (see the theory of operation above)."""
 
@@ -261,6 +284,10 @@ class TlsSession:
         else:
             self._conn.set_connect_state()
         self.established = False
+        self.renegotiations_refused = 0  # no_renegotiation alerts sent (see the top)
+        self._tls12 = False  # established in TLS 1.2, where renegotiation exists
+        self._read_since_drain = False  # output may hold an alert a read made
+        self._done_writing = False  # close() or a failure: any alert now is not a refusal
         self._written = 0  # plaintext written since the last drain
         self._held: bytes | TlsError | None = None  # what ended read_many's last batch
         self._stirred = False  # an SSL call since the last drain (it may have output)
@@ -290,7 +317,12 @@ class TlsSession:
             chunks.append(chunk)
             if len(chunk) < size:
                 break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        out = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self._read_since_drain:
+            self._read_since_drain = False
+            if not self._done_writing:
+                self.renegotiations_refused += _alert_records(out)
+        return out
 
     def handshake(self) -> bool:
         """Advance the handshake; True once it is complete."""
@@ -304,6 +336,7 @@ class TlsSession:
         except SSL.Error as error:
             raise TlsError(f"{self._verb}: {_ssl_reason(error)}") from None
         self.established = True
+        self._tls12 = self._conn.get_protocol_version() == SSL.TLS1_2_VERSION
         return True
 
     def read(self) -> bytes | None:
@@ -311,6 +344,7 @@ class TlsSession:
         if self._starved:
             return None  # it wanted bytes and none came since: it still does
         self._stirred = True
+        self._read_since_drain = self._tls12
         try:
             return self._conn.recv(RECORD)
         except SSL.WantReadError:
@@ -321,6 +355,7 @@ class TlsSession:
         except SSL.SysCallError:
             return b""  # EOF in the middle of a record
         except SSL.Error as error:
+            self._done_writing = True
             raise TlsError(f"SSL_read: {_ssl_reason(error)}") from None
 
     def read_many(self, size: int) -> bytes | None:
@@ -365,7 +400,7 @@ class TlsSession:
 
     def close(self) -> None:
         """Queue our close_notify (the peer's may come later or never)."""
-        self._stirred = True
+        self._stirred = self._done_writing = True
         try:
             self._conn.shutdown()
         except SSL.Error:

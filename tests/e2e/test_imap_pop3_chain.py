@@ -316,3 +316,50 @@ def test_pop3_stls_injection_never_reaches_backend(chains):
     answer, received, _ = chain.session(client)
     assert answer.startswith(b"-ERR Commands pipelined after STLS")
     assert not any(line.startswith("USER") for line in received)
+
+
+# -- responses the proxy makes itself, at once, after STARTTLS / STLS -----------------
+
+BOUND = 5  # seconds a response may take (the stall this guards against lasted 600 s)
+
+
+def test_imap_local_responses_after_starttls_arrive_at_once(imap_chain, pki):
+    def client():
+        with imaplib.IMAP4("127.0.0.1", imap_chain.port, timeout=BOUND) as conn:
+            conn.starttls(tls_client(str(pki["ca"])))
+            refused = []
+            for command in (("STARTTLS",), ("STARTTLS", "now"), ("COMPRESS", "DEFLATE")):
+                try:
+                    refused.append(conn.xatom(*command)[0])
+                except imaplib.IMAP4.error as error:  # imaplib raises on BAD
+                    refused.append(str(error))
+            conn.logout()
+            return refused
+
+    refused, received, log = imap_chain.session(client)
+    assert "TLS already active" in refused[0] and "TLS already active" in refused[1]
+    assert refused[2] == "NO"  # COMPRESS is refused by the proxy, after TLS too
+    assert not any(
+        line.upper().split(" ")[1:2] in (["STARTTLS"], ["COMPRESS"]) for line in received
+    )
+
+
+def test_pop3_local_responses_after_stls_arrive_at_once(chains, pki):
+    chain = chains("pop3-")
+
+    def client():
+        conn = poplib.POP3("127.0.0.1", chain.port, timeout=BOUND)
+        try:
+            conn.stls(tls_client(str(pki["ca"])))
+            refused = []
+            for command in ("STLS", "STLS now"):
+                with pytest.raises(poplib.error_proto) as error:
+                    conn._shortcmd(command)  # poplib itself refuses a second stls()
+                refused.append(error.value.args[0])
+            return refused
+        finally:
+            conn.quit()
+
+    refused, received, log = chain.session(client)
+    assert refused == [b"-ERR Command not permitted when TLS active"] * 2
+    assert "STLS" not in [line.upper().split(" ")[0] for line in received]

@@ -106,15 +106,42 @@ def test_ecdsa_key(certs):
     assert server.established
 
 
-def test_tls_1_1_is_refused(certs):
+def test_tls_1_1_is_refused_and_the_alert_is_left_to_send(certs):
     old = SSL.Context(SSL.TLS_METHOD)
     old.set_max_proto_version(SSL.TLS1_1_VERSION)
     old.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
     server = TlsSession(make_context(Options(pem=certs["server"]), RecordingLog()), server=True)
     client = TlsSession(old, server=False)
     client.handshake()
+    server.receive(client.outgoing())
     with pytest.raises(TlsError, match="SSL_accept"):
-        pump(client, server)
+        server.handshake()
+    # a fatal alert record (type 21) with protocol_version (70): the relay sends it
+    assert server.outgoing() == b"\x15\x03\x02\x00\x02\x02\x46"
+
+
+def test_a_renegotiation_is_refused_counted_and_the_session_goes_on(certs):
+    server = TlsSession(make_context(Options(pem=certs["server"]), RecordingLog()), server=True)
+    tls12 = SSL.Context(SSL.TLS_METHOD)
+    tls12.set_max_proto_version(SSL.TLS1_2_VERSION)
+    client = TlsSession(tls12, server=False)
+    client.handshake()
+    pump(client, server)
+    assert server.renegotiations_refused == 0
+    client._conn.renegotiate()  # pyOpenSSL's client API; our session has none
+    client.handshake()
+    server.receive(client.outgoing())
+    assert server.read() is None  # the ClientHello is refused, nothing decrypted
+    client.receive(server.outgoing())  # no_renegotiation, a warning: an OpenSSL
+    assert server.renegotiations_refused == 1  # (counted as it leaves)
+    with pytest.raises(TlsError, match="no renegotiation"):  # client gives up
+        client.handshake()
+    server.write(b"still here\r\n")  # the server's side of the session goes on
+    assert server.outgoing()
+    server.close()  # our close_notify is an alert too, but no refusal,
+    server.read()  # even with a read before the drain
+    server.outgoing()
+    assert server.renegotiations_refused == 1
 
 
 def test_compression_and_renegotiation_are_off(certs):
