@@ -51,7 +51,7 @@ import sysconfig
 from pathlib import Path
 
 from stunnel3 import tls_library
-from stunnel3.makesock import FRONT_MARK
+from stunnel3.fronts import FRONT_MARK
 from stunnel3.setup_scripts import (
     LOG_RUN,
     RUN_SCRIPT,

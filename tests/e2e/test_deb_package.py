@@ -115,9 +115,15 @@ def test_lintian_finds_no_error_and_no_warning(deb):
 
 def test_the_programs_are_in_the_private_directory(package):
     files = set(run("dpkg-query", "-L", PACKAGE).stdout.split())
-    for program in ("stunnel", "makesock", "fixcrio", "stunnel3-warm"):
+    for program in ("stunnel", "makesock", "fixcrio", "stunnel3-warm", "stunnel3-python"):
         assert str(PROGRAMS / program) in files
     assert SETUP in files
+    # the fronts' Python, as the package's build installed it: Debian's python3
+    first = (PROGRAMS / "stunnel3-python").read_text().split("\n", 1)[0]
+    assert first == "#!/usr/bin/python3"
+    said = run(str(PROGRAMS / "stunnel3-python"), env=system_env()).stdout
+    assert said.startswith("/usr/bin/python3: Python 3.")
+    assert said.endswith(" in /usr/lib/python3/dist-packages/stunnel3\n")
     assert not [path for path in files if path.startswith("/usr/bin/")]
     # what other packages own stays theirs
     assert run("dpkg-query", "-S", "/usr/bin/stunnel").stdout.startswith("stunnel4: ")
