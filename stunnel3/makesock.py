@@ -36,7 +36,7 @@ import _socket  # the C module: `socket` imports enum and selectors, ~10 ms more
 import os
 import sys
 
-from stunnel3 import fronts, unix
+from stunnel3 import fronts, proctitle, unix
 
 PROG = "makesock"
 SEPARATOR = "-makesock_connect_to"
@@ -277,12 +277,14 @@ def main(argv: list[str]) -> int:
     os.close(second_end)
     os.close(gate_read)
     if ours:
+        argv = ["stunnel", *invocation.first[1:]]
+        proctitle.set_title(argv)  # what ps shows after an exec of stunnel, before PROG2 runs
         os.close(gate_write)  # as a successful exec would: PROG2 may run
         if elided:
             os.environ[FIXCRIO_ENV] = str(invocation.fd)  # stunnel.run() takes it out again
         from stunnel3 import stunnel
 
-        return stunnel.main(["stunnel", *invocation.first[1:]])
+        return stunnel.main(argv)
     failure = unix.exec_program(invocation.first)
     try:
         os.write(gate_write, b"!")

@@ -332,7 +332,11 @@ def test_the_worker_is_the_client_recreated(helper, stunnel_bin, pki, tmp_path):
 
 def test_the_environment_reaches_a_local_program(helper, stunnel_bin, pki, tmp_path):
     """tcpserver's variables and ours reach -l; the front's STUNNEL3_RLIMITS does not."""
-    script = "env; echo PARENT=$(tr '\\0\\n' '  ' < /proc/$PPID/cmdline | grep -c stunnel3-war[m])"
+    # The worker shows the front's own command line (proctitle): its parent is the helper.
+    script = (
+        "env; up=$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$PPID/status);"
+        " echo PARENT=$(tr '\\0\\n' '  ' < /proc/$up/cmdline | grep -c stunnel3-war[m])"
+    )
     outputs = {}
     for warm in (True, False):
         env = environment(WARM_PROBE="a b=c", STUNNEL3_WARM="1" if warm else "0")
