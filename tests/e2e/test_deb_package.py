@@ -254,6 +254,7 @@ def test_setup_and_the_run_script_deliver_over_starttls_direct_and_warm(package)
             assert re.search(r"^ ~> \.\n<~ +250 ", client.stdout, re.M), client.stdout  # in TLS
             assert f"Subject: stunnel3 deb {token}" in lines  # what the backend got (recordio)
             assert "Negotiated ciphers: " in lines and "Traceback" not in lines
+            assert not re.findall(r" LOG[0-4]\[.*", lines)  # no warning per connection (the seed)
             assert SYSTEM_LIBSSL in lines  # STUNNEL_INFO: the system's OpenSSL served it
             ids = {(int(pid), int(tid)) for pid, tid in LOG_IDS.findall(lines)}
             assert ids and all((pid != tid) == warm for pid, tid in ids), (warm, ids)
