@@ -139,6 +139,7 @@ def test_the_man_pages_clash_with_nothing(package):
 
     assert where("stunnel3-setup") == "/usr/share/man/man8/stunnel3-setup.8.gz"
     assert where("stunnel3-warm") == "/usr/share/man/man8/stunnel3-warm.8.gz"
+    assert where("stunnel3-python") == "/usr/share/man/man1/stunnel3-python.1.gz"
     assert where("8stunnel3", "stunnel") == "/usr/share/man/man8/stunnel.8stunnel3.gz"
     assert where("-e", "stunnel3", "fixcrio") == "/usr/share/man/man1/fixcrio.1stunnel3.gz"
     assert where("makesock") == "/usr/share/man/man1/makesock.1stunnel3.gz"

@@ -28,6 +28,7 @@ PAGES = {
     "fixcrio": "man1/fixcrio.1",
     "stunnel3-setup": "man8/stunnel3-setup.8",
     "stunnel3-warm": "man8/stunnel3-warm.8",
+    "stunnel3-python": "man1/stunnel3-python.1",
 }
 
 
