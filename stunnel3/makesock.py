@@ -36,10 +36,9 @@ import _socket  # the C module: `socket` imports enum and selectors, ~10 ms more
 import os
 import sys
 
-from stunnel3 import unix
+from stunnel3 import fronts, proctitle, unix
 
 PROG = "makesock"
-FRONT_MARK = b"# The front of a stunnel3 program."
 SEPARATOR = "-makesock_connect_to"
 FIXCRIO_ENV = "STUNNEL3_FIXCRIO_FD"  # see without_fixcrio
 USAGE = (
@@ -168,7 +167,8 @@ def runs_our_stunnel(name: str) -> bool:
     """
     if os.environ.get("STUNNEL3_MAKESOCK_EXEC") == "1":
         return False
-    return _front_python(_first_runnable(name), b"stunnel") == os.path.realpath(sys.executable)
+    python = _front_python(_first_runnable(name), b"stunnel")
+    return python is not None and fronts.interpreter(python) == fronts.interpreter(sys.executable)
 
 
 def without_fixcrio(invocation: Invocation) -> tuple[list[str], str] | None:
@@ -198,7 +198,7 @@ def without_fixcrio(invocation: Invocation) -> tuple[list[str], str] | None:
     python = _front_python(front, b"fixcrio") if front is not None else None
     if front is None or python is None or _first_runnable(second[at + 1]) is None:
         return None
-    if at and not (_others_may_run(front) and _others_may_run(os.fsencode(python))):
+    if at and not _others_may_start(front, python):
         return None
     from stunnel3 import cgetopt
 
@@ -222,6 +222,20 @@ def _others_may_run(path: bytes) -> bool:
         path = os.path.dirname(path)
 
 
+def _others_may_start(front: bytes, python: str) -> bool:
+    """Whether any account may run the fixcrio front at front on python: the front, the
+    interpreter (as named, and where its links lead) and the stunnel3-python it reads."""
+    named = os.fsencode(python)
+    if not all(map(_others_may_run, (front, named, os.path.realpath(named)))):
+        return False
+    if os.environb.get(fronts.PYTHON_ENV):
+        return True
+    try:  # beside the front, whose directories _others_may_run has checked
+        return bool(os.stat(os.path.join(os.path.dirname(front), fronts.RECORD)).st_mode & 0o004)
+    except OSError:
+        return False  # through a link: let the real fixcrio run, as written
+
+
 def _first_runnable(name: str) -> bytes | None:
     """The file exec'ing name would run (djb's PATH search), if there is one."""
     for candidate in unix.candidates(name, os.environ):
@@ -231,21 +245,13 @@ def _first_runnable(name: str) -> bytes | None:
 
 
 def _front_python(path: bytes | None, prog: bytes) -> str | None:
-    """The interpreter our bin/ front for prog at path would start, if it is one."""
-    if path is None:
+    """The interpreter our bin/ front for prog at path would start, if it is one and runs."""
+    if path is None or fronts.program(path) != prog:
         return None
-    try:
-        with open(path, "rb") as front:
-            head = front.read(2048)
-    except OSError:
+    python = fronts.python(path, os.environb)
+    if python is None or not os.access(python, os.X_OK):
         return None
-    if FRONT_MARK not in head or b"\nprog=" + prog + b"\n" not in head:
-        return None
-    _, _, rest = head.partition(b"\npy=${STUNNEL3_PYTHON:-")
-    python = os.environ.get("STUNNEL3_PYTHON") or os.fsdecode(rest.partition(b"}")[0])
-    if not python or not os.access(python, os.X_OK):
-        return None
-    return os.path.realpath(python)
+    return os.fsdecode(python)
 
 
 def main(argv: list[str]) -> int:
@@ -271,12 +277,14 @@ def main(argv: list[str]) -> int:
     os.close(second_end)
     os.close(gate_read)
     if ours:
+        argv = ["stunnel", *invocation.first[1:]]
+        proctitle.set_title(argv)  # what ps shows after an exec of stunnel, before PROG2 runs
         os.close(gate_write)  # as a successful exec would: PROG2 may run
         if elided:
             os.environ[FIXCRIO_ENV] = str(invocation.fd)  # stunnel.run() takes it out again
         from stunnel3 import stunnel
 
-        return stunnel.main(["stunnel", *invocation.first[1:]])
+        return stunnel.main(argv)
     failure = unix.exec_program(invocation.first)
     try:
         os.write(gate_write, b"!")

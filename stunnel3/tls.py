@@ -157,11 +157,22 @@ def _load_pem(ctx: SSL.Context, path: str, log) -> None:
         reason = _ssl_reason(error)
         if "mismatch" in reason:  # OpenSSL now checks the pair here already
             raise ContextError("Private key does not match the certificate") from None
+        if not _has_private_key(path):  # OpenSSL 3 says `unsupported; PEM lib`
+            reason = f"no private key in {path} (it must hold the key and its certificate)"
         raise ContextError(f"SSL_CTX_use_PrivateKey_file: {reason}") from None
     try:
         ctx.check_privatekey()
     except SSL.Error:
         raise ContextError("Private key does not match the certificate") from None
+
+
+def _has_private_key(path: str) -> bool:
+    """Whether the pem holds any PEM private key block (RSA, EC, PKCS#8, encrypted or not)."""
+    try:
+        with open(path, "rb") as pem:
+            return b"PRIVATE KEY-----" in pem.read()
+    except OSError:
+        return True  # it was read a moment ago: let OpenSSL's reason stand
 
 
 def _local_certificates(options: Options) -> set[bytes]:

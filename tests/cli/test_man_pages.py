@@ -14,7 +14,8 @@ import pytest
 from stunnel3.options import OPTSTRING
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = ["stunnel.8", "makesock.1", "fixcrio.1", "stunnel3-setup.8", "stunnel3-warm.8"]
+PAGES = ["stunnel.8", "makesock.1", "fixcrio.1", "stunnel3-setup.8", "stunnel3-warm.8",
+         "stunnel3-python.1"]  # fmt: skip
 
 
 def render(page: str) -> subprocess.CompletedProcess:

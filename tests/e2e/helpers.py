@@ -10,10 +10,12 @@ is left behind: no process of ours, no socket or pipe descriptor in pytest.
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -270,3 +272,23 @@ def children(pid: int) -> list[int]:
                 if int(fields[1]) == pid:
                     found.append(int(entry))
     return found
+
+
+@contextlib.contextmanager
+def install_on_a_closed_python(tmp_path: Path, fixcrio: str):
+    """A copy of our fixcrio front where every account may run it, and beside it the
+    stunnel3-python an installer would write for a Python in a directory closed to all but
+    root (a venv of a Python under /root): yields (that directory, that Python)."""
+    hidden = tmp_path / "root-only"  # pytest's own directories are 0700
+    hidden.mkdir(mode=0o700)
+    python = hidden / "python3"
+    python.symlink_to(os.path.realpath("/proc/self/exe"))
+    install = Path(tempfile.mkdtemp(prefix="stunnel3-install-", dir="/tmp"))
+    try:
+        install.chmod(0o755)
+        shutil.copy(fixcrio, install / "fixcrio")
+        (install / "stunnel3-python").write_text(f"#!{python}\n")
+        (install / "stunnel3-python").chmod(0o644)
+        yield install, python
+    finally:
+        shutil.rmtree(install)

@@ -115,9 +115,15 @@ def test_lintian_finds_no_error_and_no_warning(deb):
 
 def test_the_programs_are_in_the_private_directory(package):
     files = set(run("dpkg-query", "-L", PACKAGE).stdout.split())
-    for program in ("stunnel", "makesock", "fixcrio", "stunnel3-warm"):
+    for program in ("stunnel", "makesock", "fixcrio", "stunnel3-warm", "stunnel3-python"):
         assert str(PROGRAMS / program) in files
     assert SETUP in files
+    # the fronts' Python, as the package's build installed it: Debian's python3
+    first = (PROGRAMS / "stunnel3-python").read_text().split("\n", 1)[0]
+    assert first == "#!/usr/bin/python3"
+    said = run(str(PROGRAMS / "stunnel3-python"), env=system_env()).stdout
+    assert said.startswith("/usr/bin/python3: Python 3.")
+    assert said.endswith(" in /usr/lib/python3/dist-packages/stunnel3\n")
     assert not [path for path in files if path.startswith("/usr/bin/")]
     # what other packages own stays theirs
     assert run("dpkg-query", "-S", "/usr/bin/stunnel").stdout.startswith("stunnel4: ")
@@ -133,6 +139,7 @@ def test_the_man_pages_clash_with_nothing(package):
 
     assert where("stunnel3-setup") == "/usr/share/man/man8/stunnel3-setup.8.gz"
     assert where("stunnel3-warm") == "/usr/share/man/man8/stunnel3-warm.8.gz"
+    assert where("stunnel3-python") == "/usr/share/man/man1/stunnel3-python.1.gz"
     assert where("8stunnel3", "stunnel") == "/usr/share/man/man8/stunnel.8stunnel3.gz"
     assert where("-e", "stunnel3", "fixcrio") == "/usr/share/man/man1/fixcrio.1stunnel3.gz"
     assert where("makesock") == "/usr/share/man/man1/makesock.1stunnel3.gz"
@@ -248,6 +255,7 @@ def test_setup_and_the_run_script_deliver_over_starttls_direct_and_warm(package)
             assert re.search(r"^ ~> \.\n<~ +250 ", client.stdout, re.M), client.stdout  # in TLS
             assert f"Subject: stunnel3 deb {token}" in lines  # what the backend got (recordio)
             assert "Negotiated ciphers: " in lines and "Traceback" not in lines
+            assert not re.findall(r" LOG[0-4]\[.*", lines)  # no warning per connection (the seed)
             assert SYSTEM_LIBSSL in lines  # STUNNEL_INFO: the system's OpenSSL served it
             ids = {(int(pid), int(tid)) for pid, tid in LOG_IDS.findall(lines)}
             assert ids and all((pid != tid) == warm for pid, tid in ids), (warm, ids)

@@ -332,7 +332,11 @@ def test_the_worker_is_the_client_recreated(helper, stunnel_bin, pki, tmp_path):
 
 def test_the_environment_reaches_a_local_program(helper, stunnel_bin, pki, tmp_path):
     """tcpserver's variables and ours reach -l; the front's STUNNEL3_RLIMITS does not."""
-    script = "env; echo PARENT=$(tr '\\0\\n' '  ' < /proc/$PPID/cmdline | grep -c stunnel3-war[m])"
+    # The worker shows the front's own command line (proctitle): its parent is the helper.
+    script = (
+        "env; up=$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$PPID/status);"
+        " echo PARENT=$(tr '\\0\\n' '  ' < /proc/$up/cmdline | grep -c stunnel3-war[m])"
+    )
     outputs = {}
     for warm in (True, False):
         env = environment(WARM_PROBE="a b=c", STUNNEL3_WARM="1" if warm else "0")
@@ -403,12 +407,10 @@ def test_forged_and_garbled_announcements_never_hurt(helper, stunnel_bin):
         for process in (sleeper, stranger):
             process.kill()
             process.wait()
-    other = Path(helper.path).parent / "stunnel"  # our front, for Debian's own python3
-    front = Path(stunnel_bin).read_text()
-    other.write_text(
-        front.replace("py=${STUNNEL3_PYTHON:-", "py=${NOT_OURS:-/usr/bin/python3 #", 1)
-    )
+    other = Path(helper.path).parent / "stunnel"  # our front, installed for Debian's python3
+    other.write_text(Path(stunnel_bin).read_text())
     other.chmod(0o755)
+    (other.parent / "stunnel3-python").write_text("#!/usr/bin/python3\n")
     process, _, err = run_with_fd3(str(other), ["-x"], True)
     assert serving_ids(err) <= {process.pid}  # whatever that Python made of it, it ran here
     assert "not a front of this installation" in helper.wait_log("not a front of this")

@@ -208,8 +208,12 @@ def test_key_that_does_not_match(certs):
 def test_pem_without_key_and_garbage(tmp_path, certs):
     only_cert = tmp_path / "cert.pem"
     only_cert.write_bytes(open(certs["client_cert"], "rb").read())
-    with pytest.raises(ContextError, match="SSL_CTX_use_PrivateKey_file"):
+    with pytest.raises(ContextError) as error:
         make_context(Options(pem=str(only_cert)), RecordingLog())
+    assert error.value.text == (
+        f"SSL_CTX_use_PrivateKey_file: no private key in {only_cert} (it must hold the key and"
+        " its certificate)"
+    )
     garbage = tmp_path / "garbage.pem"
     garbage.write_bytes(b"not a pem\n")
     with pytest.raises(ContextError, match="SSL_CTX_use_certificate_chain_file"):
