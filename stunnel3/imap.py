@@ -22,10 +22,19 @@ rules, each kept in one place (docs/imap-pop3.md has the reasons):
               know (the server decides; that line is never logged). Words end at
               any blank (layer.BLANKS): `a LOGIN<TAB>...` is a LOGIN.
   CAPABILITY  in `* CAPABILITY` responses and `[CAPABILITY ...]` response codes:
-              + STARTTLS before TLS (once), none after it; COMPRESS=* dropped (the
-              stream could not be followed), and the COMPRESS command refused.
-              The backend's LOGINDISABLED passes: it is the backend that refuses.
-  STARTTLS    decided when no earlier command is pending: after TLS, with
+              + STARTTLS before TLS (once, if offered), none after it; COMPRESS=*
+              dropped (the stream could not be followed), and the COMPRESS command
+              refused. Before TLS, while logins are refused: LOGINDISABLED, no AUTH=.
+              Else the backend's LOGINDISABLED passes: it is the backend that refuses.
+  logins      before TLS, unless plaintext_auth (and not require_tls): LOGIN and
+              AUTHENTICATE -> `tag NO [PRIVACYREQUIRED]`, never forwarded, their
+              literals dropped (a synchronising one is never sent); a bare line behind
+              a refused AUTHENTICATE -> `* BAD` (maybe its SASL data); the line a `+`
+              to an unknown command asks for goes to the backend as `*`.
+  required    (the client's policy) before TLS only CAPABILITY NOOP LOGOUT ID
+              STARTTLS; the rest -> `tag NO [PRIVACYREQUIRED]`; and TLS not offered
+              -> a BYE greeting, the end.
+  STARTTLS    decided when no earlier command is pending: not offered, after TLS, with
               arguments, or once authenticated (PREAUTH, or OK to LOGIN or
               AUTHENTICATE) -> `tag BAD`; client bytes after it -> `tag BAD`, `* BYE`
               and the session ends (CVE-2011-0411); else `tag OK Begin TLS
@@ -67,6 +76,8 @@ BEGIN_TLS = b"OK Begin TLS negotiation now\r\n"
 STARTTLS_TWICE = b"BAD TLS already active\r\n"
 STARTTLS_ARGUMENTS = b"BAD STARTTLS takes no arguments\r\n"
 STARTTLS_AUTHENTICATED = b"BAD STARTTLS is only allowed before authentication\r\n"
+# STARTTLS when TLS cannot be had here (the client's policy, or the certificate).
+STARTTLS_NOT_OFFERED = b"BAD STARTTLS is not available on this connection\r\n"
 # CVE-2011-0411: bytes pipelined after STARTTLS are never forwarded.
 STARTTLS_INJECTION = b"BAD Commands pipelined after STARTTLS are refused\r\n"
 CLOSING = b"* BYE Closing connection\r\n"
@@ -76,6 +87,17 @@ LINE_TOO_LONG = b"* BYE [TOOBIG] Line too long, closing connection\r\n"
 TOO_MUCH_PIPELINING = b"* BYE Too many pipelined commands, closing connection\r\n"
 BACKEND_LINE_TOO_LONG = b"* BYE Server response line too long, closing connection\r\n"
 LOCAL_WITH_LITERAL = b"* BYE Literal after a command the proxy answers, closing connection\r\n"
+# RFC 9051 section 6.2.3, RFC 5530: LOGIN and AUTHENTICATE before TLS while credentials
+# are refused in plaintext (the default; the client was told LOGINDISABLED).
+LOGIN_NEEDS_TLS = b"NO [PRIVACYREQUIRED] Login is only allowed over TLS (STARTTLS)\r\n"
+# A bare line (no command) behind a refused AUTHENTICATE: maybe its SASL data.
+SASL_DATA_REFUSED = b"* BAD [PRIVACYREQUIRED] Not forwarded: SASL data is only allowed over TLS\r\n"
+# TLS required for this client (its policy): before STARTTLS only ALLOWED_BEFORE_TLS.
+MUST_STARTTLS = b"NO [PRIVACYREQUIRED] TLS is required: issue STARTTLS first\r\n"
+# RFC 9051 section 7.1.5: a BYE greeting; RFC 5530 UNAVAILABLE.
+TLS_REQUIRED_UNAVAILABLE = (
+    b"* BYE [UNAVAILABLE] TLS is required but not available here, closing connection\r\n"
+)
 
 # RFC 9051 section 4 sets no line length; RFC 7162 section 4 asks for 8192 octets
 # at least. Long UID sets and SEARCH results come as one line, so 1 MiB per line.
@@ -88,13 +110,23 @@ LIMITS = Limits(
 )
 STARTTLS_REPLIES = StartTlsReplies(
     BEGIN_TLS,
+    not_offered=STARTTLS_NOT_OFFERED,
     twice=STARTTLS_TWICE,
     arguments=STARTTLS_ARGUMENTS,
     authenticated=STARTTLS_AUTHENTICATED,
     injection=CLOSING,
     injection_answer=STARTTLS_INJECTION,
 )
-POLICY_REPLIES = PolicyReplies(frozenset(), b"")  # no -n imap: TLS is never required
+ALLOWED_BEFORE_TLS = frozenset({b"CAPABILITY", b"NOOP", b"LOGOUT", b"STARTTLS", b"ID"})
+POLICY_REPLIES = PolicyReplies(
+    ALLOWED_BEFORE_TLS,
+    MUST_STARTTLS,
+    unavailable=TLS_REQUIRED_UNAVAILABLE,
+    credentials=frozenset({b"LOGIN", b"AUTHENTICATE"}),
+    sasl=frozenset({b"AUTHENTICATE"}),
+    encryption_required=LOGIN_NEEDS_TLS,
+    sasl_data_refused=SASL_DATA_REFUSED,
+)
 
 LITERAL = re.compile(rb"~?\{([0-9]{1,19})(\+?)\}\r?\n\Z")
 OK = re.compile(rb"OK\b")
@@ -148,26 +180,36 @@ def literal(line: bytes) -> tuple[int, bool] | None:
     return (int(found.group(1)), not found.group(2)) if found else None
 
 
-def rewrite_capabilities(words: bytes, offer_starttls: bool) -> bytes:
-    """A capability list as the client must see it through the proxy."""
-    kept = [
-        word
-        for word in words.split(b" ")
-        if word and word.upper() != b"STARTTLS" and not word.upper().startswith(b"COMPRESS=")
-    ]
+def _kept(word: bytes, login_disabled: bool) -> bool:
+    upper = word.upper()
+    if upper == b"STARTTLS" or upper.startswith(b"COMPRESS="):
+        return False  # STARTTLS is the proxy's; a compressed stream could not be followed
+    return not login_disabled or not (upper.startswith(b"AUTH=") or upper == b"LOGINDISABLED")
+
+
+def rewrite_capabilities(words: bytes, offer_starttls: bool, login_disabled: bool = False) -> bytes:
+    """A capability list as the client must see it through the proxy. login_disabled:
+    no login may be made here (RFC 9051 6.2.3): LOGINDISABLED, and no AUTH= mechanism."""
+    kept = [word for word in words.split(b" ") if word and _kept(word, login_disabled)]
     if offer_starttls:
         kept.append(b"STARTTLS")
+    if login_disabled:
+        kept.append(b"LOGINDISABLED")
     return b" ".join(kept)
 
 
-def rewrite_line(line: bytes, offer_starttls: bool) -> bytes:
+def rewrite_line(line: bytes, offer_starttls: bool, login_disabled: bool = False) -> bytes:
     """A response line with its capability list (if any) rewritten; else unchanged."""
     if line[:13].upper() == b"* CAPABILITY ":
         body = line[13:].rstrip(b"\r\n")
         ending = line[len(line.rstrip(b"\r\n")) :]
-        return line[:13] + rewrite_capabilities(body, offer_starttls) + ending
+        return line[:13] + rewrite_capabilities(body, offer_starttls, login_disabled) + ending
     return CAPABILITY_CODE.sub(
-        lambda m: b"[CAPABILITY " + rewrite_capabilities(m.group(1), offer_starttls) + b"]",
+        lambda m: (
+            b"[CAPABILITY "
+            + rewrite_capabilities(m.group(1), offer_starttls, login_disabled)
+            + b"]"
+        ),
         line,
         count=1,
     )
@@ -178,8 +220,11 @@ class ImapProxy(LineProxy):
     LIMITS, STARTTLS_REPLIES, POLICY_REPLIES = LIMITS, STARTTLS_REPLIES, POLICY_REPLIES
     STOP_POINTS = STOP_POINTS
 
-    def __init__(self, log_dialogue: bool = False):
-        super().__init__(log_dialogue=log_dialogue)
+    """require_tls, offer_tls, plaintext_auth, log_dialogue: layer.LineProxy's (the
+    client's policy; sg2 had no -n imap, so TLS is required only by a policy)."""
+
+    def __init__(self, **options: bool):
+        super().__init__(**options)
         self.phase = Phase.NOT_AUTHENTICATED
         self._pending.append(Pending(Kind.GREETING, tag=b"*"))
         # A synchronising literal announced by the client, awaiting the server's `+`.
@@ -213,9 +258,11 @@ class ImapProxy(LineProxy):
     def _command_line(self, line: bytes) -> None:
         command = self._continuing
         if command is not None:  # the rest of a command, after its literal
-            secret = command.kind in SECRET_KINDS
+            refused = command.kind is Local.REPLY  # the proxy answered it: dropped
+            secret = command.kind in SECRET_KINDS or refused
             self._log("C: " + ("***" if secret else log_text(line)))
-            self._emit(ToBackend(line))
+            if not refused:
+                self._emit(ToBackend(line))
             self._announce(command, literal(line))
             return
         tag, rest = first_word(line)
@@ -233,18 +280,28 @@ class ImapProxy(LineProxy):
         self._announce(entry, literal(command.line))
 
     def _announce(self, command: Pending, announced: tuple[int, bool] | None) -> None:
-        """What follows a forwarded line: a literal (now, or after `+`), or a new command."""
-        if announced is None:
+        """What follows a line: a literal (now, or after `+`), or a new command. Of a
+        command the proxy refused (Local.REPLY), a literal is dropped; a synchronising
+        one is never sent (the client waits for `+` and gets the refusal)."""
+        refused = command.kind is Local.REPLY
+        if announced is None or (refused and announced[1]):
             self._continuing = None
             return
         size, synchronising = announced
         self._continuing = command
-        secret = command.kind in SECRET_KINDS
+        secret = command.kind in SECRET_KINDS or refused
         self._log(f"C: ({'***' if secret else size} bytes of literal)")
         if synchronising:
             self._literal_wait = (command, size)
         elif size:
-            self._client_run.start(Count(size))
+            self._client_run.start(Count(size, keep=not refused))
+
+    def _refuse(self, command: Command, reply: bytes) -> None:
+        super()._refuse(command, reply)
+        self._announce(Pending(Local.REPLY, tag=command.tag), literal(command.line))
+
+    def _is_command(self, command: Command) -> bool:
+        return bool(command.verb)  # a SASL response is one bare word
 
     def _starttls_command(self, command: Command) -> None:
         if literal(command.line) is not None:
@@ -272,7 +329,8 @@ class ImapProxy(LineProxy):
             self._emit(ToClient(line))
             self._continuation()
         else:
-            line = rewrite_line(line, offer_starttls=not self._tls_active)
+            offer = self.offer_tls and not self._tls_active
+            line = rewrite_line(line, offer, login_disabled=self._credentials_refused())
             self._log("S: " + log_text(line))
             self._emit(ToClient(line))
             self._response_start(line)

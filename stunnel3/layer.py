@@ -28,11 +28,17 @@ The rules kept here, once for all layers:
                reaches the head, so replies reach the client in command order.
   stop points  after a command in STOP_POINTS, and after STARTTLS, nothing more is
                parsed until the reply: what follows may be data, SASL, or TLS.
-  STARTTLS     an entry (Local.STARTTLS) decided at the head, in this order: TLS
-               already active, arguments, authenticated, the protocol's own (SMTP: not
-               greeted, in a transaction); any client byte behind it ends the session
-               (CVE-2011-0411); else the ready reply, StartTls.
-  before TLS   require_tls: only ALLOWED_BEFORE_TLS pass, the rest is refused here.
+  STARTTLS     an entry (Local.STARTTLS) decided at the head, in this order: not
+               offered, TLS already active, arguments, authenticated, the protocol's
+               own (SMTP: not greeted, in a transaction); any client byte behind it
+               ends the session (CVE-2011-0411); else the ready reply, StartTls.
+  before TLS   require_tls: only POLICY_REPLIES.allowed_before_tls pass, the rest is
+               refused here; not offered as well: the session ends at once. Unless
+               plaintext_auth (and not require_tls), credentials never reach the
+               backend in plaintext: their verbs (POLICY_REPLIES.credentials) are
+               refused here, the line a continuation request asks for goes to the
+               backend as `*` (SASL's cancel), and what a client sends behind a
+               refused SASL command without waiting is refused until a command.
   lines        a line ends at LF; a line over LIMITS.max_line is dropped as it comes and
                `_line_too_long` answers it (a reply, or the end of the session).
   runs         bytes that are not lines (message data, a literal, a BDAT chunk, the
@@ -54,7 +60,7 @@ The rules kept here, once for all layers:
 import enum
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from stunnel3.lines import log_text
@@ -155,6 +161,7 @@ class StartTlsReplies:
     """What a protocol answers to STARTTLS (STLS), in the order the refusals are tried."""
 
     ready: bytes
+    not_offered: bytes  # STARTTLS is not offered to this client (offer_tls False)
     twice: bytes
     arguments: bytes
     authenticated: bytes
@@ -164,10 +171,15 @@ class StartTlsReplies:
 
 @dataclass(frozen=True)
 class PolicyReplies:
-    """What a protocol answers when TLS is required first."""
+    """What a protocol refuses before TLS, and what it answers then."""
 
     allowed_before_tls: frozenset[bytes]  # require_tls: the verbs that pass before TLS
     must_starttls: bytes  # require_tls: to the others
+    unavailable: bytes  # TLS required and not offered: said instead of the greeting, the end
+    credentials: frozenset[bytes]  # verbs that carry a login (USER, LOGIN, AUTH, ...)
+    sasl: frozenset[bytes]  # those of them that start a SASL exchange
+    encryption_required: bytes  # to credentials while they are refused
+    sasl_data_refused: bytes  # to a line sent behind a refused SASL command (_is_command)
 
 
 # -- the skeleton -------------------------------------------------------------------------
@@ -176,7 +188,11 @@ class PolicyReplies:
 class LineProxy:
     """The relay's interface (protocol.py) and the rules every layer shares (module doc).
 
-    require_tls: before TLS only POLICY_REPLIES.allowed_before_tls pass.
+    require_tls: before TLS only POLICY_REPLIES.allowed_before_tls pass (-n smtp,
+    -n pop3, or this client's policy). offer_tls: STARTTLS is offered (False: the
+    policy says no, or the certificate cannot be used; with require_tls too the
+    session ends at once). plaintext_auth: credentials may cross before TLS (3.22
+    let them; else, the default, they never reach the backend in plaintext).
     log_dialogue: Log(7, ...) for every line (the relay's -D 7)."""
 
     # -- what each protocol supplies --------------------------------------------------
@@ -189,8 +205,17 @@ class LineProxy:
     COMMANDS: ClassVar[Mapping[bytes, Callable[..., None]]]  # verb -> handler(self, command)
     # and REPLIES: the protocol's own table, Expect -> handler (its replies differ)
 
-    def __init__(self, require_tls: bool = False, log_dialogue: bool = False):
+    def __init__(
+        self,
+        *,
+        require_tls: bool = False,
+        offer_tls: bool = True,
+        plaintext_auth: bool = False,
+        log_dialogue: bool = False,
+    ):
         self.require_tls = require_tls
+        self.offer_tls = offer_tls
+        self.plaintext_auth = plaintext_auth
         self.log_dialogue = log_dialogue
         self.state = State.COMMAND
         self.tls: TlsInfo | None = None
@@ -204,12 +229,15 @@ class LineProxy:
         self._server_run = RunSlot()  # the backend's
         self._client_eof = False
         self._backend_eof_sent = False
+        self._sasl_refused = False  # lines behind a refused SASL command may be its data
         self._out: list[Action] = []
 
     # -- the interface the relay drives (protocol.py) -----------------------------------
 
     def start(self) -> list[Action]:
-        return []
+        if self.require_tls and not self.offer_tls:
+            self._fail(self.ClientError(self.POLICY_REPLIES.unavailable))
+        return self._take()
 
     def feed_client(self, data: bytes) -> list[Action]:
         if self.state is State.CLOSED or self._client_eof:
@@ -307,12 +335,24 @@ class LineProxy:
             self._command_line(line)
 
     def _continuation_line(self, line: bytes) -> None:
-        """The line a continuation request asked for (SASL data, IMAP's DONE)."""
-        self._log("C: " + (log_text(line) if self._continuation_shown() else "***"))
+        """The line a continuation request asked for (SASL data, IMAP's DONE). Before
+        TLS, while credentials are refused, SASL data never reaches the backend: it
+        gets `*` instead, SASL's cancel (RFC 4954 section 4, RFC 9051 6.2.2, RFC 5034),
+        and the client the backend's answer to that."""
+        if self._continuation_shown():
+            self._log("C: " + log_text(line))
+        elif self._credentials_refused():
+            self._log("C: *** (not forwarded before TLS: `*` instead, SASL's cancel)")
+            line = b"*\r\n"
+        else:
+            self._log("C: ***")
         self._emit(ToBackend(line))
 
     def _continuation_shown(self) -> bool:
         return False  # SASL data; IMAP shows IDLE's DONE
+
+    def _credentials_refused(self) -> bool:
+        return not self._tls_active and (self.require_tls or not self.plaintext_auth)
 
     def _command_line(self, line: bytes) -> None:
         raise NotImplementedError
@@ -320,21 +360,32 @@ class LineProxy:
     def _command(self, command: Command) -> None:
         """The proxy's own handler for the verb (COMMANDS), or the gates before TLS,
         or forwarded."""
-        handler = self.COMMANDS.get(command.verb)
+        policy, verb = self.POLICY_REPLIES, command.verb
+        if self._sasl_refused:
+            if not self._is_command(command):
+                # sent behind a refused AUTH without waiting: it may be its SASL data
+                self._refuse(replace(command, tag=b""), policy.sasl_data_refused)
+                return
+            self._sasl_refused = False
+        handler = self.COMMANDS.get(verb)
         if handler is not None:
             handler(self, command)
-            return
-        refusal = self._refusal(command.verb)
-        if refusal is not None:
+        elif not self._tls_active and self.require_tls and verb not in policy.allowed_before_tls:
+            self._refuse(command, policy.must_starttls)
+        elif self._credentials_refused() and verb in policy.credentials:
+            self._sasl_refused = verb in policy.sasl
+            self._refuse(command, policy.encryption_required)
+        elif (refusal := self._refused_here(verb)) is not None:
             self._refuse(command, refusal)
         else:
             self._forward(command)
 
-    def _refusal(self, verb: bytes) -> bytes | None:
-        """What the proxy answers instead of forwarding this verb now, if anything."""
-        if not self._tls_active and self.require_tls:
-            if verb not in self.POLICY_REPLIES.allowed_before_tls:
-                return self.POLICY_REPLIES.must_starttls
+    def _is_command(self, command: Command) -> bool:
+        """Whether a line is a command the protocol knows (not, say, SASL data)."""
+        raise NotImplementedError
+
+    def _refused_here(self, verb: bytes) -> bytes | None:
+        """The protocol's own refusal of a verb, after the shared gates (SMTP's)."""
         return None
 
     def _refuse(self, command: Command, reply: bytes) -> None:
@@ -400,6 +451,7 @@ class LineProxy:
         """Decide a STARTTLS that reached the head of the FIFO; True if TLS starts."""
         replies = self.STARTTLS_REPLIES
         refusals = [
+            (not self.offer_tls, replies.not_offered),
             (self._tls_active, replies.twice),
             (bool(entry.argument), replies.arguments),
             (self._authenticated(), replies.authenticated),

@@ -20,13 +20,17 @@ each kept in one place (docs/imap-pop3.md has the reasons):
               to such a command makes the next line a SASL line too (the backend
               decides), and its +OK counts as a login. Verbs end at any blank
               (layer.BLANKS): `PASS<TAB>x` is a PASS.
-  STLS        TLS active, arguments, or after authentication -> -ERR; client bytes
+  logins      before TLS, unless plaintext_auth (and not require_tls): USER, PASS,
+              APOP, AUTH -> -ERR [AUTH], never forwarded, nor lines pipelined behind
+              AUTH that are not commands; the line a `+ ` to an unknown command asks
+              for goes to the backend as `*`; CAPA offers no USER or SASL.
+  STLS        not offered, TLS active, arguments, or after authentication -> -ERR; client bytes
               after it -> -ERR and the session ends (CVE-2011-0411); else
               `+OK Begin TLS negotiation`, StartTls. POP3 has nothing to reset: the
               backend is still in the AUTHORIZATION state and never learns of TLS.
   -n pop3     TLS required (3.22's -n pop3 made STLS the first command): before TLS
-              only CAPA, STLS and QUIT; the rest -> -ERR. CAPA then offers no USER
-              or SASL, as nothing may log in yet.
+              only CAPA, STLS and QUIT; the rest -> -ERR; and TLS not offered: -ERR
+              instead of the greeting, the end.
   bounds      MAX_LINE per client line (a longer one gets -ERR and is dropped),
               MAX_LINE per backend line outside a body, MAX_PENDING commands.
   log         Log(7) per line when log_dialogue (C: client, S: server, P: proxy);
@@ -59,11 +63,20 @@ BEGIN_TLS = b"+OK Begin TLS negotiation\r\n"
 STLS_TWICE = b"-ERR Command not permitted when TLS active\r\n"
 STLS_ARGUMENTS = b"-ERR STLS takes no arguments\r\n"
 STLS_AFTER_LOGIN = b"-ERR STLS is only allowed before authentication\r\n"
+# STLS when TLS cannot be had here (the client's policy, or the certificate).
+STLS_NOT_OFFERED = b"-ERR STLS is not available on this connection\r\n"
 # CVE-2011-0411: bytes pipelined after STLS are never forwarded, and nothing the
 # client sends in plaintext afterwards can be trusted to be its own.
 STLS_INJECTION = b"-ERR Commands pipelined after STLS are refused, closing connection\r\n"
 # -n pop3: RFC 2449's [AUTH] response code says "log in differently" (RFC 3206).
 MUST_STLS = b"-ERR [AUTH] Must issue a STLS command first\r\n"
+# USER, PASS, APOP, AUTH before TLS while credentials are refused in plaintext (the
+# default): [AUTH], as above; also to what a client sent behind AUTH without waiting.
+LOGIN_NEEDS_TLS = b"-ERR [AUTH] Login is only allowed over TLS (STLS)\r\n"
+# TLS required and not available: instead of the greeting, then the end (RFC 3206).
+TLS_REQUIRED_UNAVAILABLE = (
+    b"-ERR [SYS/TEMP] TLS is required but not available here, closing connection\r\n"
+)
 LINE_TOO_LONG = b"-ERR Line too long\r\n"
 TOO_MUCH_PIPELINING = b"-ERR Too many pipelined commands, closing connection\r\n"
 BACKEND_LINE_TOO_LONG = b"-ERR Server response line too long, closing connection\r\n"
@@ -81,6 +94,7 @@ LIMITS = Limits(
 )
 STARTTLS_REPLIES = StartTlsReplies(
     BEGIN_TLS,
+    not_offered=STLS_NOT_OFFERED,
     twice=STLS_TWICE,
     arguments=STLS_ARGUMENTS,
     authenticated=STLS_AFTER_LOGIN,
@@ -90,7 +104,15 @@ STARTTLS_REPLIES = StartTlsReplies(
 MULTILINE = frozenset({b"RETR", b"TOP", b"CAPA"})
 MULTILINE_WITHOUT_ARGUMENT = frozenset({b"LIST", b"UIDL", b"LANG", b"AUTH"})
 ALLOWED_BEFORE_TLS = frozenset({b"CAPA", b"STLS", b"QUIT"})
-POLICY_REPLIES = PolicyReplies(ALLOWED_BEFORE_TLS, MUST_STLS)
+POLICY_REPLIES = PolicyReplies(
+    ALLOWED_BEFORE_TLS,
+    MUST_STLS,
+    unavailable=TLS_REQUIRED_UNAVAILABLE,
+    credentials=frozenset({b"USER", b"PASS", b"APOP", b"AUTH"}),
+    sasl=frozenset({b"AUTH"}),
+    encryption_required=LOGIN_NEEDS_TLS,
+    sasl_data_refused=LOGIN_NEEDS_TLS,
+)
 SECRET_ARGUMENTS = frozenset({b"USER", b"PASS", b"APOP"})
 LOGIN_COMMANDS = frozenset({b"PASS", b"APOP", b"AUTH"})
 # Commands the FIFO frames and the log shows (all but the secret ones) as they came.
@@ -213,14 +235,15 @@ class Body(Scan):
 
 
 class Pop3Proxy(LineProxy):
-    """require_tls: -n pop3 (STLS first); False for -n pop3- (plaintext fallback)."""
+    """require_tls: -n pop3 (STLS first); False for -n pop3- (plaintext fallback).
+    offer_tls, plaintext_auth, log_dialogue: layer.LineProxy's (the client's policy)."""
 
     ClientError = BackendError = Pop3Error
     LIMITS, STARTTLS_REPLIES, POLICY_REPLIES = LIMITS, STARTTLS_REPLIES, POLICY_REPLIES
     STOP_POINTS = STOP_POINTS
 
-    def __init__(self, require_tls: bool = False, log_dialogue: bool = False):
-        super().__init__(require_tls, log_dialogue)
+    def __init__(self, **options: bool):
+        super().__init__(**options)
         self.phase = Phase.AUTHORIZATION
         self._capabilities: list[bytes] | None = None  # a CAPA body being collected
         self._pending.append(Pending(Expect.GREETING))
@@ -238,6 +261,9 @@ class Pop3Proxy(LineProxy):
     def _forward(self, command: Command) -> None:
         self._emit(ToBackend(command.line))
         self._queue(Pending(expectation(command.verb, command.argument)))
+
+    def _is_command(self, command: Command) -> bool:
+        return command.verb in KNOWN
 
     def _stls_command(self, command: Command) -> None:
         self._queue(Pending(Local.STARTTLS, argument=command.argument))
@@ -320,10 +346,10 @@ class Pop3Proxy(LineProxy):
             tag = capability_tag(line)
             if tag not in KEPT_CAPABILITIES:
                 continue
-            if self.require_tls and not self._tls_active and tag in (b"USER", b"SASL"):
+            if self._credentials_refused() and tag in (b"USER", b"SASL"):
                 continue  # nothing may log in before TLS
             kept.append(line)
-        if not self._tls_active:
+        if self.offer_tls and not self._tls_active:
             kept.append(STLS_CAPABILITY)
         return kept
 

@@ -21,19 +21,25 @@ No sockets, no TLS, no clock but the one passed in. The rules, each kept in one 
               the next line a SASL line, a 235 means authenticated, whatever the
               proxy made of the command; verbs end at any blank a backend ends them
               at (layer.BLANKS: `DATA<TAB>` is DATA).
-  EHLO reply  rewritten (smtp_reply.rewrite_ehlo): + STARTTLS before TLS and AUTH,
-              only extensions the FIFO can follow are kept.
+  EHLO reply  rewritten (smtp_reply.rewrite_ehlo): + STARTTLS before TLS and AUTH
+              (if offered), only extensions the FIFO can follow are kept; AUTH only
+              where it may be used (after TLS, or with plaintext_auth).
+  AUTH        before TLS, unless plaintext_auth: 538 (RFC 4954 section 6) and never
+              forwarded; a SASL line a 334 asked for goes to the backend as `*`;
+              lines sent behind a refused AUTH that are not commands: 538 too.
   Phase       the session as the backend's replies made it, moved only by PHASE_MOVES:
               HELLO -> GREETED (a 2xx to EHLO/HELO) -> MAIL (a 2xx to MAIL) ->
               GREETED (a 2xx to RSET, any reply to the end of the data); STARTTLS
               -> RESET, where only EHLO HELO NOOP RSET QUIT pass until a 2xx to
               EHLO/HELO (RFC 3207 section 4.2).
-  STARTTLS    TLS active -> 503; parameters -> 501; after a successful AUTH -> 503
+  STARTTLS    not offered (policy, certificate) -> 454; TLS active -> 503;
+              parameters -> 501; after a successful AUTH -> 503
               (a plaintext login must not survive into TLS); not greeted -> 503; in a
               transaction -> 503; client bytes after it -> 421 and the session ends
               (CVE-2011-0411); else 220, StartTls, RSET to the backend (reply
               checked and swallowed), phase RESET.
-  -n smtp     before TLS, all but EHLO HELO NOOP RSET QUIT STARTTLS -> 530.
+  -n smtp     before TLS, all but EHLO HELO NOOP RSET QUIT STARTTLS -> 530 (and
+              TLS not available: 421 instead of the greeting, the end).
   DATA        after 354: smtp_data.MessageData, bytes uninterpreted until CRLF.CRLF,
               ambiguous dot lines stuffed; after TLS a Received: line goes first.
   BDAT        502 and the announced chunk is skipped unread (CHUNKING is not offered).
@@ -67,7 +73,9 @@ from stunnel3.smtp_command import (
     ALLOWED_BEFORE_HELO,
     ALLOWED_BEFORE_TLS,
     FOLLOWED,
+    KNOWN,
     NOT_FOLLOWABLE,
+    SASL_COMMANDS,
     received_line,
     shown,
     split_command,
@@ -108,12 +116,21 @@ LIMITS = Limits(
 )
 STARTTLS_REPLIES = StartTlsReplies(
     text.READY_TO_START_TLS,
+    not_offered=text.TLS_NOT_AVAILABLE,
     twice=text.STARTTLS_TWICE,
     arguments=text.STARTTLS_PARAMETERS,
     authenticated=text.STARTTLS_AFTER_AUTH,
     injection=text.STARTTLS_INJECTION,
 )
-POLICY_REPLIES = PolicyReplies(ALLOWED_BEFORE_TLS, text.MUST_STARTTLS)
+POLICY_REPLIES = PolicyReplies(
+    ALLOWED_BEFORE_TLS,
+    text.MUST_STARTTLS,
+    unavailable=text.TLS_REQUIRED_UNAVAILABLE,
+    credentials=SASL_COMMANDS,
+    sasl=SASL_COMMANDS,
+    encryption_required=text.ENCRYPTION_REQUIRED,
+    sasl_data_refused=text.ENCRYPTION_REQUIRED,
+)
 # Replies that answer no client command: the backend's greeting, its reply to our RSET.
 OWN_REPLIES = frozenset({Expect.GREETING, Expect.RESET_AFTER_TLS})
 # Replies after which the client's bytes are not commands, to whatever command.
@@ -161,6 +178,7 @@ AFTER_2XX = {
 
 class SmtpProxy(LineProxy):
     """require_tls: -n smtp (530 until STARTTLS); False for -n smtp- (plaintext fallback).
+    offer_tls, plaintext_auth: the client's policy (layer.LineProxy).
 
     log_dialogue: Log(7, ...) for every line (the relay sets it at -D 7).
     received_header: after TLS, start each message with a Received: line naming
@@ -174,12 +192,20 @@ class SmtpProxy(LineProxy):
 
     def __init__(
         self,
+        *,
         require_tls: bool = False,
+        offer_tls: bool = True,
+        plaintext_auth: bool = False,
         log_dialogue: bool = False,
         received_header: bool = True,
         clock=time.time,
     ):
-        super().__init__(require_tls, log_dialogue)
+        super().__init__(
+            require_tls=require_tls,
+            offer_tls=offer_tls,
+            plaintext_auth=plaintext_auth,
+            log_dialogue=log_dialogue,
+        )
         self.received_header = received_header
         self.clock = clock
         self.phase = Phase.HELLO
@@ -216,11 +242,13 @@ class SmtpProxy(LineProxy):
         self._log_lines("C: ", shown(verb, argument, line))
         self._command(Command(verb, argument, line))
 
-    def _refusal(self, verb: bytes) -> bytes | None:
-        refusal = super()._refusal(verb)
-        if refusal is None and self.phase is Phase.RESET and verb not in ALLOWED_BEFORE_HELO:
+    def _is_command(self, command: Command) -> bool:
+        return command.verb in KNOWN or command.verb in SASL_COMMANDS
+
+    def _refused_here(self, verb: bytes) -> bytes | None:
+        if self.phase is Phase.RESET and verb not in ALLOWED_BEFORE_HELO:
             return text.HELO_AFTER_TLS
-        return refusal
+        return None
 
     def _forward(self, command: Command) -> None:
         verb = command.verb
@@ -304,7 +332,7 @@ class SmtpProxy(LineProxy):
         self._emit(ToClient(reply.raw))
 
     def _greeting(self, reply: Reply) -> None:
-        if self._client[:1] == TLS_HANDSHAKE_RECORD:
+        if self.offer_tls and self._client[:1] == TLS_HANDSHAKE_RECORD:
             self._log("P: implicit TLS: the client sent a TLS handshake first")
             early = bytes(self._client)
             self._client.clear()
@@ -313,8 +341,8 @@ class SmtpProxy(LineProxy):
 
     def _ehlo(self, reply: Reply) -> None:
         if reply.positive:
-            offer = not (self._tls_active or self.authenticated)
-            reply = rewrite_ehlo(reply, offer_starttls=offer)
+            offer = self.offer_tls and not (self._tls_active or self.authenticated)
+            reply = rewrite_ehlo(reply, offer, offer_auth=not self._credentials_refused())
         self._emit(ToClient(reply.raw))
 
     def _data(self, reply: Reply) -> None:

@@ -59,18 +59,24 @@ def keyword(line: bytes) -> bytes:
     return text.upper()
 
 
-def rewrite_ehlo(reply: Reply, offer_starttls: bool) -> Reply:
+def rewrite_ehlo(reply: Reply, offer_starttls: bool, offer_auth: bool = True) -> Reply:
     """The backend's EHLO reply as the client must see it through the proxy.
 
     The first line (the server's name) stays first. Extensions the proxy cannot
-    follow are dropped (smtp_text.KEPT_EXTENSIONS). STARTTLS, when offered, goes
+    follow are dropped (smtp_text.KEPT_EXTENSIONS), and AUTH where it may not be
+    used (before TLS: RFC 4954 section 4 lets a server offer it only where it
+    accepts it). STARTTLS, when offered, goes
     just before the last line (skarnet's smtpd-starttls-proxy does the same), so
     the backend's own last line stays last and the reply's end is unchanged.
     Lines are rebuilt only where their `-`/` ` separator must change.
     """
     code = reply.code
     greeting, capabilities = reply.lines[0], reply.lines[1:]
-    kept = [line for line in capabilities if keyword(line) in KEPT_EXTENSIONS]
+    kept = [
+        line
+        for line in capabilities
+        if keyword(line) in KEPT_EXTENSIONS and (offer_auth or keyword(line) != b"AUTH")
+    ]
     if offer_starttls:
         kept.insert(max(len(kept) - 1, 0), code + b"-" + STARTTLS_CAPABILITY + b"\r\n")
     lines = [greeting, *kept]

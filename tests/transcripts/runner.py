@@ -4,8 +4,10 @@ A transcript is a whole session as a person reads it (STYLE item 12); its file's
 suffix names the layer: .smtp SmtpProxy, .imap ImapProxy, .pop3 Pop3Proxy. Lines:
 
     # comment, blank lines        kept as they are
-    ! require_tls | log | no_received    options for the layer (before any input;
-                                  no_received is SmtpProxy's)
+    ! require_tls | plaintext_auth | no_starttls | log | no_received
+                  options for the layer (before any input): TLS required, credentials
+                  allowed before TLS, STARTTLS not offered, the debug log, (SMTP) no
+                  Received: line
     C> EHLO x     the client sends "EHLO x\\r\\n"       C: raw   the client sends raw bytes
     B> 250 ok     the backend sends "250 ok\\r\\n"      B: raw   the backend sends raw bytes
     C> EOF / B> EOF   that side closes
@@ -42,6 +44,8 @@ LAYERS = {
 OPTIONS = {
     "log": ("log_dialogue", True),
     "require_tls": ("require_tls", True),
+    "plaintext_auth": ("plaintext_auth", True),
+    "no_starttls": ("offer_tls", False),
     "no_received": ("received_header", False),
 }
 

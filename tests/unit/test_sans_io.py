@@ -26,6 +26,7 @@ SANS_IO = {
     "imap",
     "pop3",
     "client_negotiation",
+    "policy",
 }
 IO = {"socket", "ssl", "OpenSSL", "os", "select", "subprocess"}
 
