@@ -1,4 +1,5 @@
-"""What the relay loop and a protocol layer (SMTP, later IMAP and POP3) say to each other.
+"""What the relay loop and a protocol layer (smtp.py, imap.py, pop3.py, client_negotiation.py)
+say to each other.
 
 The relay (relay.py) owns every socket, buffer and timer; a protocol layer owns
 none. It is fed bytes and answers with actions, in order:

@@ -24,7 +24,7 @@ import os
 import signal
 import socket
 
-from stunnel3 import chroot, libwrap, limits
+from stunnel3 import chroot, libwrap, limits, policy
 from stunnel3.endpoints import Endpoint, apply_socket_options, peer_address, set_nodelay
 from stunnel3.options import Options, program_argv, service_name
 from stunnel3.protocol import Passthrough
@@ -47,10 +47,12 @@ class SessionError(Exception):
         self.lines = lines  # none: the reason was logged already
 
 
-def make_layer(options: Options, log):
+def make_layer(options: Options, log, tls_available: bool = True):
     """The protocol layer between TLS and the plaintext side (protocol.py).
 
-    A protocol the engine lacks fails the connection with 3.22's two lines."""
+    A protocol the engine lacks fails the connection with 3.22's two lines. A
+    STARTTLS layer gets this client's policy (policy.py, from the environment
+    tcpserver passed on), and tls_available False if the certificate cannot be used."""
     protocol = options.protocol
     if protocol is None:
         return Passthrough()
@@ -67,24 +69,31 @@ def make_layer(options: Options, log):
         except KeyError:
             pass
     elif protocol in SERVER_PROTOCOLS:
-        return _server_layer(protocol, log.level >= 7)
+        return _server_layer(protocol, log, tls_available)
     raise SessionError(
         f"Protocol {protocol} not supported in {side} mode", "Protocol negotiations failed"
     )
 
 
-def _server_layer(protocol: str, log_dialogue: bool):
+def _server_layer(protocol: str, log, tls_available: bool):
+    client, problems = policy.read(os.environ, protocol)  # read once, here
+    for problem in problems:
+        log.warning(problem)
+    log.info(client.describe(tls_available))
+    layer_options = client.layer_options(tls_available)
+    if layer_options["require_tls"] and not layer_options["offer_tls"]:
+        log.err("TLS is required and not available: the client is turned away")
     if protocol.startswith("pop3"):
         from stunnel3 import pop3
 
-        return pop3.Pop3Proxy(require_tls=protocol == "pop3", log_dialogue=log_dialogue)
+        return pop3.Pop3Proxy(**layer_options, log_dialogue=log.level >= 7)
     if protocol == "imap-":
         from stunnel3 import imap
 
-        return imap.ImapProxy(log_dialogue=log_dialogue)
+        return imap.ImapProxy(**layer_options, log_dialogue=log.level >= 7)
     from stunnel3 import smtp
 
-    return smtp.SmtpProxy(require_tls=protocol == "smtp", log_dialogue=log_dialogue)
+    return smtp.SmtpProxy(**layer_options, log_dialogue=log.level >= 7)
 
 
 def session(

@@ -6,7 +6,7 @@ tells the backend (and the mailbox) that TLS was used, README bug 4.
 
 import time
 
-from stunnel3.layer import first_word, loggable
+from stunnel3.lines import first_word, loggable
 from stunnel3.protocol import TlsInfo
 
 # -n smtp: what a client may say before STARTTLS (RFC 3207 section 4: 530 to the rest).

@@ -27,6 +27,17 @@ STARTTLS_INJECTION = (
 )
 # -n smtp: RFC 3207 section 4 suggests 530 for commands refused before TLS.
 MUST_STARTTLS = b"530 5.7.0 Must issue a STARTTLS command first\r\n"
+# RFC 3207 section 4: STARTTLS when TLS cannot be had here (this client's policy says
+# STUNNEL3_STARTTLS=off, or the certificate cannot be used).
+TLS_NOT_AVAILABLE = b"454 4.7.0 TLS not available due to temporary reason\r\n"
+# TLS required and not available (the certificate cannot be used, or the policy says
+# both): said instead of the backend's greeting (RFC 5321 section 3.1), then the end.
+TLS_REQUIRED_UNAVAILABLE = (
+    b"421 4.7.0 TLS is required but not available here, closing connection\r\n"
+)
+# RFC 4954 section 6: AUTH before TLS, while credentials are refused in plaintext
+# (the default); also to what a client sent behind it without waiting.
+ENCRYPTION_REQUIRED = b"538 5.7.11 Encryption required for requested authentication mechanism\r\n"
 # RFC 3207 section 4.2: after TLS the client must discard what it knew and greet again.
 HELO_AFTER_TLS = b"503 5.5.1 Send EHLO or HELO first (the session was reset by STARTTLS)\r\n"
 LINE_TOO_LONG = b"500 5.5.2 Line too long\r\n"

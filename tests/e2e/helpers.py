@@ -231,10 +231,13 @@ SESSION_END = b" bytes sent to SSL, "
 NO_HANDSHAKE = b"SSL_accept: "
 
 
-def start_chain(argv: list[str], log: Path, port: int, env: dict | None = None):
+def start_chain(
+    argv: list[str], log: Path, port: int, env: dict | None = None, end: bytes = SESSION_END
+):
     """Start the tcpserver chain `argv` (listening on `port`, all output to `log`);
-    return its Popen once one probe connection's whole session has ended, so that
-    none overlaps a test's. A chain that does not get there is stopped."""
+    return its Popen once one probe connection's whole session has ended (its log
+    has `end`), so that none overlaps a test's. A chain that does not get there is
+    stopped."""
     with log.open("wb") as out:
         server = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env
@@ -248,7 +251,9 @@ def start_chain(argv: list[str], log: Path, port: int, env: dict | None = None):
                 break
             except OSError:
                 time.sleep(0.05)
-        while SESSION_END not in (said := log.read_bytes()) and NO_HANDSHAKE not in said:
+        while end not in (said := log.read_bytes()) and not (
+            end == SESSION_END and NO_HANDSHAKE in said
+        ):
             assert time.monotonic() < deadline + TIMEOUT, "the probe's session did not end"
             time.sleep(0.05)
     except BaseException:

@@ -127,6 +127,11 @@ def _local_process_end(line: Line) -> Line | None:
     return line
 
 
+def _engine(line: Line) -> Line | None:
+    # the STARTTLS proxies say which policy a client gets (issue #15): 3.22 had none
+    return None if line.level == 6 and line.text.startswith("Client policy: ") else line
+
+
 def _resolver(line: Line) -> Line | None:
     if re.match(r"^(gethostbyname: |Error resolving ')", line.text):
         return Line(line.level, "<resolver error>", line.facility)
@@ -152,7 +157,7 @@ DIFFERENCES: dict[str, Difference] = {
     "alert after a failed handshake": Difference("A failed handshake"),
     "transparent proxy": Difference("Transparent proxy (-T)"),
     "EOF without close_notify": Difference("A client that closes without close_notify"),
-    "SMTP engine": Difference("The SMTP engine"),
+    "SMTP engine": Difference("The SMTP engine", _engine),
     "daemon workers": Difference("Daemon mode's workers", _local_process_end),
     "pty EOF": Difference("A -L program that exits"),
 }

@@ -19,6 +19,9 @@ def backend_bytes(actions):
 
 
 def greeted(**options) -> ImapProxy:
+    """A session past the greeting. These tests are of a client that may log in before
+    TLS (STUNNEL3_AUTH=plaintext, 3.22's rule); the default is test_credentials.py's."""
+    options.setdefault("plaintext_auth", True)
     proxy = ImapProxy(**options)
     proxy.start()
     shown = client_bytes(proxy.feed_backend(GREETING))
@@ -98,7 +101,7 @@ def test_starttls_after_login_or_preauth_is_refused():
     assert client_bytes(proxy.feed_client(b"a2 STARTTLS\r\n")) == (
         b"a2 " + imap.STARTTLS_AUTHENTICATED
     )
-    proxy = ImapProxy()
+    proxy = ImapProxy(plaintext_auth=True)
     proxy.feed_backend(b"* PREAUTH ready\r\n")
     assert client_bytes(proxy.feed_client(b"a2 STARTTLS\r\n")) == (
         b"a2 " + imap.STARTTLS_AUTHENTICATED

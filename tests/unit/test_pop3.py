@@ -19,6 +19,9 @@ def backend_bytes(actions):
 
 
 def greeted(**options) -> Pop3Proxy:
+    """A session past the greeting. These tests are of a client that may log in before
+    TLS (STUNNEL3_AUTH=plaintext, 3.22's rule); the default is test_credentials.py's."""
+    options.setdefault("plaintext_auth", True)
     proxy = Pop3Proxy(**options)
     proxy.start()
     assert client_bytes(proxy.feed_backend(b"+OK POP3 ready <1.2@x>\r\n")) == (

@@ -61,11 +61,17 @@ class Quiet:
 # A command: the bytes of one client write.
 
 EHLO, STARTTLS = b"EHLO x\r\n", b"STARTTLS\r\n"
+# This client's policy (policy.py): logins allowed before TLS; STARTTLS not offered;
+# TLS required and not offered (the session ends at once).
+PLAINTEXT, NOT_OFFERED = {"plaintext_auth": True}, {"offer_tls": False}
+UNAVAILABLE = {"require_tls": True, "offer_tls": False}
 SMTP_STATES = {
     "fresh": ({}, {}, []),
     "greeted": ({}, {}, [EHLO]),
     "transaction": ({}, {}, [EHLO, b"MAIL FROM:<a@x>\r\n"]),
-    "authenticated": ({}, {}, [EHLO, b"AUTH PLAIN " + SECRET + b"\r\n"]),
+    "auth refused": ({}, {}, [EHLO, b"AUTH LOGIN\r\n"]),
+    "plaintext auth": (PLAINTEXT, {}, [EHLO]),
+    "authenticated": (PLAINTEXT, {}, [EHLO, b"AUTH PLAIN " + SECRET + b"\r\n"]),
     "rset refused": ({}, {"refuse_rset": True}, [EHLO]),
     "VRFY is DATA": ({}, {"data_verb": b"VRFY"}, [EHLO]),
     "tls": ({}, {}, [EHLO, STARTTLS]),
@@ -75,6 +81,8 @@ SMTP_STATES = {
     "required": ({"require_tls": True}, {}, []),
     "required greeted": ({"require_tls": True}, {}, [EHLO]),
     "required tls": ({"require_tls": True}, {}, [EHLO, STARTTLS]),
+    "not offered": (NOT_OFFERED, {}, [EHLO]),
+    "required unavailable": (UNAVAILABLE, {}, []),
 }
 SMTP_COMMANDS = {
     "EHLO": EHLO,
@@ -111,10 +119,15 @@ SMTP_COMMANDS = {
 LOGIN = b"a LOGIN alice s3cret\r\n"
 IMAP_STATES = {
     "fresh": ({}, {}, []),
-    "authenticated": ({}, {}, [LOGIN]),
+    "authenticate refused": ({}, {}, [b"a AUTHENTICATE PLAIN\r\n"]),
+    "plaintext auth": (PLAINTEXT, {}, []),
+    "authenticated": (PLAINTEXT, {}, [LOGIN]),
     "preauth": ({}, {"preauth": True}, []),
     "tls": ({}, {}, [b"s STARTTLS\r\n"]),
     "tls authenticated": ({}, {}, [b"s STARTTLS\r\n", LOGIN]),
+    "required": ({"require_tls": True}, {}, []),
+    "not offered": (NOT_OFFERED, {}, []),
+    "required unavailable": (UNAVAILABLE, {}, []),
 }
 IMAP_COMMANDS = {
     "CAPABILITY": b"c CAPABILITY\r\n",
@@ -133,20 +146,26 @@ IMAP_COMMANDS = {
     "STARTTLS literal": b"c STARTTLS {3+}\r\nabc\r\n",
     "COMPRESS": b"c COMPRESS DEFLATE\r\n",
     "unknown": b"c XYZZY\r\n",
+    "bare": SECRET + b"\r\n",
     "line too long": b"c NOOP " + b"a" * imap.MAX_LINE + b"\r\n",
     "injection": b"c STARTTLS\r\nd NOOP\r\n",
-    "flood": b"c XSTALL\r\n" + b"d NOOP\r\n" * (imap.MAX_HELD // 8 + imap.MAX_PENDING + 1),
+    # XSTALL as the tag: a NOOP, which passes in every state, that the backend never answers
+    "flood": b"XSTALL NOOP\r\n" + b"d NOOP\r\n" * (imap.MAX_HELD // 8 + imap.MAX_PENDING + 1),
     "huge reply": b"c XHUGE\r\n",
 }
 
 USER_PASS = [b"USER alice\r\n", b"PASS s3cret\r\n"]
 POP3_STATES = {
     "fresh": ({}, {}, []),
-    "logged in": ({}, {}, USER_PASS),
+    "auth refused": ({}, {}, [b"AUTH PLAIN\r\n"]),
+    "plaintext auth": (PLAINTEXT, {}, []),
+    "logged in": (PLAINTEXT, {}, USER_PASS),
     "tls": ({}, {}, [b"STLS\r\n"]),
     "tls logged in": ({}, {}, [b"STLS\r\n", *USER_PASS]),
     "required": ({"require_tls": True}, {}, []),
     "required tls": ({"require_tls": True}, {}, [b"STLS\r\n"]),
+    "not offered": (NOT_OFFERED, {}, []),
+    "required unavailable": (UNAVAILABLE, {}, []),
 }
 POP3_COMMANDS = {
     "CAPA": b"CAPA\r\n",
@@ -169,7 +188,8 @@ POP3_COMMANDS = {
     "unknown": b"XYZZY\r\n",
     "line too long": b"NOOP " + b"a" * pop3.MAX_LINE + b"\r\n",
     "injection": b"STLS\r\nNOOP\r\n",
-    "flood": b"XSTALL\r\n" + b"NOOP\r\n" * (pop3.MAX_HELD // 6 + pop3.MAX_PENDING + 1),
+    # a NOOP the backend never answers (nor anything after it): a command in every state
+    "flood": b"NOOP XSTALL\r\n" + b"NOOP\r\n" * (pop3.MAX_HELD // 6 + pop3.MAX_PENDING + 1),
     "huge reply": b"XHUGE\r\n",
 }
 
