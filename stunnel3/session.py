@@ -25,6 +25,7 @@ import signal
 import socket
 
 from stunnel3 import chroot, libwrap, limits
+from stunnel3.bounds import Bounds
 from stunnel3.endpoints import Endpoint, apply_socket_options, peer_address, set_nodelay
 from stunnel3.options import Options, program_argv, service_name
 from stunnel3.protocol import Passthrough
@@ -88,7 +89,14 @@ def _server_layer(protocol: str, log_dialogue: bool):
 
 
 def session(
-    options: Options, log, ctx, rfd: int, wfd: int, env: dict, allowed: bool | None = None
+    options: Options,
+    log,
+    ctx,
+    rfd: int,
+    wfd: int,
+    env: dict,
+    allowed: bool | None = None,
+    bounds: Bounds | None = None,
 ) -> int:
     """Serve one connection (fds rfd/wfd); the exit status of its process.
 
@@ -109,6 +117,7 @@ def session(
             lambda: TlsSession(ctx, server=not options.client),
             log,
             opener,
+            bounds,
         )
         ok = relay.run()
     except SessionError as error:

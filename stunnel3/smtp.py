@@ -148,6 +148,15 @@ class SmtpProxy(LineProxy):
         stop reading the client until a later call makes it False again."""
         return len(self._client) > text.PAUSE_HELD
 
+    @property
+    def awaiting(self) -> bool:
+        """True while a command/reply exchange is under way (protocol.py): part of a
+        command has come (or the rest of a refused one is being dropped), or the
+        backend owes a reply. Message data is no exchange; its end is."""
+        if self.state is not State.COMMAND:
+            return False
+        return bool(self._client or self._pending or self._discarding or self._skip)
+
     # -- the backend's bytes (the rest of the relay's interface is LineProxy's) --
 
     def _backend_bytes(self, data: bytes) -> None:
