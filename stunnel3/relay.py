@@ -37,6 +37,8 @@ bytes, so that neither a command sent a byte a second nor NOOPs pipelined at a
 backend that hangs outlive it (message data is no exchange); and once its
 client has ended and is owed nothing, the 10 s wait applies too. A bound that
 has passed ends the session before the next wait, ready bytes or not.
+
+The layer's debug Log lines are the dialogue: a log.DialogueCap caps them.
 """
 
 import select
@@ -45,6 +47,7 @@ import time
 from stunnel3.bounds import Bounds, Exchanges
 from stunnel3.endpoints import ByteQueue, Endpoint, PeerError
 from stunnel3.fixcrio import CrAdder
+from stunnel3.log import LOG_DEBUG, DialogueCap
 from stunnel3.protocol import Action, Close, Log, StartTls, ToBackend, ToClient
 from stunnel3.tls import TlsError, TlsSession
 
@@ -98,6 +101,7 @@ class Relay:
         self.exchanges: Exchanges | None = None  # a layer of commands and replies
         if hasattr(layer, "awaiting"):
             self.exchanges = Exchanges(self.bounds, self.last_activity)
+        self.dialogue = DialogueCap(log, self.bounds.lines, self.bounds.rate)
         self._poller = select.poll()
         self._watched: dict[int, int] = {}
         # A backend whose fixcrio makesock left out: its rule, one state each way,
@@ -140,7 +144,10 @@ class Relay:
                 self.closing = True
                 self.net_eof_queued = self.back_eof_queued = True
             elif isinstance(action, Log):
-                self.log.log(action.level, action.text)
+                if action.level >= LOG_DEBUG:
+                    self.dialogue.line(action.text)
+                else:
+                    self.log.log(action.level, action.text)
 
     # -- moving bytes without waiting ----------------------------------------
 
@@ -388,6 +395,12 @@ class Relay:
             self._read_backend()
 
     def run(self) -> bool:
+        try:
+            return self._run()
+        finally:
+            self.dialogue.close()
+
+    def _run(self) -> bool:
         self._apply(self.layer.start())
         try:
             while self._pass():

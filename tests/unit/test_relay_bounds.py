@@ -1,5 +1,5 @@
-"""relay.py's bounds (issue #18): an exchange, a session, a client that is gone.
-A Relay in a thread between two socketpairs, with a plaintext layer
+"""relay.py's bounds (issue #18): an exchange, a session, a client that is gone, the
+dialogue's caps. A Relay in a thread between two socketpairs, with a plaintext layer
 whose `awaiting` the test sets (protocol.py); the test holds the far ends."""
 
 import contextlib
@@ -7,6 +7,8 @@ import os
 import socket
 import threading
 import time
+
+import pytest
 
 from stunnel3 import relay as relay_module
 from stunnel3.bounds import Bounds
@@ -191,6 +193,31 @@ def test_a_client_that_ended_but_is_owed_a_reply_gets_the_exchange(monkeypatch):
     assert h.running_after(0.4)  # longer than the close wait
     assert h.finish() is False
     assert EXCHANGE in h.log.texts()
+
+
+@pytest.mark.parametrize(("sent", "logged"), [(50, 50), (51, 50), (500, 50)])
+def test_dialogue_lines_are_capped_per_session_and_the_rest_said_once(sent, logged):
+    h = Harness(Plain(dialogue=True), dialogue_lines="50", dialogue_rate="100000")
+    h.client.sendall(b"".join(b"NOOP %d\n" % n for n in range(sent)))
+    h.client.shutdown(socket.SHUT_WR)
+    received = b""
+    while len(received) < sum(len(b"NOOP %d\n" % n) for n in range(sent)):
+        received += h.backend.recv(65536)
+    h.backend.shutdown(socket.SHUT_WR)
+    h.finish()
+    dialogue = [text for level, text in h.log.lines if text.startswith("C: ")]
+    assert len(dialogue) == logged
+    summaries = [(level, text) for level, text in h.log.lines if text.startswith("Dialogue log")]
+    if sent == logged:
+        assert summaries == []
+    else:
+        assert summaries == [
+            (
+                5,
+                f"Dialogue log: {sent - logged} lines left out (STUNNEL3_DIALOGUE_LINES a "
+                "session, STUNNEL3_DIALOGUE_RATE a second)",
+            )
+        ]
 
 
 def test_a_bound_holds_while_bytes_are_always_ready():
