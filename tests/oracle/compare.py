@@ -155,6 +155,7 @@ DIFFERENCES: dict[str, Difference] = {
     "SMTP engine": Difference("The SMTP engine"),
     "daemon workers": Difference("Daemon mode's workers", _local_process_end),
     "pty EOF": Difference("A -L program that exits"),
+    "encrypted key": Difference("An encrypted private key"),
 }
 
 
