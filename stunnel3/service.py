@@ -2,7 +2,8 @@
 
 Start-up, as the real 3.22 runs it (tests/oracle compares), with sg2's jail:
 
-    the STUNNEL3_ bounds checked (bounds.py)
+    the STUNNEL3_ bounds checked (bounds.py) -> inherited descriptors closed
+    -> [inetd mode: -s/-g without -i said to be ignored]
     -> [jail first: inetd mode with -/ or -i, daemon mode with -i]
     -> pem checked (stat, `Wrong permissions`) -> seed -> TLS context -> STUNNEL_INFO
     -> inetd: the session on fds 0/1 (session.py)
@@ -52,6 +53,7 @@ def run(options: Options, log) -> int:
 
 def _run(options: Options, log) -> int:
     bounds = Bounds()  # a bad STUNNEL3_ setting is one fatal line, before anything
+    chroot.close_inherited(options, log)
     _load_modules(options)
     prepare = getattr(log, "prepare_for_jail", None)
     if prepare is not None:
@@ -64,6 +66,7 @@ def _run(options: Options, log) -> int:
             log,
             lambda ctx, fd, env: session(options, log, ctx, fd, fd, env, bounds=bounds),
         )
+    chroot.warn_ignored_ids(options, log)
     allowed = None
     if jail_first(options):
         allowed = _wrappers_allow(options, 0)  # /etc/hosts.allow is outside the jail

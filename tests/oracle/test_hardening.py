@@ -1,6 +1,6 @@
 """Issue #18 side by side with the real 3.22: what the log makes of a peer's bytes
-(the same), and an encrypted key (a deliberate difference: 3.22 read its passphrase
-from descriptor 0)."""
+(the same), an encrypted key (a deliberate difference: 3.22 read its passphrase from
+descriptor 0), and -s/-g without -i in inetd mode (the same, but for our warning)."""
 
 import socket
 import subprocess
@@ -81,3 +81,15 @@ def test_an_encrypted_key_is_never_unlocked_from_descriptor_0(pair, closed_port,
         "place"
     )
     assert not any("pass phrase" in said for said in ours.stderr)
+
+
+def test_ignored_ids_are_322s_but_for_our_warning(pair, closed_port):
+    argv = ["-f", "-D", "7", "-s", "nobody", "-g", "nogroup", "-r", f"127.0.0.1:{closed_port}"]
+    oracle, ours = pair.both(argv)
+    assert differences(oracle, ours) == []  # with the named rule, `ignored ids`
+    warnings = [line.text for line in ours.log if line.level == 4]
+    assert warnings == [
+        "-s and -g are ignored in inetd mode without -i (as in 3.22): the TLS code runs as "
+        "uid 0; add -i to switch before the first byte is read"
+    ]
+    assert not [line for line in oracle.log if line.level == 4]
