@@ -227,10 +227,13 @@ def accounts_lock():
 SESSION_END = b" bytes sent to SSL, "
 
 
-def start_chain(argv: list[str], log: Path, port: int, env: dict | None = None):
+def start_chain(
+    argv: list[str], log: Path, port: int, env: dict | None = None, end: bytes = SESSION_END
+):
     """Start the tcpserver chain `argv` (listening on `port`, all output to `log`);
-    return its Popen once one probe connection's whole session has ended, so that
-    none overlaps a test's. A chain that does not get there is stopped."""
+    return its Popen once one probe connection's whole session has ended (its `end`
+    line logged), so that none overlaps a test's. A chain that does not get there is
+    stopped."""
     with log.open("wb") as out:
         server = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env
@@ -244,7 +247,7 @@ def start_chain(argv: list[str], log: Path, port: int, env: dict | None = None):
                 break
             except OSError:
                 time.sleep(0.05)
-        while log.read_bytes().count(SESSION_END) < 1:
+        while log.read_bytes().count(end) < 1:
             assert time.monotonic() < deadline + TIMEOUT, "the probe's session did not end"
             time.sleep(0.05)
     except BaseException:
