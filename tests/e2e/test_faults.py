@@ -484,6 +484,36 @@ def test_1_an_encrypted_key_is_never_unlocked_by_the_client(service, account, pk
         chain.stop()
 
 
+def test_1_through_the_warm_helper_too(service, account, pki, tmp_path, stunnel_bin):
+    """The helper's worker reads the pem in the jail as stunnel's main would."""
+    from test_warm import Helper
+
+    directory = tmp_path / "warm"
+    directory.mkdir(mode=0o700)
+    helper = Helper(directory, str(Path(stunnel_bin).with_name("stunnel3-warm")))
+    SERVERS.add(helper.process.pid)
+    stunnel = ["-/", "ssl", "-s", account, "-g", account, "-i", "-R", "seed",
+               "-p", "encrypted.pem", "-n", "smtp-"]  # fmt: skip
+    try:
+        helper.wait_serving()
+        chain = Chain(service, account, EXIM, {"STUNNEL3_WARM_DIR": str(directory)}, stunnel)
+        try:
+            with chain.session() as case:
+                client = Client(chain.port, pki["ca"])
+                client.send(b"secret\n")
+                said = client.until_end()
+                client.end("fin")
+        finally:
+            chain.stop()
+        assert b"STARTTLS" not in said and "Negotiated ciphers" not in case.said
+        (line,) = [line for line in case.said.splitlines() if "private key is encrypted" in line]
+        pid, tid = re.search(r"LOG3\[(\d+):(\d+)\]", line).groups()
+        assert pid != tid  # the front's pid, the worker's tid: the helper's worker said it
+    finally:
+        helper.stop()
+        SERVERS.discard(helper.process.pid)
+
+
 # -- item 3: slow clients and hung backends meet the exchange and session bounds --------
 
 

@@ -105,3 +105,21 @@ def test_the_line_fits_a_log_line_for_the_usual_paths():
     text = ContextError(tls._encrypted("/service/smtp-tls/ssl/stunnel.pem")).text
     assert len(text.encode()) <= 255
     assert len(tls._encrypted("stunnel.pem")) < 160
+
+
+def test_a_daemon_refuses_it_before_it_binds(stunnel_bin, encrypted_pem):
+    """Daemon mode reads the pem as root before bind: the same line, exit 1, the
+    passphrase on its stdin left alone."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run(
+        [stunnel_bin, "-f", "-D", "7", "-p", str(encrypted_pem), "-d", f"127.0.0.1:{port}",
+         "-r", "1"],
+        input=PASSPHRASE, capture_output=True, timeout=30, start_new_session=True,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert b"the private key is encrypted and no passphrase is asked" in done.stderr
+    assert b"pass phrase" not in done.stderr
