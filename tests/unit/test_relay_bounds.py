@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from conftest import RecordingLog
 
 from stunnel3 import relay as relay_module
 from stunnel3.bounds import Bounds
@@ -20,30 +21,7 @@ EXCHANGE = "Command/reply exchange timed out (0.6 s, STUNNEL3_EXCHANGE_TIMEOUT)"
 SESSION = "Session time limit reached (0.8 s, STUNNEL3_SESSION_TIMEOUT)"
 
 
-class Lines:
-    level = 7
-
-    def __init__(self):
-        self.lines: list[tuple[int, str]] = []
-
-    def log(self, level, text):
-        self.lines.append((level, text))
-
-    def err(self, text):
-        self.log(3, text)
-
-    def warning(self, text):
-        self.log(4, text)
-
-    def notice(self, text):
-        self.log(5, text)
-
-    def info(self, text):
-        self.log(6, text)
-
-    def debug(self, text):
-        self.log(7, text)
-
+class Lines(RecordingLog):
     def texts(self) -> list[str]:
         return [text for _, text in self.lines]
 
