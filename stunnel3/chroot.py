@@ -10,8 +10,13 @@ Rules of this file (SPEC §2, "Order of operations"; docs/jail.md):
   supplementary groups in that case; we never do. A number with no account and
   no -g is refused: there is no group to take.
 - -s/-g apply in daemon mode, and in inetd mode only with -i (sg2); otherwise
-  they are ignored, in silence as by 3.22 (with a notice under -/). -/
-  applies in every mode.
+  they are ignored, as by 3.22, but not in silence: `warn_ignored_ids` says at
+  start-up that the TLS code runs as root (3.22 said nothing). -/ applies in
+  every mode.
+- `close_inherited` runs first of all: a descriptor this process inherited
+  (not close-on-exec: every one our code opens is) and the mode does not need
+  (0, 1, 2 and -F's) is closed, so that nothing from outside follows us into
+  the jail.
 - `enter_jail` runs in one fixed order, each step checked: chroot(dir),
   chdir("/") (`enter_root`), setgroups([gid]), setgid(gid), setuid(uid)
   (`drop_ids`); then the result is verified (the root directory, getresuid,
@@ -154,10 +159,40 @@ def enter_root(options: Options, log) -> None:
         raise SetupError(f"chroot {jail}: / is not the jail after chroot")
 
 
+def warn_ignored_ids(options: Options, log) -> None:
+    """-s/-g without -i in inetd mode: 3.22's rule ignores them, in silence; we say so."""
+    if ids_apply(options) or not (options.setuid_user or options.setgid_group):
+        return
+    log.warning(
+        f"-s and -g are ignored in inetd mode without -i (as in 3.22): the TLS code runs "
+        f"as uid {os.geteuid()}; add -i to switch before the first byte is read"
+    )
+
+
+def close_inherited(options: Options, log) -> None:
+    """Close what this process inherited above 2 but -F's fd (see the top)."""
+    keep = {0, 1, 2, options.plaintext_fd}
+    try:
+        candidates = sorted(int(name) for name in os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc: look as far as a select()ing 3.22 could
+        candidates = list(range(3, 1024))
+    closed = []
+    for fd in candidates:
+        if fd in keep:
+            continue
+        try:
+            if not os.get_inheritable(fd):
+                continue  # ours (the log, syslog's socket, makesock's lifeline), or gone
+            os.close(fd)
+        except OSError:
+            continue
+        closed.append(str(fd))
+    if closed:
+        log.debug(f"Closed inherited descriptors: {', '.join(closed)}")
+
+
 def drop_ids(options: Options, ids: Ids, log) -> None:
     """setgroups([gid]), setgid, setuid, each checked, then read back from the kernel."""
-    if not ids_apply(options) and (options.setuid_user or options.setgid_group):
-        log.notice("-s and -g are ignored in inetd mode without -i")
     if ids.gid is not None:
         _step("setgroups", os.setgroups, [ids.gid])
         _step("setgid", os.setgid, ids.gid)

@@ -127,6 +127,7 @@ class Endpoint:
         self.label = label
         self.pty = pty
         self.add_cr = add_cr  # fixcrio's rule applies to this end's bytes (see Relay)
+        self.program: tuple[int, int] | None = None  # (pid, pidfd): the -l program here
         self.socket = is_socket(wfd)
         for fd in {rfd, wfd}:
             os.set_blocking(fd, False)
@@ -181,12 +182,21 @@ class Endpoint:
                 reset(fd)
 
     def close(self) -> None:
+        """Close both fds; 0, 1 and 2 are left on an empty pipe instead, so that no
+        later open takes their numbers (stdin and stdout of a process are never free)."""
         for fd in {self.rfd, self.wfd}:
-            if fd >= 0:
-                try:
+            if fd < 0:
+                continue
+            try:
+                if fd > 2:
                     os.close(fd)
-                except OSError:
-                    pass
+                else:
+                    empty, other = os.pipe()
+                    os.close(other)
+                    os.dup2(empty, fd, inheritable=False)
+                    os.close(empty)
+            except OSError:
+                pass
         self.rfd = self.wfd = -1
 
 

@@ -17,8 +17,19 @@ While options are parsed there is no Log yet and the main writes to stderr
 
 Security: a line is written as given. The log never carries secrets: callers
 must not pass an AUTH argument, a password, a DATA line or key material, at any
-level, -D 7 included. Non-printable characters become '.' so that a peer's
-bytes cannot forge lines or drive a terminal.
+level, -D 7 included.
+
+One rule for every byte a line carries (`printable`): each character outside
+printable ASCII (space to ~) becomes '.', so that a peer's bytes cannot forge
+lines, drive a terminal or hide behind Unicode. The dialogue's bytes reach the
+log one character each (decoded as Latin-1), so each byte outside printable
+ASCII is one '.': `RCPT TO:<empf..nger@...>`, exactly what 3.22 wrote (its
+safestring(), isprint() in the C locale; tests/oracle compares). 3.22 kept that
+rule for the dialogue, certificate names and IDENT's reply; we keep it for every
+line, so that an error naming a file or a peer's word cannot break it either.
+
+The dialogue (the protocol layer's debug lines) goes through a `DialogueCap`:
+at most so many lines a session and a second, the rest counted and said once.
 
 Only light stdlib modules are imported here (a process starts per connection).
 """
@@ -61,11 +72,15 @@ FACILITIES = {
 TEXT_MAX = 255
 
 
+_DOTS = {code: "." for code in range(0x20)} | {0x7F: "."}
+
+
 def printable(text: str) -> str:
-    """Every character that is not printable becomes '.' (3.22's safestring idea)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else "." for c in text)
+    """Every character outside printable ASCII (space to ~) becomes '.' (3.22's
+    safestring: isprint() in the C locale, byte by byte for the dialogue)."""
+    if text.isascii():
+        return text.translate(_DOTS) if not text.isprintable() else text
+    return "".join(c if " " <= c <= "~" else "." for c in text)
 
 
 _shown_pid: int | None = None
@@ -96,7 +111,7 @@ def format_line(level: int, text: str, when: float | None = None) -> str:
         f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
     )
     pid = _shown_pid or os.getpid()
-    return f"{stamp} LOG{level}[{pid}:{get_native_id()}]: {printable(clip(text))}"
+    return f"{stamp} LOG{level}[{pid}:{get_native_id()}]: {clip(printable(text))}"
 
 
 def stderr_line(level: int, text: str) -> None:
@@ -181,7 +196,7 @@ class Log:
                 _write(sys.stderr, line)
         if self._syslog is not None:
             try:
-                self._syslog.syslog(level, printable(clip(text)))
+                self._syslog.syslog(level, clip(printable(text)))
             except OSError:
                 pass
 
@@ -210,3 +225,48 @@ class Log:
         if self._syslog is not None:
             self._syslog.closelog()
             self._syslog = None
+
+
+class DialogueCap:
+    """The -D 7 dialogue of one session, capped: at most `lines` lines in all, and
+    `rate` a second (a bucket of `rate` lines, refilled at `rate` a second).
+
+    A client that pipelines NOOPs makes two lines per command, at whatever speed
+    the backend answers (170,000 a second uncapped: multilog's whole history gone
+    in under a second). A normal session logs a few dozen lines; what is left out
+    is counted and said once, at close(), with the settings that allow more
+    (bounds.py: STUNNEL3_DIALOGUE_LINES, STUNNEL3_DIALOGUE_RATE).
+    """
+
+    def __init__(self, log, lines: int, rate: int, clock=time.monotonic):
+        self._log = log
+        self._lines_left = lines
+        self._rate = rate
+        self._tokens = float(rate)
+        self._clock = clock
+        self._filled = clock()
+        self.left_out = 0
+
+    def line(self, text: str) -> None:
+        """One dialogue line (debug level), if the caps allow it."""
+        if self._log.level < LOG_DEBUG:
+            return  # not written anyway: nothing is left out
+        now = self._clock()
+        self._tokens = min(self._rate, self._tokens + (now - self._filled) * self._rate)
+        self._filled = now
+        if self._lines_left <= 0 or self._tokens < 1:
+            self.left_out += 1
+            return
+        self._lines_left -= 1
+        self._tokens -= 1
+        self._log.log(LOG_DEBUG, text)
+
+    def close(self) -> None:
+        """Say how many lines were left out, if any (once: the count starts again)."""
+        if self.left_out:
+            self._log.log(
+                LOG_NOTICE,
+                f"Dialogue log: {self.left_out} lines left out (STUNNEL3_DIALOGUE_LINES "
+                "a session, STUNNEL3_DIALOGUE_RATE a second)",
+            )
+            self.left_out = 0

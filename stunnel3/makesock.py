@@ -25,6 +25,11 @@ Processes and descriptors:
   cannot be run, the child says so on fd 2 and exits 111; PROG1 is already
   running and reads EOF on FD, which stunnel takes as the end of the session.
   That status is PROG1's business: PROG2 is PROG1's child, not tcpserver's.
+- When PROG1 is our stunnel in this process, the child stays (root, outside
+  stunnel's jail) as PROG2's keeper, and PROG2 runs as its child: when the
+  session ends, PROG2 gets EOF, and if it does not exit, SIGTERM and then
+  SIGKILL (children.py). This process closes PROG2's descriptors and the
+  lifeline after stunnel returns, then waits for the keeper.
 
 The original invocation (no options) is parsed by hand, and docopt-ng is
 imported only when options are given: `python3 -X importtime` puts docopt
@@ -32,6 +37,7 @@ imported only when options are given: `python3 -X importtime` puts docopt
 and makesock starts on every SMTP connection.
 """
 
+import _signal  # the C module, as for _socket
 import _socket  # the C module: `socket` imports enum and selectors, ~10 ms more
 import os
 import sys
@@ -157,6 +163,59 @@ def run_second(argv: list[str], name: str, fd: int, end: int, gate: int) -> None
     unix.fatal(name, "run " + argv[0], unix.exec_program(argv), True)
 
 
+def keep_second(argv: list[str], name: str, fd: int, end: int, gate: int, lifeline: int) -> None:
+    """The child, when PROG1 is our stunnel here: start PROG2, then keep it (children.py)."""
+    from stunnel3 import bounds, children
+
+    pid = os.fork()
+    if pid == 0:
+        os.close(lifeline)
+        run_second(argv, name, fd, end, gate)
+    try:
+        pidfd = os.pidfd_open(pid)  # PROG2 is our child: not reaped before this ...
+    except OSError:
+        os._exit(0)  # ... unless our caller ignores SIGCHLD: then it is gone already
+    for number in (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT):
+        _signal.signal(number, _signal.SIG_IGN)  # a process group's signal: PROG2 got it too
+    _close_all_but(2, lifeline, pidfd)  # the client's socket, the pair: theirs, not ours
+    grace = bounds.backend_exit()
+    said = [f"{grace:g} s after its session ended"]
+
+    def say(signal_name: str) -> None:
+        line = f"{PROG}: warning: {argv[0]} (pid {pid}) did not exit {said[0]}: sent {signal_name}"
+        said[0] = f"{grace:g} s after SIGTERM"
+        try:
+            os.write(2, line.encode(errors="replace") + b"\n")
+        except OSError:
+            pass
+
+    children.keep(pid, pidfd, lifeline, grace, say)
+    os._exit(0)
+
+
+def _close_all_but(*keep: int) -> None:
+    start = 0
+    for fd in sorted(keep):
+        os.closerange(start, fd)
+        start = fd + 1
+    os.closerange(start, os.sysconf("SC_OPEN_MAX"))
+
+
+def end_session(fd: int, lifeline: int, keeper: int | None) -> None:
+    """After our stunnel returned: EOF for PROG2 (and the client), the lifeline closed
+    (the keeper's signal), then the keeper's end, so that tcpserver, which waits for
+    this process, counts the connection until PROG2 has gone (children.py)."""
+    from stunnel3 import bounds, children
+
+    for number in (0, 1, fd, lifeline):
+        try:
+            os.close(number)
+        except OSError:
+            pass
+    if keeper is not None:
+        children.exited(keeper, 2 * bounds.backend_exit() + 5)
+
+
 def runs_our_stunnel(name: str) -> bool:
     """Would exec'ing name start our own stunnel front with this very Python?
 
@@ -265,18 +324,28 @@ def main(argv: list[str]) -> int:
         unix.fatal(PROG, "create socket pair", error)
     try:
         gate_read, gate_write = os.pipe()
+        lifeline = os.pipe() if ours else None  # see keep_second
         pid = os.fork()
     except OSError as error:
         unix.fatal(PROG, "fork", error)
     if pid == 0:
         try:
             os.close(gate_write)
-            run_second(second, name, invocation.fd, second_end, gate_read)
+            if lifeline is None:
+                run_second(second, name, invocation.fd, second_end, gate_read)
+            else:
+                os.close(lifeline[1])
+                keep_second(second, name, invocation.fd, second_end, gate_read, lifeline[0])
         finally:
             os._exit(111)
     os.close(second_end)
     os.close(gate_read)
-    if ours:
+    if lifeline is not None:  # ours: stunnel runs in this process
+        try:
+            keeper: int | None = os.pidfd_open(pid)
+        except OSError:
+            keeper = None  # SIGCHLD ignored by our caller: the keeper is reaped at once
+        os.close(lifeline[0])
         argv = ["stunnel", *invocation.first[1:]]
         proctitle.set_title(argv)  # what ps shows after an exec of stunnel, before PROG2 runs
         os.close(gate_write)  # as a successful exec would: PROG2 may run
@@ -284,7 +353,9 @@ def main(argv: list[str]) -> int:
             os.environ[FIXCRIO_ENV] = str(invocation.fd)  # stunnel.run() takes it out again
         from stunnel3 import stunnel
 
-        return stunnel.main(argv)
+        status = stunnel.main(argv)
+        end_session(invocation.fd, lifeline[1], keeper)
+        return status
     failure = unix.exec_program(invocation.first)
     try:
         os.write(gate_write, b"!")

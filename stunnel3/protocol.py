@@ -17,7 +17,11 @@ StartTls, every ToClient goes through TLS (queued until the handshake is done).
 In client mode (-c) "client" still means the side TLS faces: the remote server.
 A layer may also have a `client_paused` property: while it is True the relay
 reads no more client bytes (back-pressure on a client that pipelines faster
-than the backend answers). ToClient(b"") and ToBackend(b"") mean EOF: once
+than the backend answers), and an `awaiting` property: True while a
+command/reply exchange is under way (part of a command has come, or a reply is
+owed); a layer that has it is bounded per exchange and per session (relay.py,
+bounds.py), one without it (Passthrough) only by idle time. ToClient(b"") and
+ToBackend(b"") mean EOF: once
 what is queued for that side is written, the relay half-closes it
 (close_notify, or shutdown(SHUT_WR)). The session ends when both directions are closed, or at Close.
 Every action takes effect before the relay waits again: a reply the layer makes

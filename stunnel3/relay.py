@@ -27,19 +27,27 @@ hold what waits for a writable fd or for TLS:
 A side is read only while the queue its bytes end up in is below BUFFER: that
 is the back-pressure, and it bounds memory whatever the peers do.
 
-Timeouts (no 3.22 flag exists; the environment overrides them, in seconds):
-STUNNEL3_HANDSHAKE_TIMEOUT (60) from StartTls to an established session;
-STUNNEL3_IDLE_TIMEOUT (600, twice RFC 5321's 5-minute command timeout) with no
-byte moving either way; and 3.22's 10 s wait for the peer's last bytes once the
-backend has closed its output.
+Bounds (bounds.py, STUNNEL3_..._TIMEOUT, checked at start-up): the handshake,
+from StartTls to an established session; idle time, no byte moving either way;
+3.22's 10 s wait for the peer's last bytes once the backend has closed its
+output. A layer with command/reply exchanges (its `awaiting`: the SMTP proxy)
+adds bounds.Exchanges: the whole session, and each exchange, timed from when
+the layer starts to await (after settling) and restarted only by the backend's
+bytes, so that neither a command sent a byte a second nor NOOPs pipelined at a
+backend that hangs outlive it (message data is no exchange); and once its
+client has ended and is owed nothing, the 10 s wait applies too. A bound that
+has passed ends the session before the next wait, ready bytes or not.
+
+The layer's debug Log lines are the dialogue: a log.DialogueCap caps them.
 """
 
-import os
 import select
 import time
 
+from stunnel3.bounds import Bounds, Exchanges
 from stunnel3.endpoints import ByteQueue, Endpoint, PeerError
 from stunnel3.fixcrio import CrAdder
+from stunnel3.log import LOG_DEBUG, DialogueCap
 from stunnel3.protocol import Action, Close, Log, StartTls, ToBackend, ToClient
 from stunnel3.tls import TlsError, TlsSession
 
@@ -47,14 +55,6 @@ BUFFER = 256 * 1024
 READ_SIZE = 128 * 1024
 CLOSE_WAIT = 10.0
 ALERT_WAIT = 2.0  # for the alert of a failed TLS session to leave
-
-
-def _timeout(name: str, default: float) -> float:
-    try:
-        value = float(os.environ.get(name, default))
-    except ValueError:
-        return default
-    return value if value > 0 else default
 
 
 class Terminated(Exception):
@@ -69,7 +69,14 @@ class Relay:
     """Run one session: `run()` returns True if it ended cleanly, False on a reset."""
 
     def __init__(
-        self, network: Endpoint, backend: Endpoint | None, layer, new_tls, log, open_backend=None
+        self,
+        network: Endpoint,
+        backend: Endpoint | None,
+        layer,
+        new_tls,
+        log,
+        open_backend=None,
+        bounds: Bounds | None = None,
     ):
         self.network = network
         self.backend = backend
@@ -86,10 +93,15 @@ class Relay:
         self.net_eof_queued = self.back_eof_queued = False  # ToClient(b"") / ToBackend(b"")
         self.closing = False
         self.ssl_bytes = self.sock_bytes = 0
-        self.handshake_timeout = _timeout("STUNNEL3_HANDSHAKE_TIMEOUT", 60)
-        self.idle_timeout = _timeout("STUNNEL3_IDLE_TIMEOUT", 600)
+        self.bounds = bounds or Bounds()
+        self.handshake_timeout = self.bounds.handshake
+        self.idle_timeout = self.bounds.idle
         self.handshake_deadline: float | None = None
         self.last_activity = time.monotonic()
+        self.exchanges: Exchanges | None = None  # a layer of commands and replies
+        if hasattr(layer, "awaiting"):
+            self.exchanges = Exchanges(self.bounds, self.last_activity)
+        self.dialogue = DialogueCap(log, self.bounds.lines, self.bounds.rate)
         self._poller = select.poll()
         self._watched: dict[int, int] = {}
         # A backend whose fixcrio makesock left out: its rule, one state each way,
@@ -132,7 +144,10 @@ class Relay:
                 self.closing = True
                 self.net_eof_queued = self.back_eof_queued = True
             elif isinstance(action, Log):
-                self.log.log(action.level, action.text)
+                if action.level >= LOG_DEBUG:
+                    self.dialogue.line(action.text)
+                else:
+                    self.log.log(action.level, action.text)
 
     # -- moving bytes without waiting ----------------------------------------
 
@@ -267,11 +282,19 @@ class Relay:
         return wanted
 
     def _deadline(self) -> tuple[float, str]:
+        """The nearest bound, and what to log when it passes ("": a close's wait ended)."""
         if self.handshake_deadline is not None:
-            return self.handshake_deadline, "SSL handshake timed out"
-        if not self.back_reading or self.closing:
-            return self.last_activity + CLOSE_WAIT, ""
-        return self.last_activity + self.idle_timeout, "Connection idle timeout"
+            nearest = self.handshake_deadline, "SSL handshake timed out"
+        elif not self.back_reading or self.closing or self._client_done():
+            nearest = self.last_activity + CLOSE_WAIT, ""
+        else:
+            nearest = self.last_activity + self.idle_timeout, "Connection idle timeout"
+        return nearest if self.exchanges is None else self.exchanges.nearest(nearest)
+
+    def _client_done(self) -> bool:
+        """The client has ended and is owed nothing: what the backend still says is
+        awaited as long as 3.22 awaited a closing peer (a layer with exchanges)."""
+        return self.exchanges is not None and not self.net_reading and not self.layer.awaiting
 
     # -- reading and writing ---------------------------------------------------
 
@@ -300,6 +323,8 @@ class Relay:
         if data is None:
             return
         self.last_activity = time.monotonic()
+        if self.exchanges is not None:
+            self.exchanges.moved()  # the backend's bytes: the exchange moved on
         if not data:
             self.back_reading = False
             self.log.debug("Socket closed on read (backend)")
@@ -318,20 +343,29 @@ class Relay:
         self._settle()
         if self._finished():
             return False
+        if self.exchanges is not None:  # an exchange starts when the layer begins to await
+            self.exchanges.track(self.layer.awaiting, time.monotonic())
         wanted = self._poll_set()
         deadline, why = self._deadline()
-        wait = max(0.0, deadline - time.monotonic())
+        wait = deadline - time.monotonic()
+        # Rule: a bound that has passed ends the session before any wait, even with
+        # bytes ready on every pass (a client that never stops sending).
+        if wait <= 0:
+            return self._bound_passed(why)
         self._watch(wanted)
         ready = dict(self._poller.poll(wait * 1000)) if wanted or wait else {}
         if not ready:
             if time.monotonic() >= deadline:
-                if not why:
-                    self.log.debug("Timeout waiting for the peer to close")
-                    return False
-                raise PeerError(why)
+                return self._bound_passed(why)
             return True
         self._serve(ready)
         return True
+
+    def _bound_passed(self, why: str) -> bool:
+        if not why:
+            self.log.debug("Timeout waiting for the peer to close")
+            return False
+        raise PeerError(why)
 
     def _watch(self, wanted: dict[int, int]) -> None:
         """Make the poll set `wanted`, touching only what changed since the last pass."""
@@ -361,6 +395,12 @@ class Relay:
             self._read_backend()
 
     def run(self) -> bool:
+        try:
+            return self._run()
+        finally:
+            self.dialogue.close()
+
+    def _run(self) -> bool:
         self._apply(self.layer.start())
         try:
             while self._pass():

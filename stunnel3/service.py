@@ -2,7 +2,9 @@
 
 Start-up, as the real 3.22 runs it (tests/oracle compares), with sg2's jail:
 
-    [jail first: inetd mode with -/ or -i, daemon mode with -i]
+    the STUNNEL3_ bounds checked (bounds.py) -> inherited descriptors closed
+    -> [inetd mode: -s/-g without -i said to be ignored]
+    -> [jail first: inetd mode with -/ or -i, daemon mode with -i]
     -> pem checked (stat, `Wrong permissions`) -> seed -> TLS context -> STUNNEL_INFO
     -> inetd: the session on fds 0/1 (session.py)
     -> daemon: see daemon.py (the pem is read as root before bind; -/ after it)
@@ -19,6 +21,7 @@ import signal
 import socket
 
 from stunnel3 import chroot, libwrap, limits, tls
+from stunnel3.bounds import Bounds, SettingError
 from stunnel3.endpoints import peer_address
 from stunnel3.options import Options, service_name
 from stunnel3.relay import Terminated
@@ -37,7 +40,7 @@ def run(options: Options, log) -> int:
     except Terminated as stop:
         log.err(f"Received signal {stop.signum}; terminating")
         return 3
-    except (chroot.SetupError, ContextError) as error:
+    except (chroot.SetupError, ContextError, SettingError) as error:
         for line in error.text.splitlines():
             log.err(line)
         return 1
@@ -49,6 +52,8 @@ def run(options: Options, log) -> int:
 
 
 def _run(options: Options, log) -> int:
+    bounds = Bounds()  # a bad STUNNEL3_ setting is one fatal line, before anything
+    chroot.close_inherited(options, log)
     _load_modules(options)
     prepare = getattr(log, "prepare_for_jail", None)
     if prepare is not None:
@@ -57,14 +62,17 @@ def _run(options: Options, log) -> int:
         from stunnel3 import daemon
 
         return daemon.serve(
-            options, log, lambda ctx, fd, env: session(options, log, ctx, fd, fd, env)
+            options,
+            log,
+            lambda ctx, fd, env: session(options, log, ctx, fd, fd, env, bounds=bounds),
         )
+    chroot.warn_ignored_ids(options, log)
     allowed = None
     if jail_first(options):
         allowed = _wrappers_allow(options, 0)  # /etc/hosts.allow is outside the jail
         chroot.enter_jail(options, chroot.resolve_ids(options), log)
     ctx = make_context(options, log)
-    return session(options, log, ctx, 0, 1, {}, allowed)
+    return session(options, log, ctx, 0, 1, {}, allowed, bounds)
 
 
 def jail_first(options: Options) -> bool:

@@ -24,7 +24,8 @@ import os
 import signal
 import socket
 
-from stunnel3 import chroot, libwrap, limits, policy
+from stunnel3 import children, chroot, libwrap, limits, policy
+from stunnel3.bounds import Bounds
 from stunnel3.endpoints import Endpoint, apply_socket_options, peer_address, set_nodelay
 from stunnel3.options import Options, program_argv, service_name
 from stunnel3.protocol import Passthrough
@@ -97,12 +98,20 @@ def _server_layer(protocol: str, log, tls_available: bool):
 
 
 def session(
-    options: Options, log, ctx, rfd: int, wfd: int, env: dict, allowed: bool | None = None
+    options: Options,
+    log,
+    ctx,
+    rfd: int,
+    wfd: int,
+    env: dict,
+    allowed: bool | None = None,
+    bounds: Bounds | None = None,
 ) -> int:
     """Serve one connection (fds rfd/wfd); the exit status of its process.
 
     `allowed`: TCP wrappers' verdict, when it had to be taken before the jail."""
     name = service_name(options)
+    bounds = bounds or Bounds()
     log.debug(f"{name} started")
     local = Endpoint(rfd, wfd, "local")
     relay = None
@@ -118,6 +127,7 @@ def session(
             lambda: TlsSession(ctx, server=not options.client),
             log,
             opener,
+            bounds,
         )
         ok = relay.run()
     except SessionError as error:
@@ -130,9 +140,30 @@ def session(
             f"Connection {'closed' if ok else 'reset'}: {relay.ssl_bytes} bytes sent to SSL, "
             f"{relay.sock_bytes} bytes sent to socket"
         )
+    ends = [local] if relay is None else [local, relay.network, relay.backend]
+    end_programs([end for end in ends if end is not None], bounds.backend_exit, log)
     if options.daemon is None:
         log.debug(f"{name} finished (0 left)")
     return 0
+
+
+def end_programs(ends: list[Endpoint], grace: float, log) -> None:
+    """The -l/-L program of the session ends with it (children.py): our ends closed
+    (its EOF, and the client's), then SIGTERM and SIGKILL for one that lingers."""
+    programs = {end.program for end in ends if end.program is not None}
+    if not programs:
+        return
+    for end in ends:
+        end.close()
+    for pid, pidfd in sorted(programs):
+        said = [f"{grace:g} s after the session"]
+
+        def say(signal_name: str, pid=pid, said=said) -> None:
+            log.warning(f"Local mode child (PID={pid}) did not exit {said[0]}: {signal_name}")
+            said[0] = f"{grace:g} s after SIGTERM"
+
+        children.end(pidfd, grace, say)
+        os.close(pidfd)
 
 
 def _was_set_up(relay: Relay) -> bool:
@@ -204,6 +235,7 @@ def _remote_side(options, log, env, local: Endpoint | None, tls=None) -> Endpoin
         raise SessionError(*error.lines, "Failed to initialize remote file descriptor") from None
     log.debug(f"Remote FD={remote.rfd} initialized")
     if not apply_socket_options(remote.rfd, options.socket_options, "r", log):
+        end_programs([remote], Bounds().backend_exit, log)
         raise SessionError()
     return remote
 
@@ -300,15 +332,24 @@ def start_program(options: Options, log, env: dict, session: TlsSession | None) 
             log.debug(f"{os.ttyname(theirs)} allocated")
         else:
             ours, theirs = loopback_pair()
-        pid = os.fork()
+        # SIGCHLD waits until the pidfd is open: the handler must not reap the pid first
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        try:
+            pid = os.fork()
+            if pid == 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+                _exec_program(options, log, program, theirs, extra)
+            pidfd = os.pidfd_open(pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
     except OSError as error:
         raise SessionError(f"{'openpty' if options.local_pty else 'socket'}: {error.strerror}"
                            f" ({error.errno})") from None  # fmt: skip
-    if pid == 0:
-        _exec_program(options, log, program, theirs, extra)
     os.close(theirs)
     log.info(f"Local mode child started (PID={pid})")
-    return Endpoint(ours, ours, program, pty=options.local_pty)
+    end = Endpoint(ours, ours, program, pty=options.local_pty)
+    end.program = pid, pidfd
+    return end
 
 
 def _exec_program(options, log, program: str, fd: int, extra: dict) -> None:

@@ -222,6 +222,15 @@ class SmtpProxy(LineProxy):
     def _moment(self, moment: Moment) -> None:
         self.phase = PHASE_MOVES[moment].get(self.phase, self.phase)
 
+    @property
+    def awaiting(self) -> bool:
+        """True while a command/reply exchange is under way (protocol.py): part of a
+        command has come (or the rest of a refused one is being dropped), or the
+        backend owes a reply. Message data is no exchange; its end is."""
+        if self.state is not State.COMMAND:
+            return False
+        return bool(self._client or self._pending or self._client_run.run is not None)
+
     # -- the client side --------------------------------------------------------
 
     def _stopped(self) -> bool:

@@ -60,6 +60,7 @@ outgoing BIO: the relay sends it before it closes, so the peer learns why
 
 import os
 import stat
+import warnings
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -142,7 +143,39 @@ def check_pem(path: str, log) -> None:
         log.warning(f"Wrong permissions on {path}")
 
 
+# An encrypted key in PEM (PKCS #8, or OpenSSL's traditional form): OpenSSL would ask
+# for its passphrase on the terminal, and with none (a jail, tcpserver) read it from
+# fd 0: in inetd mode the client's connection (issue #18).
+_ENCRYPTED_MARKS = (b"-----BEGIN ENCRYPTED PRIVATE KEY-----", b"Proc-Type: 4,ENCRYPTED")
+
+
+def _encrypted(path: str) -> str:
+    return (
+        f"{path}: the private key is encrypted and no passphrase is asked: decrypt it "
+        f"(openssl pkey -in {path} -out key.pem) and put key.pem in its place"
+    )
+
+
+class _NoPassphrase:
+    """OpenSSL's passphrase callback: there is none (never the terminal, never fd 0)."""
+
+    asked = False
+
+    def __call__(self, maxlen: int, verify: bool, userdata) -> bytes:
+        self.asked = True
+        return b""
+
+
+def _refuse_passphrases(ctx: SSL.Context) -> _NoPassphrase:
+    callback = _NoPassphrase()
+    with warnings.catch_warnings():  # pyOpenSSL 25 deprecates it, and has no other way
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.set_passwd_cb(callback)
+    return callback
+
+
 def _load_pem(ctx: SSL.Context, path: str, log) -> None:
+    passphrase = _refuse_passphrases(ctx)
     try:
         ctx.use_certificate_chain_file(path)
     except SSL.Error as error:
@@ -152,8 +185,16 @@ def _load_pem(ctx: SSL.Context, path: str, log) -> None:
         ) from None
     log.debug(f"Certificate: {path}")
     try:
+        with open(path, "rb") as pem:
+            if any(mark in pem.read() for mark in _ENCRYPTED_MARKS):
+                raise ContextError(_encrypted(path))
+    except OSError:
+        pass  # OpenSSL's own reading says it below
+    try:
         ctx.use_privatekey_file(path)
     except SSL.Error as error:
+        if passphrase.asked:
+            raise ContextError(_encrypted(path)) from None
         reason = _ssl_reason(error)
         if "mismatch" in reason:  # OpenSSL now checks the pair here already
             raise ContextError("Private key does not match the certificate") from None

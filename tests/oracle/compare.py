@@ -132,6 +132,13 @@ def _engine(line: Line) -> Line | None:
     return None if line.level == 6 and line.text.startswith("Client policy: ") else line
 
 
+def _ignored_ids(line: Line) -> Line | None:
+    # 3.22 ignored -s and -g in inetd mode without -i and said nothing; ours warns
+    # that the TLS code runs as root
+    ignored = line.level == 4 and line.text.startswith("-s and -g are ignored in inetd mode")
+    return None if ignored else line
+
+
 def _resolver(line: Line) -> Line | None:
     if re.match(r"^(gethostbyname: |Error resolving ')", line.text):
         return Line(line.level, "<resolver error>", line.facility)
@@ -160,6 +167,8 @@ DIFFERENCES: dict[str, Difference] = {
     "SMTP engine": Difference("The SMTP engine", _engine),
     "daemon workers": Difference("Daemon mode's workers", _local_process_end),
     "pty EOF": Difference("A -L program that exits"),
+    "ignored ids": Difference("-s and -g without -i in inetd mode", _ignored_ids),
+    "encrypted key": Difference("An encrypted private key"),
 }
 
 

@@ -197,21 +197,42 @@ def test_a_relative_jail_is_relative_to_the_working_directory(jail):
     assert in_child(work) == ["seed", "stunnel.pem"]
 
 
-def test_without_i_in_inetd_mode_ids_are_ignored_with_a_notice(jail):
+IGNORED = (
+    "-s and -g are ignored in inetd mode without -i (as in 3.22): the TLS code runs as uid 0;"
+    " add -i to switch before the first byte is read"
+)
+
+
+def test_without_i_in_inetd_mode_ids_are_ignored_with_a_warning(jail):
     options = Options(chroot_dir=str(jail), setuid_user="nobody", setgid_group="nogroup")
     log = RecordingLog()
 
     def work():
+        chroot.warn_ignored_ids(options, log)
         chroot.enter_jail(options, chroot.resolve_ids(options), log)
         return identity(), sorted(os.listdir("/")), log.lines
 
     ids, listing, lines = in_child(work)
     assert ids[0] == (0, 0, 0)  # still root: 3.22 applied -s/-g in inetd mode only with -i
     assert listing == ["seed", "stunnel.pem"]  # -/ applies all the same
-    assert (5, "-s and -g are ignored in inetd mode without -i") in lines
+    assert lines[0] == (4, IGNORED)
 
 
-def test_no_notice_when_no_ids_were_asked_for(jail):
+@pytest.mark.parametrize(
+    "options",
+    [
+        Options(),
+        Options(setuid_user="nobody", switch_ids_now=True),
+        Options(setgid_group="nogroup", daemon=Address(None, 25)),
+    ],
+)
+def test_no_warning_when_ids_apply_or_none_were_asked_for(options):
+    log = RecordingLog()
+    chroot.warn_ignored_ids(options, log)
+    assert log.lines == []
+
+
+def test_no_line_from_the_jail_when_no_ids_were_asked_for(jail):
     log = RecordingLog()
     assert in_child(lambda: chroot.enter_jail(Options(), Ids(None, None), log) or log.lines) == []
 
@@ -485,3 +506,50 @@ def test_an_unseeded_generator_is_warned_about_as_322_did(monkeypatch):
     log = RecordingLog()
     chroot.seed_random(Options(rand_file="/nonexistent"), log)
     assert log.lines == [(4, "PRNG may not have been seeded with enough random bytes")]
+
+
+def test_inherited_descriptors_are_closed_but_the_modes_own():
+    """Item 7 of issue #18: what the starting process left open stays outside the jail;
+    -F's descriptor, 0-2 and what our code opened itself (close-on-exec) stay."""
+
+    def work():
+        inherited = os.open("/dev/null", os.O_RDONLY)
+        os.set_inheritable(inherited, True)  # as a caller's descriptor comes to us
+        plaintext = os.dup(inherited)
+        os.set_inheritable(plaintext, True)
+        ours = os.open("/dev/null", os.O_RDONLY)  # Python's own: close-on-exec
+        log = RecordingLog()
+        chroot.close_inherited(Options(plaintext_fd=plaintext), log)
+
+        def is_open(fd):
+            try:
+                os.fstat(fd)
+            except OSError:
+                return False
+            return True
+
+        return [is_open(fd) for fd in (0, 1, 2, inherited, plaintext, ours)], inherited, log.lines
+
+    states, inherited, lines = in_child(work)
+    assert states == [True, True, True, False, True, True]
+    closed = lines[0][1].removeprefix("Closed inherited descriptors: ").split(", ")
+    assert lines[0][0] == 7 and str(inherited) in closed
+
+
+def test_stunnel3_setup_never_writes_s_or_g_without_i():
+    """Item 12 of issue #18: the run files stunnel3-setup writes switch ids at once."""
+    import shlex
+
+    from stunnel3 import setup_scripts
+    from stunnel3.options import parse
+    from stunnel3.setup_service import render_run
+
+    variables = {"PATH": "/opt/x/bin:/usr/bin:/bin", "IP": "127.0.0.1", "PORT": "2525"}
+    text = render_run(variables)
+    lines = [line for line in text.splitlines() if line.split()[:1] == ["stunnel"]]
+    assert len(lines) == 1, "one stunnel line in the run script"
+    for line in lines:
+        line = line.rstrip(" \\").replace('"$SSLUID"', "451").replace('"$SSLGID"', "451")
+        options = parse(shlex.split(line)[1:])
+        assert options.setuid_user and options.setgid_group and chroot.ids_apply(options)
+    assert "-i" in setup_scripts.RUN_SCRIPT

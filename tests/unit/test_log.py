@@ -8,8 +8,10 @@ import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from conftest import RecordingLog
+
 from stunnel3 import log as logging
-from stunnel3.log import FACILITIES, TEXT_MAX, Log, clip, format_line, printable
+from stunnel3.log import FACILITIES, TEXT_MAX, DialogueCap, Log, clip, format_line, printable
 from stunnel3.options import parse
 
 LINE = re.compile(r"^\d{4}\.\d\d\.\d\d \d\d:\d\d:\d\d LOG(\d)\[(\d+):(\d+)\]: (.*)$")
@@ -26,11 +28,33 @@ def test_line_format_is_322s():
     assert line.startswith(stamp + " LOG5[")
 
 
-def test_non_printable_characters_become_dots():
+def test_every_character_outside_printable_ascii_becomes_a_dot():
     assert printable("a\r\nb\x00c\x1b[31md\x7f") == "a..b.c.[31md."
-    assert printable("caf\u00e9") == "caf\u00e9"
+    assert printable("caf\u00e9") == "caf."  # one rule for every line (issue #18)
     assert printable("bad\udcffbyte") == "bad.byte"  # a surrogate-escaped argv byte
+    assert printable("\u202eevil\u2028") == ".evil."  # no bidi override, no line separator
     assert format_line(3, "x\ny").endswith("]: x.y")
+
+
+def test_the_dialogues_bytes_are_a_dot_each_as_322_wrote_them():
+    """A layer decodes the wire as Latin-1: one character a byte (tests/oracle compares
+    3.22's own lines; tests/property holds the rule for every byte string)."""
+    line = "RCPT TO:<empf\u00e4nger@example.org>".encode()  # UTF-8 on the wire
+    assert printable("C: " + line.decode("latin-1")) == "C: RCPT TO:<empf..nger@example.org>"
+
+
+def test_syslog_gets_the_same_text(monkeypatch):
+    sent = []
+
+    class Syslog:
+        @staticmethod
+        def syslog(level, text):
+            sent.append((level, text))
+
+    log = Log(stderr=False)
+    monkeypatch.setattr(log, "_syslog", Syslog)
+    log.notice("caf\u00e9 \udcff\x1b" + "x" * 300)  # a surrogate: syslog's UTF-8 would raise
+    assert sent == [(5, ("caf. .." + "x" * 300)[:TEXT_MAX])]
 
 
 def test_levels_above_the_threshold_are_dropped(capsys):
@@ -158,3 +182,54 @@ def test_local_time_survives_chroot(tmp_path):
     stamp = datetime.strptime(out.read_text()[:19], "%Y.%m.%d %H:%M:%S")
     now = datetime.now(ZoneInfo("Asia/Kolkata")).replace(tzinfo=None)
     assert abs(now - stamp) < timedelta(seconds=60), (stamp, now)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_dialogue_cap_per_session_exactly_at_it_and_one_over():
+    log, clock = RecordingLog(), Clock()
+    cap = DialogueCap(log, lines=3, rate=100, clock=clock)
+    for n in range(3):
+        cap.line(f"C: {n}")
+    assert cap.left_out == 0
+    cap.line("C: 3")
+    assert cap.left_out == 1
+    cap.close()
+    cap.close()  # said once
+    assert log.lines == [
+        *[(7, f"C: {n}") for n in range(3)],
+        (5, "Dialogue log: 1 lines left out (STUNNEL3_DIALOGUE_LINES a session, "
+            "STUNNEL3_DIALOGUE_RATE a second)"),
+    ]  # fmt: skip
+
+
+def test_the_dialogue_cap_per_second_refills_with_time_but_never_above_its_rate():
+    log, clock = RecordingLog(), Clock()
+    cap = DialogueCap(log, lines=10_000, rate=10, clock=clock)
+    for _ in range(25):
+        cap.line("S: 250 ok")
+    assert (len(log.lines), cap.left_out) == (10, 15)  # a burst: the bucket's 10
+    clock.now += 0.5
+    for _ in range(25):
+        cap.line("S: 250 ok")
+    assert (len(log.lines), cap.left_out) == (15, 35)  # half a second: 5 more
+    clock.now += 60  # a quiet minute fills the bucket, no further
+    for _ in range(25):
+        cap.line("S: 250 ok")
+    assert (len(log.lines), cap.left_out) == (25, 50)
+
+
+def test_below_debug_level_nothing_is_left_out():
+    log = RecordingLog()
+    log.level = 5
+    cap = DialogueCap(log, lines=1, rate=1)
+    for _ in range(10):
+        cap.line("C: NOOP")
+    cap.close()
+    assert log.lines == [] and cap.left_out == 0
