@@ -2,8 +2,10 @@
 
 Apart from options.py so that makesock can read stunnel's command line on
 every connection without paying for options.py's dataclasses (~11 ms):
-this module imports nothing.
+this module imports only os, which the interpreter has loaded already.
 """
+
+import os
 
 
 class OptionError(Exception):
@@ -14,6 +16,7 @@ class OptionError(Exception):
         self.text = text
         self.status = status
         self.usage_hint = usage_hint  # follow with "Try 'stunnel -h' for more information."
+        self.shown = True  # options.parse: the -D level in force lets this LOG3 line out
 
 
 # 3.22's getopt string, then sg2's additions.
@@ -29,20 +32,22 @@ _WITH_ARGUMENT = _takes_argument(OPTSTRING)
 
 def scan(argv: list[str], operands: list[str], optstring: str = OPTSTRING):
     """C getopt, one option at a time: yields (letter, argument or ""); at the end
-    `operands` holds what follows the options.
+    `operands` holds the words that are not options, in their order.
 
-    POSIX getopt, as 3.22 called it (opterr=0): a cluster `-fiF3` is -f -i -F 3;
-    an option that takes an argument takes the rest of its word, else the next
-    word whatever it looks like (`-n -`, `-n --`); scanning stops at the first
-    word that is not an option (`-` alone is one) and after `--`, which is
-    dropped. An unknown letter (':' included) or a missing argument raises
-    "Illegal option: 'x'": getopt returned '?' with optopt for both. Options
-    are yielded as they are met, so that an error or -h/-V earlier on the line
-    wins, as in 3.22's switch inside the getopt loop. (glibc would move
-    operands behind the options unless POSIXLY_CORRECT; our users put none
-    before `--`, and stopping is what POSIX and the spec say.)
+    glibc's getopt, as 3.22 on Linux called it (opterr=0): a cluster `-fiF3` is
+    -f -i -F 3; an option that takes an argument takes the rest of its word,
+    else the next word whatever it looks like (`-n -`, `-n --`); `--` ends the
+    options and is dropped. glibc permutes: a word that is not an option (`-`
+    alone is one) is set aside and scanning goes on, so `-l /bin/echo echo -c`
+    is client mode, unless POSIXLY_CORRECT is in the environment, which stops
+    at the first such word (POSIX). An unknown letter (':' included) or a
+    missing argument raises "Illegal option: 'x'": getopt returned '?' with
+    optopt for both. Options are yielded as they are met, so that an error or
+    -h/-V earlier on the line wins, as in 3.22's switch inside the getopt loop.
     """
     table = _WITH_ARGUMENT if optstring == OPTSTRING else _takes_argument(optstring)
+    permute = "POSIXLY_CORRECT" not in os.environ
+    set_aside: list[str] = []
     i = 0
     while i < len(argv):
         word = argv[i]
@@ -50,7 +55,11 @@ def scan(argv: list[str], operands: list[str], optstring: str = OPTSTRING):
             i += 1
             break
         if not word.startswith("-") or word == "-":
-            break
+            if not permute:
+                break
+            set_aside.append(word)
+            i += 1
+            continue
         for j in range(1, len(word)):
             letter = word[j]
             if letter not in table:
@@ -66,7 +75,7 @@ def scan(argv: list[str], operands: list[str], optstring: str = OPTSTRING):
             else:
                 raise OptionError(f"Illegal option: '{letter}'", usage_hint=True)
         i += 1
-    operands[:] = argv[i:]
+    operands[:] = set_aside + argv[i:]
 
 
 def getopt(argv: list[str], optstring: str = OPTSTRING) -> tuple[list[tuple[str, str]], list[str]]:

@@ -1,21 +1,33 @@
 """Daemon mode (-d [host:]port): listen, fork a worker per connection.
 
-Order (3.22's rule, sg2's -i): bind first, then enter the jail, unless -i asks
-to drop privileges at once (then the port must be one the account may bind).
+The order is the real 3.22's (tests/oracle compares), with sg2's jail:
+
+    TLS context (the pem and the seed read as root; service.make_context)
+    -> into the background unless -f (fork, setsid, chdir /, std fds on /dev/null)
+    -> pid file (-P) -> `FD_SETSIZE=...` -> bind, listen (`bound to`, debug)
+    -> [-/: chroot, then the context inside the jail, still as root]
+    -> -g, -s (names looked up now: their errors come after `bound to`, as in 3.22)
+    -> accept loop
+
+With sg2's -i the whole jail (chroot and ids) comes first and the pem is read
+inside it as the account, as in inetd mode; the pid file is then made before
+the jail and filled in once the pid is known. The starting process waits for
+the daemon to be ready and exits 0, or with the daemon's status if it failed
+before (3.22's parent exited 0 at once, whatever happened next).
+
 The parent loads the TLS context once, before it forks: every worker inherits
 it, with its session-ticket key, so tickets resume across workers; and it does
 one handshake first (tls_warmup.py), so that OpenSSL's first-use work is shared
-by every worker instead of done again in each. Anything
-outside the jail that the parent needs later (/dev/null, the pid file) is
-opened before the jail.
+by every worker instead of done again in each.
 
 The parent never touches a connection: it accepts, forks, closes its copy.
+Workers are bounded as 3.22 bounded its threads (FD_SETSIZE and the descriptor
+limit: 500 clients for a limit of 1024 or more); a connection over the bound is
+accepted and closed with a warning. SIGCHLD wakes the loop through a self-pipe
+(signal.set_wakeup_fd). SIGTERM, SIGQUIT, SIGINT, SIGHUP (3.22's four): pass
+SIGTERM on to the workers, wait for them (bounded), remove the pid file, exit 3.
 Before its first fork it freezes its objects (gc.freeze): no collection in a
 worker walks them, so their pages stay shared with it instead of being copied.
-Workers are bounded (3.22's max_clients: 125/256 of the descriptor limit);
-at the bound the listener is simply not polled until one ends. SIGCHLD wakes
-the loop through a self-pipe (signal.set_wakeup_fd). SIGTERM/SIGINT: pass it
-on to the workers, wait for them (bounded), remove the pid file, exit 3.
 """
 
 import gc
@@ -24,111 +36,207 @@ import resource
 import select
 import signal
 import socket
+import stat
 import time
 
-from stunnel3 import chroot, tls, tls_warmup
+from stunnel3 import chroot, tls_warmup
 from stunnel3.endpoints import apply_socket_options
-from stunnel3.options import Options, pid_path, service_name
+from stunnel3.options import DEFAULT_PID_DIR, Options, SocketOption, service_name
+from stunnel3.record import record, replace
 from stunnel3.relay import Terminated
 
 STOP_WAIT = 5.0  # seconds the workers get to finish after SIGTERM
+FD_SETSIZE = 1024  # 3.22 select()ed: its bound on descriptors, and so on clients
+# 3.22's default for the accepting socket (its DEF_ACCEPT); -O a:SO_REUSEADDR=0 undoes it
+REUSE = SocketOption("a", "SO_REUSEADDR", (1,))
 
 
-def max_clients() -> int:
+def max_clients() -> tuple[int, str]:
+    """3.22's bound on clients, and its line saying so (STUNNEL3_MAX_CLIENTS overrides)."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft == resource.RLIM_INFINITY or soft > 65536:
-        soft = 65536
-    return max(1, int(os.environ.get("STUNNEL3_MAX_CLIENTS", soft * 125 // 256)))
+    ulimit = -1 if soft == resource.RLIM_INFINITY else soft
+    fds = ulimit if 16 <= ulimit < FD_SETSIZE else FD_SETSIZE
+    clients = fds * 125 // 256 if fds >= 256 else (fds - 6) // 2
+    clients = max(1, int(os.environ.get("STUNNEL3_MAX_CLIENTS", clients)))
+    unlimited = " (unlimited)" if ulimit < 0 else ""
+    return (
+        clients,
+        f"FD_SETSIZE={FD_SETSIZE}, file ulimit={ulimit}{unlimited} -> {clients} clients allowed",
+    )
 
 
-def serve(options: Options, log, ids, run_session) -> int:
+def serve(options: Options, log, run_session) -> int:
     """run_session(ctx, fd, env) -> status serves one connection in a worker."""
-    devnull = os.open("/dev/null", os.O_RDWR)
-    pid_file = _open_pid_file(options)
-    listener = None if options.switch_ids_now else bind(options, log)
-    chroot.enter_jail(options, ids, log)
-    chroot.seed_random(options, log)
-    ctx = tls.make_context(options, log)
-    tls_warmup.warm_up(log.warning, ctx, server=not options.client)  # once here, not in each worker
-    if listener is None:
-        listener = bind(options, log)
-    ready = None
-    if not options.foreground:
-        ready, ready_w = os.pipe()
-        if os.fork() > 0:
-            # The shell gets its prompt back once the daemon has written its pid
-            # file (the pipe's EOF): whoever reads it next finds the pid.
-            os.close(ready_w)
-            os.read(ready, 1)
-            os._exit(0)
-        os.close(ready)
-        ready = ready_w
-        os.setsid()
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
+    from stunnel3.service import make_context
+
+    devnull = os.open("/dev/null", os.O_RDWR)  # before any jail
+    if options.chroot_dir is not None:  # the daemon's chdir("/") must not move the jail
+        options = replace(options, chroot_dir=os.path.abspath(options.chroot_dir))
+    pid_file = ctx = None
+    if options.switch_ids_now:  # sg2: the whole jail first, the pem inside it
+        pid_file = PidFile.create(options, log)
+        ids = chroot.resolve_ids(options)
+        if pid_file is not None:
+            pid_file.chown(ids.uid, log)
+        chroot.enter_jail(options, ids, log)
+        ctx = make_context(options, log)
+    elif options.chroot_dir is None:
+        ctx = make_context(options, log)  # 3.22: the pem read as root, before anything
+    ready = None if options.foreground else _background(devnull)
     os.close(devnull)
+    if pid_file is None:
+        pid_file = PidFile.create(options, log)
     if pid_file is not None:
-        os.write(pid_file[1], f"{os.getpid()}\n".encode())
-        os.close(pid_file[1])
+        pid_file.write(os.getpid(), log)
+    limit, said = max_clients()
+    log.notice(said)
+    listener = bind(options, log)
+    if not options.switch_ids_now:
+        ids = chroot.resolve_ids(options)
+        if options.chroot_dir is not None:
+            chroot.enter_root(options, log)
+            ctx = make_context(options, log)  # inside the jail, still as root
+        if pid_file is not None:
+            pid_file.chown(ids.uid, log)
+        chroot.drop_ids(options, ids, log)
+    from stunnel3.service import TERMINATING
+
+    # once here, not in each worker; a signal meanwhile waits (warm_up makes any error a warning)
+    signal.pthread_sigmask(signal.SIG_BLOCK, TERMINATING)
+    tls_warmup.warm_up(log.warning, ctx, server=not options.client)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINATING)
     if ready is not None:
+        os.write(ready, b"R")
         os.close(ready)
     workers: set[int] = set()
     gc.freeze()  # the parent's objects stay shared with every worker: no collection touches them
     try:
-        _accept_loop(options, log, listener, workers, lambda fd, env: run_session(ctx, fd, env))
+        _accept_loop(
+            options, log, listener, workers, limit, lambda fd, env: run_session(ctx, fd, env)
+        )
     except Terminated as stop:
         log.err(f"Received signal {stop.signum}; terminating")
         _stop_workers(workers)
         if pid_file is not None:
-            try:
-                os.unlink(pid_file[0])
-            except OSError:
-                pass  # inside the jail the pid file is out of reach
+            pid_file.remove(log)
         return 3
     return 0
 
 
-def _open_pid_file(options: Options) -> tuple[str, int] | None:
-    path = pid_path(options)
-    if path is None:
-        return None
+def _background(devnull: int) -> int:
+    """3.22's daemon(0, 0), and a pipe to the starting process: it exits when told
+    the daemon is ready (0), or with the daemon's status if the daemon ended first."""
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child > 0:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # this process reaps the daemon itself
+        os.close(ready_w)
+        said = os.read(ready_r, 1)
+        status = 0
+        if not said:
+            _, code = os.waitpid(child, 0)
+            status = os.waitstatus_to_exitcode(code) if os.WIFEXITED(code) else 1
+        os._exit(status)
+    os.close(ready_r)
+    os.setsid()
+    os.chdir("/")
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    return ready_w
+
+
+@record
+class PidFile:
+    """3.22's create_pid: -P none | dir[/] (stunnel.<service>.pid in it) | file."""
+
+    path: str
+    fd: int | None
+
+    @classmethod
+    def create(cls, options: Options, log) -> "PidFile | None":
+        where = options.pid_file if options.pid_file is not None else DEFAULT_PID_DIR
+        if where == "none":
+            log.debug("No pid file being created")
+            return None
+        if "/" not in where:  # after chdir("/") a relative path would mean another file
+            raise chroot.SetupError(f"Argument to -P ({where}) must be full path name")
+        directory = where[:-1] if where.endswith("/") else where
+        if _is_directory(directory):
+            path = f"{directory}/stunnel.{service_name(options)}.pid"
+        elif where.endswith("/"):
+            raise chroot.SetupError(f"Argument to -P ({directory}/) is not valid a directory name")
+        else:
+            path = directory
+        try:
+            os.unlink(path)  # "silently remove old pid file"
+        except OSError:
+            pass
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o644)
+        except OSError as error:
+            raise chroot.SetupError(
+                f"Cannot create pid file {path}\n{chroot.os_error('create', error).text}"
+            ) from None
+        return cls(path, fd)
+
+    def write(self, pid: int, log) -> None:
+        assert self.fd is not None
+        os.write(self.fd, str(pid).encode())
+        os.close(self.fd)
+        self.fd = None
+        log.debug(f"Created pid file {self.path}")
+
+    def chown(self, uid: int | None, log) -> None:
+        """3.22 gave the pid file to the -s user, so that it could remove it."""
+        if uid is None:
+            return
+        try:
+            os.chown(self.path, uid, -1)
+        except OSError:
+            log.err(f"Failed to chown pidfile {self.path}")
+
+    def remove(self, log) -> None:
+        log.debug(f"removing pid file {self.path}")
+        try:
+            os.unlink(self.path)
+        except OSError as error:
+            log.err(chroot.os_error(self.path, error).text)  # not critical, as in 3.22
+
+
+def _is_directory(path: str) -> bool:
     try:
-        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    except OSError as error:
-        raise chroot.os_error(path, error) from None
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def bind(options: Options, log) -> socket.socket:
-    """The listening socket: no host means every address, IPv6 and IPv4 alike."""
+    """The listening socket: no host means every IPv4 address (INADDR_ANY), as in 3.22."""
     assert options.daemon is not None
     host, port = options.daemon.host, options.daemon.port
     if host is None:
-        candidates = [(socket.AF_INET6, ("::", port)), (socket.AF_INET, ("0.0.0.0", port))]
+        address: tuple = ("0.0.0.0", port)
+        family = socket.AF_INET
     else:
-        from stunnel3.service import resolve
+        from stunnel3.session import resolve
 
-        candidates = resolve(host, port)
-    error: OSError = OSError(0, "no address")
-    for family, address in candidates:
+        family, address = resolve(host, port, options.daemon.resolved)[0]  # 3.22: the first
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as error:
+        raise chroot.os_error("local socket", error) from None
+    if not apply_socket_options(sock.fileno(), (REUSE, *options.socket_options), "a", log):
+        raise chroot.SetupError("")
+    for step, call in (("bind", lambda: sock.bind(address)), ("listen", lambda: sock.listen(128))):
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as failure:
-            error = failure
-            continue
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6 and host is None:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            apply_socket_options(sock.fileno(), options.socket_options, "l", log)
-            sock.bind(address)
-            sock.listen(128)
-        except OSError as failure:
+            call()
+        except OSError as error:
             sock.close()
-            raise chroot.os_error("bind", failure) from None
-        sock.setblocking(False)
-        log.notice(f"{service_name(options)} bound to {address[0]}:{address[1]}")
-        return sock
-    raise chroot.os_error("socket", error)
+            raise chroot.os_error(step, error) from None
+        if step == "bind":
+            log.debug(f"{service_name(options)} bound to {address[0]}:{address[1]}")
+    sock.setblocking(False)
+    return sock
 
 
 def tcp_environment(conn: socket.socket) -> dict:
@@ -156,26 +264,24 @@ def tcp_environment(conn: socket.socket) -> dict:
     return env
 
 
-def _accept_loop(options, log, listener: socket.socket, workers: set[int], serve_one) -> None:
+def _accept_loop(options, log, listener, workers: set[int], limit: int, serve_one) -> None:
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-    limit = max_clients()
-    log.debug(f"{limit} clients allowed")
+    poller = select.poll()
+    poller.register(wake_r, select.POLLIN)
+    poller.register(listener.fileno(), select.POLLIN)
+    name = service_name(options)
     while True:
-        _reap(workers, log)
-        poller = select.poll()
-        poller.register(wake_r, select.POLLIN)
-        if len(workers) < limit:
-            poller.register(listener.fileno(), select.POLLIN)
-        for fd, _ in poller.poll():
-            if fd == wake_r:
-                while _drain(wake_r):
-                    pass
-            else:
-                _accept(listener, workers, serve_one, (wake_r, wake_w), log)
+        ready = dict(poller.poll())
+        if wake_r in ready:  # workers that ended are said before the next is accepted
+            while _drain(wake_r):
+                pass
+            _reap(workers, log, name)
+        if listener.fileno() in ready:
+            _accept(options, log, listener, workers, limit, serve_one, (wake_r, wake_w))
 
 
 def _drain(fd: int) -> bool:
@@ -185,10 +291,16 @@ def _drain(fd: int) -> bool:
         return False
 
 
-def _accept(listener, workers: set[int], serve_one, wake: tuple[int, int], log) -> None:
+def _accept(options, log, listener, workers: set[int], limit: int, serve_one, wake) -> None:
     try:
-        conn, _ = listener.accept()
+        conn, peer = listener.accept()
     except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+        return
+    host = str(peer[0]).removeprefix("::ffff:")
+    log.debug(f"{service_name(options)} accepted FD={conn.fileno()} from {host}:{peer[1]}")
+    if len(workers) >= limit:
+        log.warning(f"Connection rejected: too many clients (>={limit})")
+        conn.close()
         return
     pid = os.fork()
     if pid:
@@ -216,7 +328,7 @@ def _accept(listener, workers: set[int], serve_one, wake: tuple[int, int], log) 
         os._exit(status)
 
 
-def _reap(workers: set[int], log) -> None:
+def _reap(workers: set[int], log, name: str) -> None:
     while workers:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -226,7 +338,7 @@ def _reap(workers: set[int], log) -> None:
         if pid == 0:
             return
         workers.discard(pid)
-        log.debug(f"Worker {pid} finished ({len(workers)} left)")
+        log.debug(f"{name} finished ({len(workers)} left)")  # 3.22's thread said it
 
 
 def _stop_workers(workers: set[int]) -> None:

@@ -127,6 +127,7 @@ class Endpoint:
         self.label = label
         self.pty = pty
         self.add_cr = add_cr  # fixcrio's rule applies to this end's bytes (see Relay)
+        self.program: tuple[int, int] | None = None  # (pid, pidfd): the -l program here
         self.socket = is_socket(wfd)
         for fd in {rfd, wfd}:
             os.set_blocking(fd, False)
@@ -181,20 +182,36 @@ class Endpoint:
                 reset(fd)
 
     def close(self) -> None:
+        """Close both fds; 0, 1 and 2 are left on an empty pipe instead, so that no
+        later open takes their numbers (stdin and stdout of a process are never free)."""
         for fd in {self.rfd, self.wfd}:
-            if fd >= 0:
-                try:
+            if fd < 0:
+                continue
+            try:
+                if fd > 2:
                     os.close(fd)
-                except OSError:
-                    pass
+                else:
+                    empty, other = os.pipe()
+                    os.close(other)
+                    os.dup2(empty, fd, inheritable=False)
+                    os.close(empty)
+            except OSError:
+                pass
         self.rfd = self.wfd = -1
 
 
-def apply_socket_options(fd: int, socket_options, where: str, log) -> None:
-    """-O a|l|r:NAME=value on this socket (3.22's set_socket_options); errors are logged."""
-    for option in socket_options:
-        if option.where != where:
-            continue
+SOCKET_KIND = {"a": "accept", "l": "local", "r": "remote"}  # 3.22's names in its log line
+
+
+def apply_socket_options(fd: int, socket_options, where: str, log) -> bool:
+    """-O a|l|r:NAME=value on this socket, as 3.22's set_socket_options: "a" is the
+    listening (accepting) socket, "l" the local one (fd 0, an accepted connection),
+    "r" the remote one. In 3.22's table order, the last -O for a name winning.
+    False after the first that fails (`NAME: <strerror> (<errno>)`)."""
+    from stunnel3.options import SOCKET_OPTIONS
+
+    latest = {option.name: option for option in socket_options if option.where == where}
+    for option in sorted(latest.values(), key=lambda o: list(SOCKET_OPTIONS).index(o.name)):
         level = socket.IPPROTO_TCP if option.name.startswith("TCP_") else socket.SOL_SOCKET
         if option.name.startswith("IP_"):
             level = socket.IPPROTO_IP
@@ -211,6 +228,8 @@ def apply_socket_options(fd: int, socket_options, where: str, log) -> None:
             if number is None:
                 raise OSError(errno.ENOPROTOOPT, os.strerror(errno.ENOPROTOOPT))
             _on_socket(fd, lambda s, lv=level, n=number, v=value: s.setsockopt(lv, n, v))
-            log.debug(f"{where}:{option.name} set")
         except OSError as error:
-            log.err(f"setsockopt {option.name}: {error.strerror} ({error.errno})")
+            log.err(f"{option.name}: {error.strerror} ({error.errno})")
+            return False
+        log.debug(f"{option.name} option set on {SOCKET_KIND[where]} socket")
+    return True

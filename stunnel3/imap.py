@@ -1,24 +1,40 @@
 """IMAP STARTTLS proxy (-n imap-, sg2): a sans-I/O state machine (SPEC section 6).
 
 Bytes from the client and from the backend go in; actions come out (protocol.py).
-The relay's calls, client buffering, EOF and the error rule are layer.LineProxy's.
-The rules, each kept in one place (docs/imap-pop3.md has the reasons):
+The relay's calls, both buffers, the list of pending commands, local answers, the
+STARTTLS decision and EOF are layer.LineProxy's; this file is IMAP's tables and
+rules, each kept in one place (docs/imap-pop3.md has the reasons):
 
   framing     a line ends at LF. A line ending in `{n}` or `{n+}` (also `~{n}`,
               RFC 3516) announces a literal: the next n bytes are passed on and never
               interpreted, then the line goes on. That holds both ways, so a mail
               that reads `a1 OK` or `* CAPABILITY` is data. A synchronising `{n}`
               from the client waits for the server's `+` (or the command's end).
-  commands    each tagged command forwarded goes on a list; its tagged completion
-              takes it off. The greeting comes first: nothing is parsed before it.
+  commands    each tagged command forwarded goes on the list (layer.Pending, by
+              tag); its tagged completion takes it off (REPLIES: what it does then).
+              The greeting comes first: nothing is parsed before it.
+  Phase       NOT_AUTHENTICATED -> AUTHENTICATED (RFC 9051 section 3): a PREAUTH
+              greeting, or an OK to LOGIN, AUTHENTICATE or a command the proxy
+              does not know (it might log in: it counts).
   stop points after STARTTLS, AUTHENTICATE and IDLE nothing is parsed until the
               answer; AUTHENTICATE and IDLE take one client line per `+` from the
-              server (SASL data, DONE).
+              server (SASL data, DONE), and so does a command the proxy does not
+              know (the server decides; that line is never logged). Words end at
+              any blank (layer.BLANKS): `a LOGIN<TAB>...` is a LOGIN.
   CAPABILITY  in `* CAPABILITY` responses and `[CAPABILITY ...]` response codes:
-              + STARTTLS before TLS (once), none after it; COMPRESS=* dropped (the
-              stream could not be followed), and the COMPRESS command refused.
-              The backend's LOGINDISABLED passes: it is the backend that refuses.
-  STARTTLS    decided when no earlier command is pending: after TLS, with
+              + STARTTLS before TLS (once, if offered), none after it; COMPRESS=*
+              dropped (the stream could not be followed), and the COMPRESS command
+              refused. Before TLS, while logins are refused: LOGINDISABLED, no AUTH=.
+              Else the backend's LOGINDISABLED passes: it is the backend that refuses.
+  logins      before TLS, unless plaintext_auth (and not require_tls): LOGIN and
+              AUTHENTICATE -> `tag NO [PRIVACYREQUIRED]`, never forwarded, their
+              literals dropped (a synchronising one is never sent); a bare line behind
+              a refused AUTHENTICATE -> `* BAD` (maybe its SASL data); the line a `+`
+              to an unknown command asks for goes to the backend as `*`.
+  required    (the client's policy) before TLS only CAPABILITY NOOP LOGOUT ID
+              STARTTLS; the rest -> `tag NO [PRIVACYREQUIRED]`; and TLS not offered
+              -> a BYE greeting, the end.
+  STARTTLS    decided when no earlier command is pending: not offered, after TLS, with
               arguments, or once authenticated (PREAUTH, or OK to LOGIN or
               AUTHENTICATE) -> `tag BAD`; client bytes after it -> `tag BAD`, `* BYE`
               and the session ends (CVE-2011-0411); else `tag OK Begin TLS
@@ -30,21 +46,38 @@ The rules, each kept in one place (docs/imap-pop3.md has the reasons):
               IMAP cannot resynchronise inside a command); MAX_PENDING commands.
   log         Log(7) per line when log_dialogue (C: client, S: server, P: proxy);
               LOGIN's arguments, AUTHENTICATE's data and the lines and literals
-              that follow them show as ***, other literals only as their size.
+              that follow them show as ***, other literals only as their size, and
+              a command the proxy does not know only by its size.
 """
 
 import enum
 import re
+from collections.abc import Callable, Mapping
+from typing import ClassVar
 
-from stunnel3.layer import LineProxy, ProxyError, next_line
+from stunnel3.layer import (
+    Command,
+    Event,
+    Limits,
+    LineProxy,
+    Local,
+    Pending,
+    PolicyReplies,
+    ProxyError,
+    StartTlsReplies,
+    State,
+)
+from stunnel3.lines import first_word, log_text, loggable
 from stunnel3.protocol import ToBackend, ToClient
-from stunnel3.record import record
+from stunnel3.runs import Count
 
 # RFC 2595 section 3.1 and RFC 9051 section 6.2.1 wording.
 BEGIN_TLS = b"OK Begin TLS negotiation now\r\n"
 STARTTLS_TWICE = b"BAD TLS already active\r\n"
 STARTTLS_ARGUMENTS = b"BAD STARTTLS takes no arguments\r\n"
 STARTTLS_AUTHENTICATED = b"BAD STARTTLS is only allowed before authentication\r\n"
+# STARTTLS when TLS cannot be had here (the client's policy, or the certificate).
+STARTTLS_NOT_OFFERED = b"BAD STARTTLS is not available on this connection\r\n"
 # CVE-2011-0411: bytes pipelined after STARTTLS are never forwarded.
 STARTTLS_INJECTION = b"BAD Commands pipelined after STARTTLS are refused\r\n"
 CLOSING = b"* BYE Closing connection\r\n"
@@ -54,12 +87,46 @@ LINE_TOO_LONG = b"* BYE [TOOBIG] Line too long, closing connection\r\n"
 TOO_MUCH_PIPELINING = b"* BYE Too many pipelined commands, closing connection\r\n"
 BACKEND_LINE_TOO_LONG = b"* BYE Server response line too long, closing connection\r\n"
 LOCAL_WITH_LITERAL = b"* BYE Literal after a command the proxy answers, closing connection\r\n"
+# RFC 9051 section 6.2.3, RFC 5530: LOGIN and AUTHENTICATE before TLS while credentials
+# are refused in plaintext (the default; the client was told LOGINDISABLED).
+LOGIN_NEEDS_TLS = b"NO [PRIVACYREQUIRED] Login is only allowed over TLS (STARTTLS)\r\n"
+# A bare line (no command) behind a refused AUTHENTICATE: maybe its SASL data.
+SASL_DATA_REFUSED = b"* BAD [PRIVACYREQUIRED] Not forwarded: SASL data is only allowed over TLS\r\n"
+# TLS required for this client (its policy): before STARTTLS only ALLOWED_BEFORE_TLS.
+MUST_STARTTLS = b"NO [PRIVACYREQUIRED] TLS is required: issue STARTTLS first\r\n"
+# RFC 9051 section 7.1.5: a BYE greeting; RFC 5530 UNAVAILABLE.
+TLS_REQUIRED_UNAVAILABLE = (
+    b"* BYE [UNAVAILABLE] TLS is required but not available here, closing connection\r\n"
+)
 
 # RFC 9051 section 4 sets no line length; RFC 7162 section 4 asks for 8192 octets
 # at least. Long UID sets and SEARCH results come as one line, so 1 MiB per line.
 MAX_LINE = 1 << 20
 MAX_PENDING = 1000
 MAX_HELD = 2 << 20
+
+LIMITS = Limits(
+    MAX_LINE, MAX_PENDING, MAX_HELD, LINE_TOO_LONG, TOO_MUCH_PIPELINING, BACKEND_LINE_TOO_LONG
+)
+STARTTLS_REPLIES = StartTlsReplies(
+    BEGIN_TLS,
+    not_offered=STARTTLS_NOT_OFFERED,
+    twice=STARTTLS_TWICE,
+    arguments=STARTTLS_ARGUMENTS,
+    authenticated=STARTTLS_AUTHENTICATED,
+    injection=CLOSING,
+    injection_answer=STARTTLS_INJECTION,
+)
+ALLOWED_BEFORE_TLS = frozenset({b"CAPABILITY", b"NOOP", b"LOGOUT", b"STARTTLS", b"ID"})
+POLICY_REPLIES = PolicyReplies(
+    ALLOWED_BEFORE_TLS,
+    MUST_STARTTLS,
+    unavailable=TLS_REQUIRED_UNAVAILABLE,
+    credentials=frozenset({b"LOGIN", b"AUTHENTICATE"}),
+    sasl=frozenset({b"AUTHENTICATE"}),
+    encryption_required=LOGIN_NEEDS_TLS,
+    sasl_data_refused=SASL_DATA_REFUSED,
+)
 
 LITERAL = re.compile(rb"~?\{([0-9]{1,19})(\+?)\}\r?\n\Z")
 OK = re.compile(rb"OK\b")
@@ -70,32 +137,41 @@ class ImapError(ProxyError):
     """The IMAP layer's error family (layer.ProxyError): the reply ends the session."""
 
 
-class State(enum.Enum):
-    COMMAND = "command"
-    HANDSHAKE = "handshake"  # StartTls issued; tls_started next
-    CLOSED = "closed"
+class Phase(enum.Enum):
+    """RFC 9051 section 3: what the backend's answers made of the session."""
+
+    NOT_AUTHENTICATED = "not authenticated"
+    AUTHENTICATED = "authenticated"  # PREAUTH, or an OK to a login
 
 
 class Kind(enum.Enum):
+    """What a pending command is, for what its responses do."""
+
     GREETING = "greeting"
     LOGIN = "login"  # OK: authenticated; arguments are secret
     AUTHENTICATE = "authenticate"  # SASL lines after each `+`
     IDLE = "idle"  # DONE after the `+`
-    OTHER = "other"
-    STARTTLS = "starttls"  # local: decided at the head
-    LOCAL = "local"  # local: a ready tagged response
+    OTHER = "other"  # a command in KNOWN
+    UNKNOWN = "unknown"  # any other: a `+` makes the next line its, and secret
 
 
-STOP_POINTS = frozenset({Kind.GREETING, Kind.STARTTLS, Kind.AUTHENTICATE, Kind.IDLE})
+STOP_POINTS = frozenset({Kind.GREETING, Kind.AUTHENTICATE, Kind.IDLE})
 CONTINUED = frozenset({Kind.AUTHENTICATE, Kind.IDLE})
+# After a `+` to one of these, the client's next line is the command's (not a command).
+ASKS_A_LINE = CONTINUED | {Kind.UNKNOWN}
 KINDS = {b"LOGIN": Kind.LOGIN, b"AUTHENTICATE": Kind.AUTHENTICATE, b"IDLE": Kind.IDLE}
-
-
-@record
-class Pending:
-    tag: bytes
-    kind: Kind
-    reply: bytes = b""  # LOCAL: the response after the tag; STARTTLS: its arguments
+# Whose continuation lines and literals the log shows only as ***.
+SECRET_KINDS = frozenset({Kind.LOGIN, Kind.AUTHENTICATE, Kind.UNKNOWN})
+# Commands the log shows as they came (RFC 9051 and the common extensions). Not a
+# stop point: an unknown command is not one either (a server may answer a garbled
+# one with `* BAD` and no tagged end, which a stop would wait for forever).
+KNOWN = frozenset(
+    b"CAPABILITY NOOP LOGOUT STARTTLS COMPRESS ENABLE SELECT EXAMINE CREATE DELETE RENAME"
+    b" SUBSCRIBE UNSUBSCRIBE LIST LSUB XLIST NAMESPACE STATUS APPEND CHECK CLOSE UNSELECT"
+    b" EXPUNGE SEARCH FETCH STORE COPY MOVE UID ID IDLE GETQUOTA GETQUOTAROOT SETQUOTA"
+    b" GETACL SETACL DELETEACL LISTRIGHTS MYRIGHTS SORT THREAD ESEARCH NOTIFY GETMETADATA"
+    b" SETMETADATA".split()
+)
 
 
 def literal(line: bytes) -> tuple[int, bool] | None:
@@ -104,58 +180,63 @@ def literal(line: bytes) -> tuple[int, bool] | None:
     return (int(found.group(1)), not found.group(2)) if found else None
 
 
-def rewrite_capabilities(words: bytes, offer_starttls: bool) -> bytes:
-    """A capability list as the client must see it through the proxy."""
-    kept = [
-        word
-        for word in words.split(b" ")
-        if word and word.upper() != b"STARTTLS" and not word.upper().startswith(b"COMPRESS=")
-    ]
+def _kept(word: bytes, login_disabled: bool) -> bool:
+    upper = word.upper()
+    if upper == b"STARTTLS" or upper.startswith(b"COMPRESS="):
+        return False  # STARTTLS is the proxy's; a compressed stream could not be followed
+    return not login_disabled or not (upper.startswith(b"AUTH=") or upper == b"LOGINDISABLED")
+
+
+def rewrite_capabilities(words: bytes, offer_starttls: bool, login_disabled: bool = False) -> bytes:
+    """A capability list as the client must see it through the proxy. login_disabled:
+    no login may be made here (RFC 9051 6.2.3): LOGINDISABLED, and no AUTH= mechanism."""
+    kept = [word for word in words.split(b" ") if word and _kept(word, login_disabled)]
     if offer_starttls:
         kept.append(b"STARTTLS")
+    if login_disabled:
+        kept.append(b"LOGINDISABLED")
     return b" ".join(kept)
 
 
-def rewrite_line(line: bytes, offer_starttls: bool) -> bytes:
+def rewrite_line(line: bytes, offer_starttls: bool, login_disabled: bool = False) -> bytes:
     """A response line with its capability list (if any) rewritten; else unchanged."""
     if line[:13].upper() == b"* CAPABILITY ":
         body = line[13:].rstrip(b"\r\n")
         ending = line[len(line.rstrip(b"\r\n")) :]
-        return line[:13] + rewrite_capabilities(body, offer_starttls) + ending
+        return line[:13] + rewrite_capabilities(body, offer_starttls, login_disabled) + ending
     return CAPABILITY_CODE.sub(
-        lambda m: b"[CAPABILITY " + rewrite_capabilities(m.group(1), offer_starttls) + b"]",
+        lambda m: (
+            b"[CAPABILITY "
+            + rewrite_capabilities(m.group(1), offer_starttls, login_disabled)
+            + b"]"
+        ),
         line,
         count=1,
     )
 
 
 class ImapProxy(LineProxy):
-    COMMAND, HANDSHAKE, CLOSED = State.COMMAND, State.HANDSHAKE, State.CLOSED
+    ClientError = BackendError = ImapError
+    LIMITS, STARTTLS_REPLIES, POLICY_REPLIES = LIMITS, STARTTLS_REPLIES, POLICY_REPLIES
+    STOP_POINTS = STOP_POINTS
 
-    def __init__(self, log_dialogue: bool = False):
-        super().__init__(log_dialogue)
-        self._authenticated = False
-        self._pending: list[Pending] = [Pending(b"*", Kind.GREETING)]
-        self._literal_left = 0  # client bytes still to pass as a literal
-        self._literal_wait: tuple[Pending | None, int] | None = None  # {n}: awaiting `+`
+    """require_tls, offer_tls, plaintext_auth, log_dialogue: layer.LineProxy's (the
+    client's policy; sg2 had no -n imap, so TLS is required only by a policy)."""
+
+    def __init__(self, **options: bool):
+        super().__init__(**options)
+        self.phase = Phase.NOT_AUTHENTICATED
+        self._pending.append(Pending(Kind.GREETING, tag=b"*"))
+        # A synchronising literal announced by the client, awaiting the server's `+`.
+        self._literal_wait: tuple[Pending, int] | None = None
         self._continuing: Pending | None = None  # the command a next line continues
-        self._line_ready = False  # AUTHENTICATE/IDLE: a `+` allows one client line
-        self._server = b""
-        self._server_literal = 0  # server bytes still to pass as a literal
         self._in_response = False  # the server's next line continues a response
 
-    # -- the backend's bytes (the rest of the relay's interface is LineProxy's) --
+    def _authenticated(self) -> bool:
+        return self.phase is Phase.AUTHENTICATED
 
-    def _backend_bytes(self, data: bytes) -> None:
-        self._server += data
-        self._guarded(self._responses)
-        self._guarded(self._pump)
-
-    def _unfinished_response(self) -> bytes:
-        return self._server
-
-    def _reply(self, tag: bytes, response: bytes) -> None:
-        self._say(tag + b" " + response)
+    def _mid_response(self) -> bool:
+        return self._in_response or self._server_run.run is not None
 
     # -- the client side --------------------------------------------------------
 
@@ -163,169 +244,94 @@ class ImapProxy(LineProxy):
         if self._literal_wait is not None:
             return True
         if self._pending and self._pending[-1].kind in CONTINUED:
-            return not self._line_ready
+            return self.state is not State.CONTINUATION
         if self._continuing is not None:
             return False  # the rest of a command already forwarded
-        return bool(self._pending) and (
-            self._pending[-1].kind in STOP_POINTS or len(self._pending) >= MAX_PENDING
-        )
+        return super()._stopped()
 
-    def _pump(self) -> None:
-        while self.state is State.COMMAND and self._client:
-            if self._literal_left:
-                taken = bytes(self._client[: self._literal_left])
-                del self._client[: len(taken)]
-                self._literal_left -= len(taken)
-                self._emit(ToBackend(taken))
-                continue
-            if self._stopped():
-                break
-            line = self._next_line()
-            if line is None:
-                break
-            self._client_line(line)
-        if len(self._client) > MAX_HELD:
-            raise ImapError(TOO_MUCH_PIPELINING)
-        if self._client_eof_due():
-            self._end_backend_input()
+    def _line_too_long(self) -> None:
+        raise ImapError(LINE_TOO_LONG)  # IMAP cannot resynchronise inside a command
 
-    def _next_line(self) -> bytes | None:
-        end = self._client.find(b"\n")
-        if end >= MAX_LINE or (end < 0 and len(self._client) >= MAX_LINE):
-            raise ImapError(LINE_TOO_LONG)
-        if end < 0:
-            if self._client_eof:
-                self._client.clear()  # a command cut by EOF is not a command
-            return None
-        line = bytes(self._client[: end + 1])
-        del self._client[: end + 1]
-        return line
+    def _continuation_shown(self) -> bool:
+        return self._pending[-1].kind not in SECRET_KINDS
 
-    def _client_line(self, line: bytes) -> None:
-        if self._pending and self._pending[-1].kind in CONTINUED and self._line_ready:
-            self._line_ready = False
-            secret = self._pending[-1].kind is Kind.AUTHENTICATE
-            self._log("C: " + ("***" if secret else line.rstrip(b"\r\n").decode("latin-1")))
-            self._emit(ToBackend(line))
-            return
+    def _command_line(self, line: bytes) -> None:
         command = self._continuing
-        if command is None:
-            command = self._command(line)
-            if command is None:
-                return
-        else:
-            secret = command.kind in (Kind.LOGIN, Kind.AUTHENTICATE)
-            self._log("C: " + ("***" if secret else line.rstrip(b"\r\n").decode("latin-1")))
-            self._emit(ToBackend(line))
-        self._announce(command, literal(line))
+        if command is not None:  # the rest of a command, after its literal
+            refused = command.kind is Local.REPLY  # the proxy answered it: dropped
+            secret = command.kind in SECRET_KINDS or refused
+            self._log("C: " + ("***" if secret else log_text(line)))
+            if not refused:
+                self._emit(ToBackend(line))
+            self._announce(command, literal(line))
+            return
+        tag, rest = first_word(line)
+        verb, argument = first_word(rest)
+        verb = verb.upper()
+        self._log("C: " + loggable(verb, argument, line, KNOWN, {b"LOGIN"}, {b"AUTHENTICATE"}, tag))
+        self._command(Command(verb, argument, line, tag))
 
-    def _announce(self, command: Pending | None, announced: tuple[int, bool] | None) -> None:
-        """What follows a forwarded line: a literal (now, or after `+`), or a new command."""
-        if announced is None:
+    def _forward(self, command: Command) -> None:
+        self._emit(ToBackend(command.line))
+        verb = command.verb
+        entry = Pending(KINDS.get(verb, Kind.OTHER if verb in KNOWN else Kind.UNKNOWN), command.tag)
+        if command.tag and verb:  # else the backend answers `* BAD`: no completion to wait for
+            self._pending.append(entry)
+        self._announce(entry, literal(command.line))
+
+    def _announce(self, command: Pending, announced: tuple[int, bool] | None) -> None:
+        """What follows a line: a literal (now, or after `+`), or a new command. Of a
+        command the proxy refused (Local.REPLY), a literal is dropped; a synchronising
+        one is never sent (the client waits for `+` and gets the refusal)."""
+        refused = command.kind is Local.REPLY
+        if announced is None or (refused and announced[1]):
             self._continuing = None
             return
         size, synchronising = announced
         self._continuing = command
-        secret = command is not None and command.kind in (Kind.LOGIN, Kind.AUTHENTICATE)
+        secret = command.kind in SECRET_KINDS or refused
         self._log(f"C: ({'***' if secret else size} bytes of literal)")
         if synchronising:
             self._literal_wait = (command, size)
-        else:
-            self._literal_left = size
+        elif size:
+            self._client_run.start(Count(size, keep=not refused))
 
-    def _command(self, line: bytes) -> Pending | None:
-        """A new command line: forward it (and list it), or answer it here."""
-        tag, _, rest = line.rstrip(b"\r\n").partition(b" ")
-        verb, _, argument = rest.partition(b" ")
-        verb = verb.upper()
-        self._log("C: " + self._loggable(tag, verb, argument, line))
-        if verb in (b"STARTTLS", b"COMPRESS"):
-            if literal(line) is not None:
-                raise ImapError(LOCAL_WITH_LITERAL)
-            if verb == b"STARTTLS":
-                self._queue(Pending(tag, Kind.STARTTLS, argument))
-            else:
-                self._queue(Pending(tag, Kind.LOCAL, COMPRESS_REFUSED))
-            return None
-        self._emit(ToBackend(line))
-        command = Pending(tag, KINDS.get(verb, Kind.OTHER))
-        if tag and verb:  # else the backend answers `* BAD`: no completion to wait for
-            self._pending.append(command)
-        return command
+    def _refuse(self, command: Command, reply: bytes) -> None:
+        super()._refuse(command, reply)
+        self._announce(Pending(Local.REPLY, tag=command.tag), literal(command.line))
 
-    @staticmethod
-    def _loggable(tag: bytes, verb: bytes, argument: bytes, line: bytes) -> str:
-        if verb == b"LOGIN":
-            line = tag + b" LOGIN ***"
-        elif verb == b"AUTHENTICATE" and b" " in argument:
-            line = tag + b" AUTHENTICATE " + argument.split(b" ", 1)[0] + b" ***"
-        return line.rstrip(b"\r\n").decode("latin-1")
+    def _is_command(self, command: Command) -> bool:
+        return bool(command.verb)  # a SASL response is one bare word
 
-    def _queue(self, entry: Pending) -> None:
-        self._pending.append(entry)
-        self._answer_local()
+    def _starttls_command(self, command: Command) -> None:
+        if literal(command.line) is not None:
+            raise ImapError(LOCAL_WITH_LITERAL)
+        self._queue(Pending(Local.STARTTLS, tag=command.tag, argument=command.argument))
 
-    # -- the answers ------------------------------------------------------------
+    def _compress(self, command: Command) -> None:
+        if literal(command.line) is not None:
+            raise ImapError(LOCAL_WITH_LITERAL)
+        self._local(COMPRESS_REFUSED, tag=command.tag)
 
-    def _answer_local(self) -> None:
-        """The proxy's own responses, when they reach the head and the server is
-        between responses."""
-        while self._pending and self._pending[0].kind in (Kind.LOCAL, Kind.STARTTLS):
-            if self._in_response or self._server_literal:
-                return
-            entry = self._pending.pop(0)
-            if entry.kind is Kind.LOCAL:
-                self._reply(entry.tag, entry.reply)
-            elif self._starttls(entry.tag, entry.reply):
-                return
-
-    def _starttls(self, tag: bytes, argument: bytes) -> bool:
-        """Answer STARTTLS; True if TLS starts."""
-        if self._tls_active:
-            self._reply(tag, STARTTLS_TWICE)
-        elif argument:
-            self._reply(tag, STARTTLS_ARGUMENTS)
-        elif self._authenticated:
-            self._reply(tag, STARTTLS_AUTHENTICATED)
-        elif self._client:
-            self._reply(tag, STARTTLS_INJECTION)
-            raise ImapError(CLOSING)
-        else:
-            self._reply(tag, BEGIN_TLS)
-            self._start_tls()
-            return True
-        return False
-
-    def _responses(self) -> None:
-        while self._server and self.state is not State.CLOSED:
-            if self._server_literal:
-                taken = self._server[: self._server_literal]
-                self._server = self._server[len(taken) :]
-                self._server_literal -= len(taken)
-                self._emit(ToClient(taken))
-                continue
-            line, self._server = next_line(self._server, MAX_LINE, BACKEND_LINE_TOO_LONG, ImapError)
-            if line is None:
-                return
-            self._response_line(line)
+    # -- the server side --------------------------------------------------------
 
     def _response_line(self, line: bytes) -> None:
         continuing = self._in_response
         announced = literal(line)
         self._in_response = announced is not None
-        if announced is not None:
-            self._server_literal = announced[0]
-        shown = line.rstrip(b"\r\n").decode("latin-1")
+        if announced is not None and announced[0]:
+            self._server_run.start(Count(announced[0]))
         if continuing:
-            self._log("S: " + shown)
+            self._log("S: " + log_text(line))
             self._emit(ToClient(line))
         elif line[:1] == b"+":
-            self._log("S: " + shown)
+            self._log("S: " + log_text(line))
             self._emit(ToClient(line))
             self._continuation()
         else:
-            line = rewrite_line(line, offer_starttls=not self._tls_active)
-            self._log("S: " + line.rstrip(b"\r\n").decode("latin-1"))
+            offer = self.offer_tls and not self._tls_active
+            line = rewrite_line(line, offer, login_disabled=self._credentials_refused())
+            self._log("S: " + log_text(line))
             self._emit(ToClient(line))
             self._response_start(line)
         if announced is not None:
@@ -335,32 +341,57 @@ class ImapProxy(LineProxy):
             self._pump()
 
     def _continuation(self) -> None:
+        """A `+`: the client's literal may come, or its next line is the command's."""
         if self._literal_wait is not None:
-            self._literal_left = self._literal_wait[1]
+            size = self._literal_wait[1]
             self._literal_wait = None
-        elif self._pending and self._pending[-1].kind in CONTINUED:
-            self._line_ready = True
+            if size:
+                self._client_run.start(Count(size))
+        elif self._pending and self._pending[-1].kind in ASKS_A_LINE:
+            if self.state is State.COMMAND:  # the server decides: the next line is data
+                self._move(Event.CHALLENGE)
 
     def _response_start(self, line: bytes) -> None:
         tag, _, rest = line.partition(b" ")
         status = rest[:7].upper()
         if tag == b"*":
             if self._pending and self._pending[0].kind is Kind.GREETING:
-                self._pending.pop(0)
-                self._authenticated = status.startswith(b"PREAUTH")
+                self._greeting(self._pending.popleft(), status)
             return
         for index, entry in enumerate(self._pending):
-            if entry.tag == tag and entry.kind not in (Kind.LOCAL, Kind.STARTTLS):
+            if entry.tag == tag and not isinstance(entry.kind, Local):
                 del self._pending[index]
-                if entry.kind in (Kind.LOGIN, Kind.AUTHENTICATE) and OK.match(status):
-                    self._authenticated = True
-                self._command_done(entry)
+                self.REPLIES.get(entry.kind, ImapProxy._done)(self, entry, status)
                 return
 
-    def _command_done(self, entry: Pending) -> None:
-        if entry.kind in CONTINUED:
-            self._line_ready = False
+    def _greeting(self, entry: Pending, status: bytes) -> None:
+        if status.startswith(b"PREAUTH"):
+            self.phase = Phase.AUTHENTICATED
+
+    def _login_done(self, entry: Pending, status: bytes) -> None:
+        if OK.match(status):
+            self.phase = Phase.AUTHENTICATED
+        self._done(entry, status)
+
+    def _done(self, entry: Pending, status: bytes) -> None:
+        if entry.kind in ASKS_A_LINE and self.state is State.CONTINUATION:
+            self._move(Event.ANSWER)
         if self._literal_wait is not None and self._literal_wait[0] is entry:
             # RFC 9051 section 7.5: a literal the server refused is not sent.
             self._literal_wait = None
             self._continuing = None
+
+    # -- the tables -------------------------------------------------------------
+
+    # The commands the proxy answers itself (the rest: LineProxy._command).
+    COMMANDS: ClassVar[Mapping[bytes, Callable[["ImapProxy", Command], None]]] = {
+        b"STARTTLS": _starttls_command,
+        b"COMPRESS": _compress,
+    }
+    # What a tagged completion (or the greeting) does, by the command's Kind; else _done.
+    REPLIES: ClassVar[Mapping[enum.Enum, Callable[["ImapProxy", Pending, bytes], None]]] = {
+        Kind.GREETING: _greeting,
+        Kind.LOGIN: _login_done,
+        Kind.AUTHENTICATE: _login_done,
+        Kind.UNKNOWN: _login_done,  # what an OK can log the session in with
+    }

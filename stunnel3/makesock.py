@@ -11,9 +11,7 @@ Processes and descriptors:
   and gets its end of the pair on descriptor FD (3 by default).
 - PROG2 is a child with the other end on 0 and 1; it keeps 2. When our
   in-process stunnel can add fixcrio's CRs itself, a fixcrio in PROG2 is left
-  out (without_fixcrio). With that in-process stunnel, PROG2 is started with
-  posix_spawn (spawn_second: a fork of a Python process costs page faults),
-  else forked (run_second).
+  out (without_fixcrio).
 - Nothing we open leaks: the pair, and the gate pipe below, are close-on-exec
   until placed. Descriptors the caller passed in above 2 are passed on as is,
   as any chain-loader does (except FD, which PROG1's end replaces).
@@ -27,6 +25,13 @@ Processes and descriptors:
   cannot be run, the child says so on fd 2 and exits 111; PROG1 is already
   running and reads EOF on FD, which stunnel takes as the end of the session.
   That status is PROG1's business: PROG2 is PROG1's child, not tcpserver's.
+- When PROG1 is our stunnel in this process, the child stays (root, outside
+  stunnel's jail) as PROG2's keeper, and PROG2 runs as its child: when the
+  session ends, PROG2 gets EOF, and if it does not exit, SIGTERM and then
+  SIGKILL (children.py). This process closes PROG2's descriptors and the
+  lifeline after stunnel returns, then waits for the keeper. The keeper
+  starts PROG2 with posix_spawn (spawn_second: a second fork of a Python
+  process costs its page faults), else by a fork (run_second).
 
 The original invocation (no options) is parsed by hand, and docopt-ng is
 imported only when options are given: `python3 -X importtime` puts docopt
@@ -34,14 +39,14 @@ imported only when options are given: `python3 -X importtime` puts docopt
 and makesock starts on every SMTP connection.
 """
 
+import _signal  # the C module, as for _socket
 import _socket  # the C module: `socket` imports enum and selectors, ~10 ms more
 import os
 import sys
 
-from stunnel3 import unix
+from stunnel3 import fronts, proctitle, unix
 
 PROG = "makesock"
-FRONT_MARK = b"# The front of a stunnel3 program."
 SEPARATOR = "-makesock_connect_to"
 FIXCRIO_ENV = "STUNNEL3_FIXCRIO_FD"  # see without_fixcrio
 USAGE = (
@@ -160,28 +165,80 @@ def run_second(argv: list[str], name: str, fd: int, end: int, gate: int) -> None
     unix.fatal(name, "run " + argv[0], unix.exec_program(argv), True)
 
 
-def spawn_second(argv: list[str], name: str, fd: int, end: int) -> bool:
-    """PROG2 started without a fork (limits.spawn) when PROG1 is our stunnel in this
-    process, so that there is no exec of PROG1 to wait for; an exec error is said on fd 2
-    as run_second says it, and PROG1 reads EOF on FD. False: fork and run_second."""
+def spawn_second(argv: list[str], name: str, fd: int, end: int, gate: int) -> int | None:
+    """The keeper's PROG2, started without a fork of this Python (limits.spawn: a fork
+    costs page faults) once PROG1 may run (the gate, as run_second waits for it): its
+    pid. An exec error is said on fd 2 as run_second says it, and the keeper leaves
+    (PROG1 reads EOF on FD). None: fork and run_second (0 or 1 closed by our caller,
+    or limits to give back and no prlimit)."""
     if end <= 1:
-        return False  # the caller had closed 0 or 1: run_second's case
+        return None
+    if os.read(gate, 1):
+        os._exit(0)  # PROG1 could not run and said so: PROG2 must not run alone
     actions = [(os.POSIX_SPAWN_DUP2, end, 0), (os.POSIX_SPAWN_DUP2, end, 1),
                (os.POSIX_SPAWN_CLOSE, end), (os.POSIX_SPAWN_CLOSE, fd)]  # fmt: skip
     started = unix.spawn_program(argv, actions)
     if isinstance(started, OSError):
         unix.say(name, unix.fatal_text("run " + argv[0], started))
-    return started is not None
+        os._exit(111)
+    if started is not None:
+        os.close(gate)
+    return started
 
 
-def run_our_stunnel(invocation: Invocation, second_end: int, elided: bool) -> int:
-    """PROG1, our stunnel, in this process (runs_our_stunnel), PROG2 started already."""
-    os.close(second_end)
-    if elided:
-        os.environ[FIXCRIO_ENV] = str(invocation.fd)  # stunnel.run() takes it out again
-    from stunnel3 import stunnel
+def keep_second(argv: list[str], name: str, fd: int, end: int, gate: int, lifeline: int) -> None:
+    """The child, when PROG1 is our stunnel here: start PROG2, then keep it (children.py)."""
+    from stunnel3 import bounds, children
 
-    return stunnel.main(["stunnel", *invocation.first[1:]])
+    pid = spawn_second(argv, name, fd, end, gate)
+    if pid is None:
+        pid = os.fork()
+        if pid == 0:
+            os.close(lifeline)
+            run_second(argv, name, fd, end, gate)
+    try:
+        pidfd = os.pidfd_open(pid)  # PROG2 is our child: not reaped before this ...
+    except OSError:
+        os._exit(0)  # ... unless our caller ignores SIGCHLD: then it is gone already
+    for number in (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT):
+        _signal.signal(number, _signal.SIG_IGN)  # a process group's signal: PROG2 got it too
+    _close_all_but(2, lifeline, pidfd)  # the client's socket, the pair: theirs, not ours
+    grace = bounds.backend_exit()
+    said = [f"{grace:g} s after its session ended"]
+
+    def say(signal_name: str) -> None:
+        line = f"{PROG}: warning: {argv[0]} (pid {pid}) did not exit {said[0]}: sent {signal_name}"
+        said[0] = f"{grace:g} s after SIGTERM"
+        try:
+            os.write(2, line.encode(errors="replace") + b"\n")
+        except OSError:
+            pass
+
+    children.keep(pid, pidfd, lifeline, grace, say)
+    os._exit(0)
+
+
+def _close_all_but(*keep: int) -> None:
+    start = 0
+    for fd in sorted(keep):
+        os.closerange(start, fd)
+        start = fd + 1
+    os.closerange(start, os.sysconf("SC_OPEN_MAX"))
+
+
+def end_session(fd: int, lifeline: int, keeper: int | None) -> None:
+    """After our stunnel returned: EOF for PROG2 (and the client), the lifeline closed
+    (the keeper's signal), then the keeper's end, so that tcpserver, which waits for
+    this process, counts the connection until PROG2 has gone (children.py)."""
+    from stunnel3 import bounds, children
+
+    for number in (0, 1, fd, lifeline):
+        try:
+            os.close(number)
+        except OSError:
+            pass
+    if keeper is not None:
+        children.exited(keeper, 2 * bounds.backend_exit() + 5)
 
 
 def runs_our_stunnel(name: str) -> bool:
@@ -194,7 +251,8 @@ def runs_our_stunnel(name: str) -> bool:
     """
     if os.environ.get("STUNNEL3_MAKESOCK_EXEC") == "1":
         return False
-    return _front_python(_first_runnable(name), b"stunnel") == os.path.realpath(sys.executable)
+    python = _front_python(_first_runnable(name), b"stunnel")
+    return python is not None and fronts.interpreter(python) == fronts.interpreter(sys.executable)
 
 
 def without_fixcrio(invocation: Invocation) -> tuple[list[str], str] | None:
@@ -224,7 +282,7 @@ def without_fixcrio(invocation: Invocation) -> tuple[list[str], str] | None:
     python = _front_python(front, b"fixcrio") if front is not None else None
     if front is None or python is None or _first_runnable(second[at + 1]) is None:
         return None
-    if at and not (_others_may_run(front) and _others_may_run(os.fsencode(python))):
+    if at and not _others_may_start(front, python):
         return None
     from stunnel3 import cgetopt
 
@@ -248,6 +306,20 @@ def _others_may_run(path: bytes) -> bool:
         path = os.path.dirname(path)
 
 
+def _others_may_start(front: bytes, python: str) -> bool:
+    """Whether any account may run the fixcrio front at front on python: the front, the
+    interpreter (as named, and where its links lead) and the stunnel3-python it reads."""
+    named = os.fsencode(python)
+    if not all(map(_others_may_run, (front, named, os.path.realpath(named)))):
+        return False
+    if os.environb.get(fronts.PYTHON_ENV):
+        return True
+    try:  # beside the front, whose directories _others_may_run has checked
+        return bool(os.stat(os.path.join(os.path.dirname(front), fronts.RECORD)).st_mode & 0o004)
+    except OSError:
+        return False  # through a link: let the real fixcrio run, as written
+
+
 def _first_runnable(name: str) -> bytes | None:
     """The file exec'ing name would run (djb's PATH search), if there is one."""
     for candidate in unix.candidates(name, os.environ):
@@ -257,21 +329,13 @@ def _first_runnable(name: str) -> bytes | None:
 
 
 def _front_python(path: bytes | None, prog: bytes) -> str | None:
-    """The interpreter our bin/ front for prog at path would start, if it is one."""
-    if path is None:
+    """The interpreter our bin/ front for prog at path would start, if it is one and runs."""
+    if path is None or fronts.program(path) != prog:
         return None
-    try:
-        with open(path, "rb") as front:
-            head = front.read(2048)
-    except OSError:
+    python = fronts.python(path, os.environb)
+    if python is None or not os.access(python, os.X_OK):
         return None
-    if FRONT_MARK not in head or b"\nprog=" + prog + b"\n" not in head:
-        return None
-    _, _, rest = head.partition(b"\npy=${STUNNEL3_PYTHON:-")
-    python = os.environ.get("STUNNEL3_PYTHON") or os.fsdecode(rest.partition(b"}")[0])
-    if not python or not os.access(python, os.X_OK):
-        return None
-    return os.path.realpath(python)
+    return os.fsdecode(python)
 
 
 def main(argv: list[str]) -> int:
@@ -283,24 +347,40 @@ def main(argv: list[str]) -> int:
         second_end = make_pair(invocation)
     except OSError as error:
         unix.fatal(PROG, "create socket pair", error)
-    if ours and spawn_second(second, name, invocation.fd, second_end):
-        return run_our_stunnel(invocation, second_end, elided is not None)
     try:
         gate_read, gate_write = os.pipe()
+        lifeline = os.pipe() if ours else None  # see keep_second
         pid = os.fork()
     except OSError as error:
         unix.fatal(PROG, "fork", error)
     if pid == 0:
         try:
             os.close(gate_write)
-            run_second(second, name, invocation.fd, second_end, gate_read)
+            if lifeline is None:
+                run_second(second, name, invocation.fd, second_end, gate_read)
+            else:
+                os.close(lifeline[1])
+                keep_second(second, name, invocation.fd, second_end, gate_read, lifeline[0])
         finally:
             os._exit(111)
-    os.close(gate_read)
-    if ours:
-        os.close(gate_write)  # as a successful exec would: PROG2 may run
-        return run_our_stunnel(invocation, second_end, elided is not None)
     os.close(second_end)
+    os.close(gate_read)
+    if lifeline is not None:  # ours: stunnel runs in this process
+        try:
+            keeper: int | None = os.pidfd_open(pid)
+        except OSError:
+            keeper = None  # SIGCHLD ignored by our caller: the keeper is reaped at once
+        os.close(lifeline[0])
+        argv = ["stunnel", *invocation.first[1:]]
+        proctitle.set_title(argv)  # what ps shows after an exec of stunnel, before PROG2 runs
+        os.close(gate_write)  # as a successful exec would: PROG2 may run
+        if elided:
+            os.environ[FIXCRIO_ENV] = str(invocation.fd)  # stunnel.run() takes it out again
+        from stunnel3 import stunnel
+
+        status = stunnel.main(argv)
+        end_session(invocation.fd, lifeline[1], keeper)
+        return status
     failure = unix.exec_program(invocation.first)
     try:
         os.write(gate_write, b"!")

@@ -1,8 +1,9 @@
 """POP3 STLS proxy (-n pop3-, -n pop3): a sans-I/O state machine (SPEC section 6).
 
 Bytes from the client and from the backend go in; actions come out (protocol.py).
-The relay's calls, client buffering, EOF and the error rule are layer.LineProxy's.
-The rules, each kept in one place (docs/imap-pop3.md has the reasons):
+The relay's calls, both buffers, the FIFO of responses, local answers, the STLS
+decision and EOF are layer.LineProxy's; this file is POP3's tables and rules,
+each kept in one place (docs/imap-pop3.md has the reasons):
 
   greeting    the backend's greeting passes unchanged; no command is parsed before it.
   commands    a line ends at LF; verbs in any case; each forwarded command puts what
@@ -10,41 +11,72 @@ The rules, each kept in one place (docs/imap-pop3.md has the reasons):
               are framed right: RETR, TOP, CAPA, and LIST, UIDL, LANG, AUTH without
               an argument answer `+OK` with a multi-line body ended by `.`; a body
               passes uninterpreted (a mail line that reads `+OK` or `STLS` is data).
+  Phase       AUTHORIZATION -> TRANSACTION (RFC 1939 section 3): a +OK to PASS,
+              APOP, AUTH or a command the proxy does not know (it might log in).
   CAPA        the body is rewritten: + STLS before TLS (once), none after it; only
               capabilities whose commands the FIFO can frame are kept.
-  stop points after AUTH (SASL lines follow `+ ` continuations) and STLS nothing is
-              parsed until the answer.
-  STLS        TLS active, arguments, or after authentication -> -ERR; client bytes
+  stop points after AUTH (SASL lines follow `+ ` continuations), STLS, and a command
+              the proxy does not know, nothing is parsed until the answer; a `+ `
+              to such a command makes the next line a SASL line too (the backend
+              decides), and its +OK counts as a login. Verbs end at any blank
+              (layer.BLANKS): `PASS<TAB>x` is a PASS.
+  logins      before TLS, unless plaintext_auth (and not require_tls): USER, PASS,
+              APOP, AUTH -> -ERR [AUTH], never forwarded, nor lines pipelined behind
+              AUTH that are not commands; the line a `+ ` to an unknown command asks
+              for goes to the backend as `*`; CAPA offers no USER or SASL.
+  STLS        not offered, TLS active, arguments, or after authentication -> -ERR; client bytes
               after it -> -ERR and the session ends (CVE-2011-0411); else
               `+OK Begin TLS negotiation`, StartTls. POP3 has nothing to reset: the
               backend is still in the AUTHORIZATION state and never learns of TLS.
   -n pop3     TLS required (3.22's -n pop3 made STLS the first command): before TLS
-              only CAPA, STLS and QUIT; the rest -> -ERR. CAPA then offers no USER
-              or SASL, as nothing may log in yet.
+              only CAPA, STLS and QUIT; the rest -> -ERR; and TLS not offered: -ERR
+              instead of the greeting, the end.
   bounds      MAX_LINE per client line (a longer one gets -ERR and is dropped),
               MAX_LINE per backend line outside a body, MAX_PENDING commands.
   log         Log(7) per line when log_dialogue (C: client, S: server, P: proxy);
               USER, PASS, APOP and AUTH arguments and SASL lines show as ***, a
-              multi-line body only as its size.
+              multi-line body and a command the proxy does not know only as their size.
 """
 
 import enum
-from collections import deque
+from collections.abc import Callable, Mapping
+from typing import ClassVar
 
-from stunnel3.layer import LineProxy, ProxyError, next_line
+from stunnel3.layer import (
+    Command,
+    Event,
+    Limits,
+    LineProxy,
+    Local,
+    Pending,
+    PolicyReplies,
+    ProxyError,
+    StartTlsReplies,
+    State,
+)
+from stunnel3.lines import first_word, log_text, loggable
 from stunnel3.protocol import ToBackend, ToClient
-from stunnel3.record import record
+from stunnel3.runs import Scan
 
 # RFC 2595 section 4: the positive answer to STLS; refusals as its examples word them.
 BEGIN_TLS = b"+OK Begin TLS negotiation\r\n"
 STLS_TWICE = b"-ERR Command not permitted when TLS active\r\n"
 STLS_ARGUMENTS = b"-ERR STLS takes no arguments\r\n"
 STLS_AFTER_LOGIN = b"-ERR STLS is only allowed before authentication\r\n"
+# STLS when TLS cannot be had here (the client's policy, or the certificate).
+STLS_NOT_OFFERED = b"-ERR STLS is not available on this connection\r\n"
 # CVE-2011-0411: bytes pipelined after STLS are never forwarded, and nothing the
 # client sends in plaintext afterwards can be trusted to be its own.
 STLS_INJECTION = b"-ERR Commands pipelined after STLS are refused, closing connection\r\n"
 # -n pop3: RFC 2449's [AUTH] response code says "log in differently" (RFC 3206).
 MUST_STLS = b"-ERR [AUTH] Must issue a STLS command first\r\n"
+# USER, PASS, APOP, AUTH before TLS while credentials are refused in plaintext (the
+# default): [AUTH], as above; also to what a client sent behind AUTH without waiting.
+LOGIN_NEEDS_TLS = b"-ERR [AUTH] Login is only allowed over TLS (STLS)\r\n"
+# TLS required and not available: instead of the greeting, then the end (RFC 3206).
+TLS_REQUIRED_UNAVAILABLE = (
+    b"-ERR [SYS/TEMP] TLS is required but not available here, closing connection\r\n"
+)
 LINE_TOO_LONG = b"-ERR Line too long\r\n"
 TOO_MUCH_PIPELINING = b"-ERR Too many pipelined commands, closing connection\r\n"
 BACKEND_LINE_TOO_LONG = b"-ERR Server response line too long, closing connection\r\n"
@@ -57,11 +89,36 @@ MAX_PENDING = 1000
 MAX_HELD = 1 << 20
 MAX_CAPABILITIES = 1000
 
+LIMITS = Limits(
+    MAX_LINE, MAX_PENDING, MAX_HELD, LINE_TOO_LONG, TOO_MUCH_PIPELINING, BACKEND_LINE_TOO_LONG
+)
+STARTTLS_REPLIES = StartTlsReplies(
+    BEGIN_TLS,
+    not_offered=STLS_NOT_OFFERED,
+    twice=STLS_TWICE,
+    arguments=STLS_ARGUMENTS,
+    authenticated=STLS_AFTER_LOGIN,
+    injection=STLS_INJECTION,
+)
+
 MULTILINE = frozenset({b"RETR", b"TOP", b"CAPA"})
 MULTILINE_WITHOUT_ARGUMENT = frozenset({b"LIST", b"UIDL", b"LANG", b"AUTH"})
 ALLOWED_BEFORE_TLS = frozenset({b"CAPA", b"STLS", b"QUIT"})
+POLICY_REPLIES = PolicyReplies(
+    ALLOWED_BEFORE_TLS,
+    MUST_STLS,
+    unavailable=TLS_REQUIRED_UNAVAILABLE,
+    credentials=frozenset({b"USER", b"PASS", b"APOP", b"AUTH"}),
+    sasl=frozenset({b"AUTH"}),
+    encryption_required=LOGIN_NEEDS_TLS,
+    sasl_data_refused=LOGIN_NEEDS_TLS,
+)
 SECRET_ARGUMENTS = frozenset({b"USER", b"PASS", b"APOP"})
 LOGIN_COMMANDS = frozenset({b"PASS", b"APOP", b"AUTH"})
+# Commands the FIFO frames and the log shows (all but the secret ones) as they came.
+KNOWN = frozenset(
+    b"USER PASS APOP AUTH CAPA STLS QUIT STAT LIST RETR DELE NOOP RSET TOP UIDL LANG UTF8".split()
+)
 # CAPA tags whose commands answer one line or a `.`-ended body the FIFO knows
 # (RFC 2449, 2595, 5034, 6856); anything else is dropped: its framing is unknown.
 KEPT_CAPABILITIES = frozenset(
@@ -86,55 +143,59 @@ class Pop3Error(ProxyError):
     """The POP3 layer's error family (layer.ProxyError): the reply ends the session."""
 
 
-class State(enum.Enum):
-    COMMAND = "command"  # command lines next
-    HANDSHAKE = "handshake"  # StartTls issued; tls_started next
-    CLOSED = "closed"
+class Phase(enum.Enum):
+    """RFC 1939 section 3: what the backend's answers made of the session."""
+
+    AUTHORIZATION = "authorization"
+    TRANSACTION = "transaction"  # a +OK to a login: STLS no longer allowed
 
 
 class Expect(enum.Enum):
+    """What the response at the head of the FIFO looks like."""
+
     GREETING = "greeting"
     SINGLE = "single"  # one line
     MULTI = "multi"  # +OK starts a body ended by "."
     CAPA = "capa"  # a body, rewritten
-    AUTH = "auth"  # `+ ` continuations until the final line; may be multi (no argument)
+    AUTH = "auth"  # `+ ` continuations until the final line
+    AUTH_LIST = "auth list"  # AUTH without a mechanism: as AUTH, but +OK starts a body
     LOGIN = "login"  # PASS, APOP: +OK enters the TRANSACTION state
-    STLS = "stls"  # local: decided at the head of the FIFO
-    LOCAL = "local"  # local: a ready reply
+    UNKNOWN = "unknown"  # not in KNOWN: one line; `+ ` is SASL, +OK may be a login
 
 
-STOP_POINTS = frozenset({Expect.GREETING, Expect.AUTH, Expect.STLS})
-
-
-@record
-class Pending:
-    expect: Expect
-    reply: bytes = b""  # LOCAL: the reply; STLS: its arguments
-    multi: bool = False  # AUTH without a mechanism: a body of mechanisms
+STOP_POINTS = frozenset({Expect.GREETING, Expect.AUTH, Expect.AUTH_LIST, Expect.UNKNOWN})
 
 
 def split_command(line: bytes) -> tuple[bytes, bytes]:
-    body = line.rstrip(b"\r\n")
-    verb, _, argument = body.partition(b" ")
-    return verb.upper(), argument.strip()
+    verb, argument = first_word(line)
+    return verb.upper(), argument
 
 
-def loggable(verb: bytes, argument: bytes) -> str:
-    """The command as the debug log may show it: no user name, password or SASL data."""
-    if verb in SECRET_ARGUMENTS and argument:
-        shown = verb + b" ***"
-    elif verb == b"AUTH" and b" " in argument:
-        shown = verb + b" " + argument.split(b" ", 1)[0] + b" ***"
-    else:
-        shown = verb + (b" " + argument if argument else b"")
-    return shown.decode("latin-1")
+def shown(verb: bytes, argument: bytes, line: bytes) -> str:
+    """The command as the debug log may show it: no user name, password or SASL data,
+    and only the size of a line the proxy does not know (layer.loggable)."""
+    return loggable(verb, argument, line, KNOWN, SECRET_ARGUMENTS, {b"AUTH"})
 
 
 def capability_tag(line: bytes) -> bytes:
     return line.strip().split(b" ", 1)[0].upper()
 
 
-class Body:
+def expectation(verb: bytes, argument: bytes) -> Expect:
+    """What the response to a forwarded command looks like."""
+    if verb == b"CAPA":
+        return Expect.CAPA
+    if verb == b"AUTH":
+        return Expect.AUTH if argument else Expect.AUTH_LIST
+    if verb in LOGIN_COMMANDS:
+        return Expect.LOGIN
+    if verb not in KNOWN:
+        return Expect.UNKNOWN
+    multi = verb in MULTILINE or (verb in MULTILINE_WITHOUT_ARGUMENT and not argument)
+    return Expect.MULTI if multi else Expect.SINGLE
+
+
+class Body(Scan):
     """A multi-line body (RFC 1939 section 3): bytes pass until a line that is `.`.
 
     `bytes.find(b"\\n.")` is the only scan, so a large RETR costs no per-line work;
@@ -174,178 +235,95 @@ class Body:
 
 
 class Pop3Proxy(LineProxy):
-    """require_tls: -n pop3 (STLS first); False for -n pop3- (plaintext fallback)."""
+    """require_tls: -n pop3 (STLS first); False for -n pop3- (plaintext fallback).
+    offer_tls, plaintext_auth, log_dialogue: layer.LineProxy's (the client's policy)."""
 
-    COMMAND, HANDSHAKE, CLOSED = State.COMMAND, State.HANDSHAKE, State.CLOSED
+    ClientError = BackendError = Pop3Error
+    LIMITS, STARTTLS_REPLIES, POLICY_REPLIES = LIMITS, STARTTLS_REPLIES, POLICY_REPLIES
+    STOP_POINTS = STOP_POINTS
 
-    def __init__(self, require_tls: bool = False, log_dialogue: bool = False):
-        super().__init__(log_dialogue)
-        self.require_tls = require_tls
-        self._logged_in = False  # a +OK to PASS, APOP or AUTH: the TRANSACTION state
-        self._sasl = False  # the next client line answers a `+ ` continuation
-        self._discarding = False  # the rest of a too-long line is being dropped
-        self._server = b""
-        self._body: Body | None = None
+    def __init__(self, **options: bool):
+        super().__init__(**options)
+        self.phase = Phase.AUTHORIZATION
         self._capabilities: list[bytes] | None = None  # a CAPA body being collected
-        self._pending: deque[Pending] = deque([Pending(Expect.GREETING)])
+        self._pending.append(Pending(Expect.GREETING))
 
-    # -- the backend's bytes (the rest of the relay's interface is LineProxy's) --
-
-    def _backend_bytes(self, data: bytes) -> None:
-        self._server += data
-        self._guarded(self._responses)
-        self._guarded(self._pump)
-
-    def _unfinished_response(self) -> bytes:
-        return self._server
-
-    def _queue(self, entry: Pending) -> None:
-        self._pending.append(entry)
-        self._answer_local()
+    def _authenticated(self) -> bool:
+        return self.phase is Phase.TRANSACTION
 
     # -- the client side --------------------------------------------------------
 
-    def _pump(self) -> None:
-        while self.state is State.COMMAND and self._client:
-            if self._discarding:
-                end = self._client.find(b"\n")
-                del self._client[: end + 1 if end >= 0 else len(self._client)]
-                self._discarding = end < 0
-                continue
-            stopped = self._pending and (
-                self._pending[-1].expect in STOP_POINTS or len(self._pending) >= MAX_PENDING
-            )
-            if (stopped and not self._sasl) or not self._next_line():
-                break
-        if len(self._client) > MAX_HELD:
-            raise Pop3Error(TOO_MUCH_PIPELINING)
-        if self._client_eof_due():
-            self._end_backend_input()
-
-    def _next_line(self) -> bool:
-        end = self._client.find(b"\n")
-        if end < 0 or end >= MAX_LINE:
-            if len(self._client) < MAX_LINE:
-                if self._client_eof:
-                    self._client.clear()  # a command cut by EOF is not a command
-                return False
-            self._discarding = True
-            self._log("C: (line too long)")
-            self._queue(Pending(Expect.LOCAL, LINE_TOO_LONG))
-            return True
-        line = bytes(self._client[: end + 1])
-        del self._client[: end + 1]
-        if self._sasl:
-            self._sasl = False
-            self._log("C: ***")
-            self._emit(ToBackend(line))
-            return True
-        self._command(line)
-        return True
-
-    def _command(self, line: bytes) -> None:
+    def _command_line(self, line: bytes) -> None:
         verb, argument = split_command(line)
-        self._log("C: " + loggable(verb, argument))
-        if self.require_tls and not self._tls_active and verb not in ALLOWED_BEFORE_TLS:
-            self._queue(Pending(Expect.LOCAL, MUST_STLS))
-        elif verb == b"STLS":
-            self._queue(Pending(Expect.STLS, argument))
-        else:
-            self._emit(ToBackend(line))
-            self._queue(self._expectation(verb, argument))
+        self._log("C: " + shown(verb, argument, line))
+        self._command(Command(verb, argument, line))
 
-    @staticmethod
-    def _expectation(verb: bytes, argument: bytes) -> Pending:
-        if verb == b"CAPA":
-            return Pending(Expect.CAPA)
-        if verb == b"AUTH":
-            return Pending(Expect.AUTH, multi=not argument)
-        if verb in LOGIN_COMMANDS:
-            return Pending(Expect.LOGIN)
-        multi = verb in MULTILINE or (verb in MULTILINE_WITHOUT_ARGUMENT and not argument)
-        return Pending(Expect.MULTI if multi else Expect.SINGLE)
+    def _forward(self, command: Command) -> None:
+        self._emit(ToBackend(command.line))
+        self._queue(Pending(expectation(command.verb, command.argument)))
+
+    def _is_command(self, command: Command) -> bool:
+        return command.verb in KNOWN
+
+    def _stls_command(self, command: Command) -> None:
+        self._queue(Pending(Local.STARTTLS, argument=command.argument))
 
     # -- the answers, in FIFO order -----------------------------------------------
-
-    def _answer_local(self) -> None:
-        while self._pending and self._pending[0].expect in (Expect.LOCAL, Expect.STLS):
-            entry = self._pending.popleft()
-            if entry.expect is Expect.LOCAL:
-                self._say(entry.reply)
-            elif self._stls(entry.reply):
-                return
-
-    def _stls(self, argument: bytes) -> bool:
-        """Answer STLS; True if TLS starts (nothing more is answered before it)."""
-        if self._tls_active:
-            self._say(STLS_TWICE)
-        elif argument:
-            self._say(STLS_ARGUMENTS)
-        elif self._logged_in:
-            self._say(STLS_AFTER_LOGIN)
-        elif self._client:
-            raise Pop3Error(STLS_INJECTION)
-        else:
-            self._say(BEGIN_TLS)
-            self._start_tls()
-            return True
-        return False
-
-    def _responses(self) -> None:
-        """Take the backend's bytes as far as whole responses (and bodies) go."""
-        while self._server and self.state is not State.CLOSED:
-            if self._body is not None:
-                self._body_bytes()
-                continue
-            line, self._server = next_line(self._server, MAX_LINE, BACKEND_LINE_TOO_LONG, Pop3Error)
-            if line is None:
-                return
-            self._response_line(line)
 
     def _response_line(self, line: bytes) -> None:
         if self._capabilities is not None:
             self._capability_line(line)
             return
-        self._log("S: " + line.rstrip(b"\r\n").decode("latin-1"))
+        self._log("S: " + log_text(line))
         if not self._pending:  # unsolicited (a -ERR before a shutdown): pass it on
             self._emit(ToClient(line))
             return
-        entry = self._pending[0]
-        if entry.expect is Expect.AUTH and line[:1] == b"+" and line[:3] != b"+OK":
-            self._sasl = True  # a SASL challenge: the client's next line answers it
-            self._emit(ToClient(line))
-            return
-        positive = line[:3] == b"+OK"
-        multi = entry.expect in (Expect.MULTI, Expect.CAPA) or entry.multi
-        if positive and entry.expect is Expect.CAPA:
-            self._capabilities = [line]
-            return
+        self.REPLIES.get(self._pending[0].kind, Pop3Proxy._single)(self, line)
+
+    def _single(self, line: bytes) -> None:
         self._emit(ToClient(line))
-        if positive and multi:
-            self._body = Body()
-            return
-        if positive and entry.expect in (Expect.LOGIN, Expect.AUTH):
-            self._logged_in = True
-        self._sasl = False
         self._done()
+
+    def _multi(self, line: bytes) -> None:
+        self._emit(ToClient(line))
+        if line[:3] == b"+OK":
+            self._server_run.start(Body(), self._body_end)
+        else:
+            self._done()
+
+    def _capa(self, line: bytes) -> None:
+        if line[:3] == b"+OK":
+            self._capabilities = [line]
+        else:
+            self._single(line)
+
+    def _login(self, line: bytes) -> None:
+        if line[:3] == b"+OK":
+            self.phase = Phase.TRANSACTION
+        self._single(line)
+
+    def _sasl(self, line: bytes) -> None:
+        """AUTH, or a command the proxy does not know: the backend decides."""
+        if line[:1] == b"+" and line[:3] != b"+OK":
+            self._emit(ToClient(line))  # a SASL challenge: the client's next line answers it
+            if self.state is State.COMMAND:
+                self._move(Event.CHALLENGE)
+        elif self._pending[0].kind is Expect.AUTH_LIST:
+            self._multi(line)
+        else:
+            self._login(line)
 
     def _done(self) -> None:
         """A response is complete: answer what waited for it, parse what it held up."""
         self._pending.popleft()
+        if self.state is State.CONTINUATION:
+            self._move(Event.ANSWER)
         self._answer_local()
         self._pump()
 
-    def _body_bytes(self) -> None:
-        assert self._body is not None
-        data, rest = self._body.feed(self._server)
-        self._server = b""
-        if data:
-            self._emit(ToClient(data))
-        if rest is not None:
-            self._log(f"S: (multi-line response, {self._body.size} bytes)")
-            self._body = None
-            self._server = rest
-            self._done()
+    def _body_end(self, body) -> None:
+        self._log(f"S: (multi-line response, {body.size} bytes)")
+        self._done()
 
     def _capability_line(self, line: bytes) -> None:
         assert self._capabilities is not None
@@ -356,8 +334,8 @@ class Pop3Proxy(LineProxy):
             return
         lines = self.rewrite_capabilities(self._capabilities) + [line]
         self._capabilities = None
-        for shown in lines:
-            self._log("P: " + shown.rstrip(b"\r\n").decode("latin-1"))
+        for kept in lines:
+            self._log("P: " + log_text(kept))
         self._emit(ToClient(b"".join(lines)))
         self._done()
 
@@ -368,9 +346,25 @@ class Pop3Proxy(LineProxy):
             tag = capability_tag(line)
             if tag not in KEPT_CAPABILITIES:
                 continue
-            if self.require_tls and not self._tls_active and tag in (b"USER", b"SASL"):
+            if self._credentials_refused() and tag in (b"USER", b"SASL"):
                 continue  # nothing may log in before TLS
             kept.append(line)
-        if not self._tls_active:
+        if self.offer_tls and not self._tls_active:
             kept.append(STLS_CAPABILITY)
         return kept
+
+    # -- the tables -------------------------------------------------------------
+
+    # The commands the proxy answers itself (the rest: LineProxy._command).
+    COMMANDS: ClassVar[Mapping[bytes, Callable[["Pop3Proxy", Command], None]]] = {
+        b"STLS": _stls_command,
+    }
+    # What a response's first line does, by what it answers; else _single.
+    REPLIES: ClassVar[Mapping[enum.Enum, Callable[["Pop3Proxy", bytes], None]]] = {
+        Expect.MULTI: _multi,
+        Expect.CAPA: _capa,
+        Expect.LOGIN: _login,
+        Expect.AUTH: _sasl,
+        Expect.AUTH_LIST: _sasl,
+        Expect.UNKNOWN: _sasl,
+    }

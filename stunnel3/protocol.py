@@ -1,4 +1,5 @@
-"""What the relay loop and a protocol layer (SMTP, later IMAP and POP3) say to each other.
+"""What the relay loop and a protocol layer (smtp.py, imap.py, pop3.py, client_negotiation.py)
+say to each other.
 
 The relay (relay.py) owns every socket, buffer and timer; a protocol layer owns
 none. It is fed bytes and answers with actions, in order:
@@ -16,9 +17,15 @@ StartTls, every ToClient goes through TLS (queued until the handshake is done).
 In client mode (-c) "client" still means the side TLS faces: the remote server.
 A layer may also have a `client_paused` property: while it is True the relay
 reads no more client bytes (back-pressure on a client that pipelines faster
-than the backend answers). ToClient(b"") and ToBackend(b"") mean EOF: once
+than the backend answers), and an `awaiting` property: True while a
+command/reply exchange is under way (part of a command has come, or a reply is
+owed); a layer that has it is bounded per exchange and per session (relay.py,
+bounds.py), one without it (Passthrough) only by idle time. ToClient(b"") and
+ToBackend(b"") mean EOF: once
 what is queued for that side is written, the relay half-closes it
 (close_notify, or shutdown(SHUT_WR)). The session ends when both directions are closed, or at Close.
+Every action takes effect before the relay waits again: a reply the layer makes
+to decrypted client bytes leaves at once, with no further byte from anyone.
 
 Without -n, `Passthrough` is the layer: every byte goes straight across.
 """
@@ -49,7 +56,9 @@ class StartTls:
 
 @record(frozen=True)
 class Close:
-    """End the session once what is queued for either side has been written."""
+    """End the session: what is queued for either side is written, then each side
+    gets EOF (close_notify once TLS is on, shutdown(SHUT_WR)), and the relay ends
+    (waiting 10 s at most for a peer that reads nothing)."""
 
     reason: str
 

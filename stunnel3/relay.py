@@ -8,8 +8,15 @@ fds 0/1 with -c). Before the layer asks for TLS (StartTls) network bytes reach
 it raw; after, they pass through the TlsSession first. The layer sees every
 plaintext byte and decides what goes where (see protocol.py).
 
-Each pass of the loop: move what can move without waiting (handshake, TLS
-records in and out), derive the poll set from the state, wait, read and write.
+Each pass of the loop first settles: it moves everything that can move without
+waiting (handshake steps, TLS records in, the layer's answers to what they
+decrypted, queued plaintext encrypted, EOFs turned into close_notify and
+shutdowns), round after round, until a whole round moves nothing. One step can
+enable another (decrypted client bytes make the layer queue a reply, which must
+be encrypted before anything waits), so stopping earlier would leave bytes that
+no descriptor will ever wake the loop for. Only then is the poll set derived
+from the state; then the loop waits, reads and writes.
+
 Three byte queues (ByteQueue: chunks as they came, never copied together)
 hold what waits for a writable fd or for TLS:
 
@@ -20,37 +27,38 @@ hold what waits for a writable fd or for TLS:
 A side is read only while the queue its bytes end up in is below BUFFER: that
 is the back-pressure, and it bounds memory whatever the peers do.
 
-Timeouts (no 3.22 flag exists; the environment overrides them, in seconds):
-STUNNEL3_HANDSHAKE_TIMEOUT (60) from StartTls to an established session;
-STUNNEL3_IDLE_TIMEOUT (600, twice RFC 5321's 5-minute command timeout) with no
-byte moving either way; and 3.22's 10 s wait for the peer's last bytes once the
-backend has closed its output.
+Bounds (bounds.py, STUNNEL3_..._TIMEOUT, checked at start-up): the handshake,
+from StartTls to an established session; idle time, no byte moving either way;
+3.22's 10 s wait for the peer's last bytes once the backend has closed its
+output. A layer with command/reply exchanges (its `awaiting`: the SMTP proxy)
+adds bounds.Exchanges: the whole session, and each exchange, timed from when
+the layer starts to await (after settling) and restarted only by the backend's
+bytes, so that neither a command sent a byte a second nor NOOPs pipelined at a
+backend that hangs outlive it (message data is no exchange); and once its
+client has ended and is owed nothing, the 10 s wait applies too. A bound that
+has passed ends the session before the next wait, ready bytes or not.
+
+The layer's debug Log lines are the dialogue: a log.DialogueCap caps them.
 """
 
-import os
 import select
 import time
 
+from stunnel3.bounds import Bounds, Exchanges
 from stunnel3.endpoints import ByteQueue, Endpoint, PeerError
 from stunnel3.fixcrio import CrAdder
+from stunnel3.log import LOG_DEBUG, DialogueCap
 from stunnel3.protocol import Action, Close, Log, StartTls, ToBackend, ToClient
 from stunnel3.tls import TlsError, TlsSession
 
 BUFFER = 256 * 1024
 READ_SIZE = 128 * 1024
 CLOSE_WAIT = 10.0
-
-
-def _timeout(name: str, default: float) -> float:
-    try:
-        value = float(os.environ.get(name, default))
-    except ValueError:
-        return default
-    return value if value > 0 else default
+ALERT_WAIT = 2.0  # for the alert of a failed TLS session to leave
 
 
 class Terminated(Exception):
-    """SIGTERM or SIGINT arrived: the service exits with status 3."""
+    """SIGTERM, SIGQUIT, SIGINT or SIGHUP arrived: the service exits with status 3."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -61,7 +69,14 @@ class Relay:
     """Run one session: `run()` returns True if it ended cleanly, False on a reset."""
 
     def __init__(
-        self, network: Endpoint, backend: Endpoint | None, layer, new_tls, log, open_backend=None
+        self,
+        network: Endpoint,
+        backend: Endpoint | None,
+        layer,
+        new_tls,
+        log,
+        open_backend=None,
+        bounds: Bounds | None = None,
     ):
         self.network = network
         self.backend = backend
@@ -78,10 +93,15 @@ class Relay:
         self.net_eof_queued = self.back_eof_queued = False  # ToClient(b"") / ToBackend(b"")
         self.closing = False
         self.ssl_bytes = self.sock_bytes = 0
-        self.handshake_timeout = _timeout("STUNNEL3_HANDSHAKE_TIMEOUT", 60)
-        self.idle_timeout = _timeout("STUNNEL3_IDLE_TIMEOUT", 600)
+        self.bounds = bounds or Bounds()
+        self.handshake_timeout = self.bounds.handshake
+        self.idle_timeout = self.bounds.idle
         self.handshake_deadline: float | None = None
         self.last_activity = time.monotonic()
+        self.exchanges: Exchanges | None = None  # a layer of commands and replies
+        if hasattr(layer, "awaiting"):
+            self.exchanges = Exchanges(self.bounds, self.last_activity)
+        self.dialogue = DialogueCap(log, self.bounds.lines, self.bounds.rate)
         self._poller = select.poll()
         self._watched: dict[int, int] = {}
         # A backend whose fixcrio makesock left out: its rule, one state each way,
@@ -118,36 +138,55 @@ class Relay:
                 if action.early:
                     self.tls.receive(action.early)
             elif isinstance(action, Close):
+                # Rule: Close is EOF both ways (close_notify, shutdowns) once what is
+                # queued has been written; the session then ends.
                 self.log.debug(f"Closing: {action.reason}")
                 self.closing = True
+                self.net_eof_queued = self.back_eof_queued = True
             elif isinstance(action, Log):
-                self.log.log(action.level, action.text)
+                if action.level >= LOG_DEBUG:
+                    self.dialogue.line(action.text)
+                else:
+                    self.log.log(action.level, action.text)
 
     # -- moving bytes without waiting ----------------------------------------
 
-    def _pump_tls(self) -> None:
+    def _settle(self) -> None:
+        """Move everything that can move without waiting, until nothing does."""
+        while True:
+            moved = self._pump_tls()
+            moved |= self._flush_closes()
+            if not moved:
+                return
+
+    def _pump_tls(self) -> bool:
+        """One round of TLS work; True if anything moved (the next round may move more)."""
         tls = self.tls
         if tls is None:
-            return
+            return False
         if not tls.established:
             done = tls.handshake()
             self.net_out += tls.outgoing()
             if not done:
-                return
+                return False
             self.handshake_deadline = None
             info = tls.info()
             self.log.info(f"Negotiated ciphers: {info.cipher} {info.version} ({info.bits} bits)")
             if self.backend is None and self.open_backend is not None:
                 self.backend = self.open_backend(tls)
             self._apply(self.layer.tls_started(info))
+            return True
+        moved = False
         while self.plain_out and len(self.net_out) < BUFFER and self.net_writing:
             self.ssl_bytes += self._encrypt(tls)
+            moved = True
         # Rule: EOF from the layer towards the network becomes close_notify once
         # every queued plaintext byte is encrypted.
         if self.net_eof_queued and not self.plain_out and self.net_writing:
             tls.close()
             self.net_out += tls.outgoing()
             self.net_writing = False
+            moved = True
         while self.net_reading and len(self.back_out) < BUFFER and not self._layer_paused():
             plain = tls.read_many(READ_SIZE)
             if plain is None:
@@ -156,8 +195,19 @@ class Relay:
                 self.net_reading = False
                 self.log.debug("SSL closed on SSL_read")
             self._apply(self.layer.feed_client(plain))
-        # Reading may have produced records of its own (a key update's answer).
+            moved = True
+        # Reading may have produced records of its own (a key update's answer, or
+        # the refusal of a renegotiation).
         self.net_out += tls.outgoing()
+        self._note_renegotiation(tls)
+        return moved
+
+    def _note_renegotiation(self, tls: TlsSession) -> None:
+        if tls.renegotiations_refused and not self._renegotiation_logged:
+            self._renegotiation_logged = True
+            self.log.notice("SSL renegotiation refused: the session goes on as it was")
+
+    _renegotiation_logged = False
 
     def _encrypt(self, tls: TlsSession) -> int:
         """Move about BUFFER bytes of plain_out through TLS into net_out."""
@@ -170,7 +220,9 @@ class Relay:
         self.net_out += tls.outgoing()
         return moved
 
-    def _flush_closes(self) -> None:
+    def _flush_closes(self) -> bool:
+        """The half-close rules; True if a side was closed just now."""
+        moved = False
         # Rule: once the network's EOF is queued and nothing is left to send,
         # our write side closes (after close_notify if TLS is on; a pipe closes).
         if self.net_eof_queued and not self.net_out and not self.plain_out:
@@ -178,13 +230,15 @@ class Relay:
                 self.net_writing = False
             if not self.net_writing and self.network.wfd >= 0 and not self._net_shut:
                 self.network.shut_write()
-                self._net_shut = True
+                self._net_shut = moved = True
         # Rule: EOF towards the backend (close_notify or TCP EOF from the network)
         # becomes shutdown(SHUT_WR) on it, or close for a pipe, once back_out is empty.
         if self.back_eof_queued and not self.back_out and self.back_writing:
             self.back_writing = False
+            moved = True
             if self.backend is not None:
                 self.backend.shut_write()
+        return moved
 
     _net_shut = False
 
@@ -228,16 +282,29 @@ class Relay:
         return wanted
 
     def _deadline(self) -> tuple[float, str]:
+        """The nearest bound, and what to log when it passes ("": a close's wait ended)."""
         if self.handshake_deadline is not None:
-            return self.handshake_deadline, "SSL handshake timed out"
-        if not self.back_reading:
-            return self.last_activity + CLOSE_WAIT, ""
-        return self.last_activity + self.idle_timeout, "Connection idle timeout"
+            nearest = self.handshake_deadline, "SSL handshake timed out"
+        elif not self.back_reading or self.closing or self._client_done():
+            nearest = self.last_activity + CLOSE_WAIT, ""
+        else:
+            nearest = self.last_activity + self.idle_timeout, "Connection idle timeout"
+        return nearest if self.exchanges is None else self.exchanges.nearest(nearest)
+
+    def _client_done(self) -> bool:
+        """The client has ended and is owed nothing: what the backend still says is
+        awaited as long as 3.22 awaited a closing peer (a layer with exchanges)."""
+        return self.exchanges is not None and not self.net_reading and not self.layer.awaiting
 
     # -- reading and writing ---------------------------------------------------
 
     def _read_network(self) -> None:
-        data = self.network.read(READ_SIZE)
+        try:
+            data = self.network.read(READ_SIZE)
+        except PeerError:
+            if self.tls is None or self.tls.established:
+                raise
+            data = b""  # a reset during the handshake: the handshake says it (as 3.22's did)
         if data is None:
             return
         self.last_activity = time.monotonic()
@@ -256,6 +323,8 @@ class Relay:
         if data is None:
             return
         self.last_activity = time.monotonic()
+        if self.exchanges is not None:
+            self.exchanges.moved()  # the backend's bytes: the exchange moved on
         if not data:
             self.back_reading = False
             self.log.debug("Socket closed on read (backend)")
@@ -271,24 +340,32 @@ class Relay:
 
     def _pass(self) -> bool:
         """One turn of the loop; False when the session is over."""
-        self._pump_tls()
-        self._flush_closes()
+        self._settle()
         if self._finished():
             return False
+        if self.exchanges is not None:  # an exchange starts when the layer begins to await
+            self.exchanges.track(self.layer.awaiting, time.monotonic())
         wanted = self._poll_set()
         deadline, why = self._deadline()
-        wait = max(0.0, deadline - time.monotonic())
+        wait = deadline - time.monotonic()
+        # Rule: a bound that has passed ends the session before any wait, even with
+        # bytes ready on every pass (a client that never stops sending).
+        if wait <= 0:
+            return self._bound_passed(why)
         self._watch(wanted)
         ready = dict(self._poller.poll(wait * 1000)) if wanted or wait else {}
         if not ready:
             if time.monotonic() >= deadline:
-                if not why:
-                    self.log.debug("Timeout waiting for the peer to close")
-                    return False
-                raise PeerError(why)
+                return self._bound_passed(why)
             return True
         self._serve(ready)
         return True
+
+    def _bound_passed(self, why: str) -> bool:
+        if not why:
+            self.log.debug("Timeout waiting for the peer to close")
+            return False
+        raise PeerError(why)
 
     def _watch(self, wanted: dict[int, int]) -> None:
         """Make the poll set `wanted`, touching only what changed since the last pass."""
@@ -318,17 +395,45 @@ class Relay:
             self._read_backend()
 
     def run(self) -> bool:
+        try:
+            return self._run()
+        finally:
+            self.dialogue.close()
+
+    def _run(self) -> bool:
         self._apply(self.layer.start())
         try:
             while self._pass():
                 pass
-        except (PeerError, TlsError) as error:
+        except TlsError as error:
+            self.log.err(str(error))
+            self._send_alert()
+            self._reset(network=False)
+            return False
+        except PeerError as error:
             self.log.err(str(error))
             self._reset()
             return False
         return True
 
-    def _reset(self) -> None:
-        self.network.reset()
+    def _send_alert(self) -> None:
+        """After a TLS failure: the alert OpenSSL wrote (and what was queued before
+        it) goes out within ALERT_WAIT, then our side of the connection closes."""
+        if self.tls is not None:
+            self.net_out += self.tls.outgoing()
+        poller = select.poll()
+        poller.register(self.network.wfd, select.POLLOUT)
+        deadline = time.monotonic() + ALERT_WAIT
+        try:
+            while self.net_out and time.monotonic() < deadline:
+                if not self._write(self.network, self.net_out):
+                    poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
+        except PeerError:
+            return  # the peer is gone: nothing more to tell it
+        self.network.shut_write()
+
+    def _reset(self, network: bool = True) -> None:
+        if network:
+            self.network.reset()
         if self.backend is not None:
             self.backend.reset()

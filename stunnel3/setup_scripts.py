@@ -1,8 +1,20 @@
-"""The files stunnel3-setup writes: compat/'s run scripts, byte for byte.
+"""The files stunnel3-setup writes: compat/'s run scripts, byte for byte, and reading back
+what a run wrote.
 
 The package carries its own copies because `pip install .` installs no compat/
-directory; tests hold each equal to its file in compat/.
+directory; tests hold each equal to its file in compat/. A run file is a
+template with only its variables set (`NAME=value` lines at the top, values
+quoted for sh); `read_run` gives them back, so that a second run keeps what
+the first chose, and `is_ours` says whether a file is still exactly what we
+wrote (then it may be rewritten with new values; an edited one needs --force).
 """
+
+import re
+import shlex
+
+from stunnel3.cgetopt import OptionError, getopt
+
+SEPARATOR = "-makesock_connect_to"  # makesock's: what follows is not stunnel's
 
 # compat/smtp-tls-run.
 RUN_SCRIPT = r"""#!/bin/sh
@@ -68,3 +80,84 @@ exec stunnel3-warm -d . 2>&1
 WARM_RUN_VARIABLES = ("PATH",)
 
 LOG_RUN = "#!/bin/sh\nexec setuidgid {user} multilog t ./main\n"
+LOG_USER = re.compile(r"\Aexec setuidgid (\S+) multilog t ./main\n\Z", re.MULTILINE)
+
+
+def _literal(text: str):
+    return lambda _match: text  # re.sub takes a function's result as it is, no escapes
+
+
+class Unsettable(Exception):
+    """A value that cannot go into a run file (a newline, a variable it does not have)."""
+
+
+def render_run(
+    variables: dict[str, str], template: str = RUN_SCRIPT, allowed: tuple = RUN_VARIABLES
+) -> str:
+    """The run script with the administrator's variables set, the rest untouched."""
+    for name, value in variables.items():
+        if name not in allowed or "\n" in value:
+            raise Unsettable(name)
+        line = re.compile(rf"^{name}=.*$", re.MULTILINE)
+        assignment = f"{name}={shlex.quote(value)}"
+        template = line.sub(_literal(assignment), template, count=1)
+    return template
+
+
+def read_run(text: str, allowed: tuple = RUN_VARIABLES) -> dict[str, str]:
+    """The variables of a run file, as sh would set them (those it sets plainly)."""
+    found = {}
+    for name in allowed:
+        match = re.search(rf"^{name}=(.*)$", text, re.MULTILINE)
+        try:
+            words = shlex.split(match.group(1)) if match else []
+        except ValueError:
+            continue
+        if len(words) == 1 or (match and not words):
+            found[name] = words[0] if words else ""
+    return found
+
+
+def is_ours(text: str, template: str = RUN_SCRIPT, allowed: tuple = RUN_VARIABLES) -> bool:
+    """Whether a run file is the template with its variables set, and nothing else changed."""
+    try:
+        return render_run(read_run(text, allowed), template, allowed) == text
+    except Unsettable:
+        return False
+
+
+def log_user(text: str) -> str | None:
+    """The account of a log/run we wrote, or None if it is not one of ours."""
+    match = LOG_USER.match(text.removeprefix("#!/bin/sh\n"))
+    return match.group(1) if match and LOG_RUN.format(user=match.group(1)) == text else None
+
+
+def stunnel_words(run: str) -> list[list[str]]:
+    """The command lines of stunnel in a run file, as sh reads them (quotes removed; a
+    variable stays one word, as `"$SSLUID"` is), each up to makesock's separator."""
+    lines = []
+    for line in run.replace("\\\n", " ").splitlines():
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:
+            continue
+        for at, word in enumerate(words):
+            if word == "stunnel":
+                argv = words[at + 1 :]
+                lines.append(argv[: argv.index(SEPARATOR)] if SEPARATOR in argv else argv)
+    return lines
+
+
+def late_id_switches(run: str) -> list[list[str]]:
+    """Every stunnel line that would keep the TLS code root: -s or -g in inetd mode (no -d)
+    without -i, which 3.22 ignores there (issue #18). stunnel3-setup writes none."""
+    late = []
+    for argv in stunnel_words(run):
+        try:
+            letters = {letter for letter, _ in getopt(argv)[0]}
+        except OptionError:
+            late.append(argv)  # not a line stunnel would even start with
+            continue
+        if letters & {"s", "g"} and not letters & {"i", "d"}:
+            late.append(argv)
+    return late

@@ -7,51 +7,61 @@ Usage:
 Makes SERVICE_DIR a daemontools service for SMTP with STARTTLS: the `stunnel`
 account and group and the `qmaild` account (when missing), the `ssl/` jail with
 `stunnel.pem` and `seed` (owner root, group stunnel, u=rwX,g=rX,o=, as README
-step 6e), `log/run` with multilog, and `run` (compat/smtp-tls-run); and
-SERVICE_DIR/warm, the warm helper's service (unless --no-warm). Running it
-again changes nothing that is already right; it never replaces a key, nor a run
-file someone edited, without --force.
+step 6e, and the seed g+w: stunnel rewrites it on every connection), `log/run`
+with multilog, and `run` (compat/smtp-tls-run); and SERVICE_DIR/warm, the warm
+helper's service. Running it again changes nothing that is already right; an
+option left out keeps what the last run wrote (read back from run, log/run and
+warm/), and a key, or a file someone edited, is never replaced without --force.
 
 Options:
   --pem FILE        Install this key + certificate chain as ssl/stunnel.pem
-                    (default: generate a self-signed certificate).
+                    (default: keep the one there, else generate a self-signed
+                    certificate).
   --key-type TYPE   Key of a generated certificate: ec (P-256) or rsa (2048)
-                    [default: ec].
+                    (default: ec).
   --hostname NAME   Name in a generated certificate (default: the first line
                     of /var/qmail/control/me, else this host's name).
-  --ip ADDR         Address the run file listens on [default: 0].
-  --port PORT       Port the run file listens on [default: smtp].
-  --rules CDB       tcpserver's rules file [default: /etc/tcp.smtp.cdb].
+  --ip ADDR         Address the run file listens on (default: 0, all).
+  --port PORT       Port the run file listens on (default: smtp).
+  --rules CDB       tcpserver's rules file (default: /etc/tcp.smtp.cdb).
   --smtpd PROG      The SMTP server behind the proxy
-                    [default: /var/qmail/bin/qmail-smtpd].
+                    (default: /var/qmail/bin/qmail-smtpd).
   --path PATH       The run file's PATH (default: the directory of stunnel3's
                     programs, then the README's
                     /usr/local/bin:/var/qmail/bin:/usr/bin:/bin).
   --log-user USER   Account multilog runs as (default: qmaill if it exists,
                     else nobody).
-  --no-warm         Make no SERVICE_DIR/warm: without it, the service for the
-                    warm helper, stunnel3-warm (compat/stunnel3-warm-run;
-                    docs/warm.md), which serves every connection from one
-                    process that has loaded Python and OpenSSL once. Link
-                    SERVICE_DIR/warm into /service too.
-  --no-accounts     Create no account: print the commands that would.
-  --force           Replace ssl/stunnel.pem, run and log/run if they differ.
+  --warm            Make SERVICE_DIR/warm, the service of the warm helper,
+                    stunnel3-warm (compat/stunnel3-warm-run; docs/warm.md),
+                    which serves every connection from one process that has
+                    loaded Python and OpenSSL once (default: on a first run).
+  --no-warm         Make no SERVICE_DIR/warm (default: not on a first run).
+  --no-accounts     Create no account: print the commands that would
+                    (default: create the missing ones).
+  --force           Replace ssl/stunnel.pem, run and log/run if they differ
+                    (default: refuse, before any change).
   -h, --help        Show this text.
 """
 
 import grp
 import os
 import pwd
-import re
 import shlex
-import socket
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
-from stunnel3 import tls_library
-from stunnel3.makesock import FRONT_MARK
+from stunnel3 import setup_scripts, tls_library
+from stunnel3.fronts import FRONT_MARK
+from stunnel3.setup_host import (
+    NO_SCAN_DIRECTORY,
+    Refusal,
+    check_backend_account,
+    how_to_start,
+    scan_directory,
+)
+from stunnel3.setup_pem import KEY_TYPES, Unusable, default_hostname, read_pem, self_signed
 from stunnel3.setup_scripts import (
     LOG_RUN,
     RUN_SCRIPT,
@@ -64,6 +74,16 @@ PROG = "stunnel3-setup"
 USAGE = f"{PROG}: usage: {PROG} [options] SERVICE_DIR (try {PROG} --help)"
 SEED_BYTES = 4096  # stunnel reads 64 (-B); the README's dd made far more than needed
 NOLOGIN = "/usr/sbin/nologin"
+DEFAULTS = {
+    "--ip": "0",
+    "--port": "smtp",
+    "--rules": "/etc/tcp.smtp.cdb",
+    "--smtpd": "/var/qmail/bin/qmail-smtpd",
+    "--key-type": "ec",
+}
+VARIABLES = {  # the run file's variables, and the options that set them
+    "PATH": "--path", "IP": "--ip", "PORT": "--port", "RULES": "--rules", "SMTPD": "--smtpd",
+}  # fmt: skip
 
 
 class Fatal(Exception):
@@ -72,24 +92,6 @@ class Fatal(Exception):
 
 def say(text: str) -> None:
     print(f"{PROG}: {text}", flush=True)
-
-
-def _literal(text: str):
-    return lambda _match: text
-
-
-def render_run(
-    variables: dict[str, str], template: str = RUN_SCRIPT, allowed: tuple = RUN_VARIABLES
-) -> str:
-    """The run script with the administrator's variables set, the rest untouched."""
-    for name, value in variables.items():
-        if name not in allowed or "\n" in value:
-            raise Fatal(f"unable to set {name} in the run file")
-        line = re.compile(rf"^{name}=.*$", re.MULTILINE)
-        # re.escape-free: a function replacement takes the text literally
-        assignment = f"{name}={shlex.quote(value)}"
-        template = line.sub(_literal(assignment), template, count=1)
-    return template
 
 
 # The Debian package's private directory for stunnel, makesock, fixcrio and
@@ -115,76 +117,6 @@ def default_path() -> str:
     ours = programs_dir()
     rest = ["/usr/local/bin", "/var/qmail/bin", "/usr/bin", "/bin"]
     return ":".join([ours] + [d for d in rest if d != ours])
-
-
-def default_hostname() -> str:
-    try:
-        me = Path("/var/qmail/control/me").read_text().split("\n")[0].strip()
-    except OSError:
-        me = ""
-    return me or socket.gethostname()
-
-
-# -- the certificate (README step 6a) --------------------------------------------
-
-KEY_TYPES = ("ec", "rsa")
-VALID_DAYS = 397  # what browsers' CAs may issue: clients that check dates accept it
-
-
-def self_signed(hostname: str, key_type: str) -> bytes:
-    """A key and a self-signed certificate for hostname, in one pem as stunnel wants."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-    if key_type == "rsa":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    else:
-        key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),  # stunnel starts unattended: no passphrase
-    )
-    return key_pem + cert.public_bytes(serialization.Encoding.PEM)
-
-
-def check_pem(data: bytes) -> str | None:
-    """Why data cannot serve as stunnel.pem (an unencrypted key + its certificate), or None."""
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        return "no unencrypted private key in PEM form"
-    try:
-        certs = tls_library.load_pem_certificates(data)
-    except ValueError:
-        return "no certificate"
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
-    ours = key.public_key().public_bytes(serialization.Encoding.PEM, public)
-    if certs[0].public_key().public_bytes(serialization.Encoding.PEM, public) != ours:
-        return "the first certificate is not the key's"
-    return None
 
 
 # -- accounts (README step 5, and qmail's qmaild) --------------------------------
@@ -245,30 +177,12 @@ def write_new(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def refuse_to_replace(path: Path, data: bytes, force: bool, what: str) -> bool:
-    """Whether path already holds data; raises if it holds something else (no --force)."""
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise Fatal(f"unable to install {path}: not a regular file")
-    if not path.exists():
-        return False
-    if path.read_bytes() == data:
-        return True
-    if not force:
-        raise Fatal(f"{path} exists and differs: not replacing {what} without --force")
-    return False
-
-
-def install(path: Path, data: bytes, mode: int, force: bool, what: str) -> None:
-    """Write path unless it already holds data; a different one needs --force."""
-    if refuse_to_replace(path, data, force, what):
-        say(f"kept {path}")
-        return
-    write_new(path, data, mode)
-    say(f"wrote {path}")
-
-
 def chmod_jail(ssl: Path, gid: int) -> None:
-    """`chgrp -R stunnel ssl; chmod -R u=rwX,g=rX,o= ssl`, owner root (step 6e)."""
+    """`chgrp -R stunnel ssl; chmod -R u=rwX,g=rX,o= ssl`, owner root (step 6e), and
+    `chmod g+w ssl/seed`: stunnel rewrites the seed after reading it (-R without -W), as
+    3.22 did; read-only, every connection would log `Failed to write strong random data`
+    (3.22 logged it too). Only the seed: the key and the directory stay read-only."""
+    seed = ssl / "seed"
     for path in [ssl, *sorted(ssl.rglob("*"))]:
         info = path.lstat()
         if path.is_symlink():
@@ -276,21 +190,10 @@ def chmod_jail(ssl: Path, gid: int) -> None:
             continue
         executable = path.is_dir() or info.st_mode & 0o111  # the X of u=rwX
         os.chown(path, 0, gid)
-        os.chmod(path, 0o750 if executable else 0o640)
+        os.chmod(path, 0o750 if executable else 0o660 if path == seed else 0o640)
 
 
-def read_pem(pem_file: str) -> bytes:
-    try:
-        data = Path(pem_file).read_bytes()
-    except OSError as error:
-        raise Fatal(f"unable to read {pem_file}: {error.strerror}") from None
-    problem = check_pem(data)
-    if problem:
-        raise Fatal(f"unable to use {pem_file}: {problem}")
-    return data
-
-
-def make_jail(service: Path, pem_data: bytes | None, args, force: bool) -> None:
+def make_jail(service: Path, pem_data: bytes | None, choices: dict, force: bool) -> None:
     ssl = service / "ssl"
     ssl.mkdir(mode=0o750, exist_ok=True)
     pem = ssl / "stunnel.pem"
@@ -299,15 +202,15 @@ def make_jail(service: Path, pem_data: bytes | None, args, force: bool) -> None:
     elif pem.exists() and not force:
         say(f"kept {pem}")
     else:
-        hostname = args["--hostname"] or default_hostname()
-        install(pem, self_signed(hostname, args["--key-type"]), 0o640, True, "")
-        say(f"made a self-signed {args['--key-type']} certificate for {hostname}")
+        hostname = choices["--hostname"] or default_hostname()
+        install(pem, self_signed(hostname, choices["--key-type"]), 0o640, True, "")
+        say(f"made a self-signed {choices['--key-type']} certificate for {hostname}")
     seed = ssl / "seed"
     if not seed.exists():
-        write_new(seed, os.urandom(SEED_BYTES), 0o640)
+        write_new(seed, os.urandom(SEED_BYTES), 0o660)
         say(f"wrote {seed}")
     chmod_jail(ssl, grp.getgrnam("stunnel").gr_gid)
-    say(f"set {ssl} to root:stunnel u=rwX,g=rX,o=")
+    say(f"set {ssl} to root:stunnel u=rwX,g=rX,o=, and g+w on {seed.name}")
 
 
 def make_log(service: Path, log_run: bytes, user: str, force: bool) -> None:
@@ -320,14 +223,92 @@ def make_log(service: Path, log_run: bytes, user: str, force: bool) -> None:
     install(log / "run", log_run, 0o755, force, "log/run")
 
 
-def run_variables(args) -> dict[str, str]:
-    return {
-        "PATH": args["--path"] or default_path(),
-        "IP": args["--ip"],
-        "PORT": args["--port"],
-        "RULES": args["--rules"],
-        "SMTPD": args["--smtpd"],
-    }
+# -- what the last run chose -----------------------------------------------------
+
+
+def last_run(service: Path) -> dict:
+    """The options the files of a previous run stand for: its run file's variables,
+    its log account, and whether it made warm/. Empty for a new service."""
+    try:
+        run = (service / "run").read_text()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    found: dict = {VARIABLES[name]: value for name, value in setup_scripts.read_run(run).items()}
+    try:
+        found["--log-user"] = setup_scripts.log_user((service / "log" / "run").read_text())
+    except (OSError, UnicodeDecodeError):
+        pass
+    found["warm"] = (service / "warm" / "run").exists()
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def choose(args: dict, last: dict) -> dict:
+    """Each option: as given, else as the last run left it, else its default."""
+    if args["--warm"] and args["--no-warm"]:
+        raise Fatal("--warm and --no-warm: choose one")
+    choices = {}
+    for option in (*VARIABLES.values(), "--log-user", "--hostname", "--key-type"):
+        choices[option] = args[option] or last.get(option) or DEFAULTS.get(option)
+    choices["--path"] = choices["--path"] or default_path()
+    if not choices["--log-user"]:
+        choices["--log-user"] = "qmaill" if exists(pwd.getpwnam, "qmaill") else "nobody"
+    choices["warm"] = args["--warm"] or (not args["--no-warm"] and last.get("warm", True))
+    return choices
+
+
+# -- the checks before any change --------------------------------------------------
+
+
+def refuse_to_replace(path: Path, data: bytes, force: bool, what: str, ours=None) -> bool:
+    """Whether path already holds data; raises if it holds something else (no --force),
+    unless `ours(text)` says it is still exactly what we wrote (new values replace it)."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise Fatal(f"unable to install {path}: not a regular file")
+    if not path.exists():
+        return False
+    old = path.read_bytes()
+    if old == data:
+        return True
+    if not force and not (ours and ours(old.decode(errors="replace"))):
+        raise Fatal(f"{path} exists and differs: not replacing {what} without --force")
+    return False
+
+
+def install(path: Path, data: bytes, mode: int, force: bool, what: str, ours=None) -> None:
+    """Write path unless it already holds data; a different one needs --force."""
+    if refuse_to_replace(path, data, force, what, ours):
+        say(f"kept {path}")
+        return
+    replaced = path.exists()
+    write_new(path, data, mode)
+    say(f"{'rewrote' if replaced else 'wrote'} {path}")
+
+
+class RunFile:
+    """A run file to write into directory, from template; an existing one that is the
+    template with other values (not edited since) may be rewritten without --force."""
+
+    def __init__(self, directory: Path, variables: dict, template: str, allowed: tuple):
+        self.directory, self.template, self.allowed = directory, template, allowed
+        try:
+            self.text = setup_scripts.render_run(variables, template, allowed)
+        except setup_scripts.Unsettable as name:
+            raise Fatal(f"unable to set {name} in {directory / 'run'}") from None
+
+    def is_ours(self, old: str) -> bool:
+        return setup_scripts.is_ours(old, self.template, self.allowed)
+
+
+def run_files(service: Path, choices: dict) -> list[RunFile]:
+    """The SMTP service's run file, and the warm helper's (the fronts' rendezvous, ./warm)."""
+    variables = {name: choices[option] for name, option in VARIABLES.items()}
+    smtp = RunFile(service, variables, RUN_SCRIPT, RUN_VARIABLES)
+    if setup_scripts.late_id_switches(smtp.text):  # issue #18: never -s/-g without -i
+        raise Fatal("the run file would switch ids after TLS starts (-s/-g without -i)")
+    if not choices["warm"]:
+        return [smtp]
+    warm = {"PATH": variables["PATH"]}
+    return [smtp, RunFile(service / "warm", warm, WARM_RUN_SCRIPT, WARM_RUN_VARIABLES)]
 
 
 def set_up(args) -> None:
@@ -336,42 +317,50 @@ def set_up(args) -> None:
     too_old = tls_library.problem()  # the service we would make could serve no session
     if too_old:
         raise Fatal(too_old)
-    if args["--key-type"] not in KEY_TYPES:
-        raise Fatal(f"unknown key type {args['--key-type']}: use ec or rsa")
-    log_user = args["--log-user"] or ("qmaill" if exists(pwd.getpwnam, "qmaill") else "nobody")
+    service = Path(os.path.abspath(args["SERVICE_DIR"]))
+    choices = choose(args, last_run(service))
+    if choices["--key-type"] not in KEY_TYPES:
+        raise Fatal(f"unknown key type {choices['--key-type']}: use ec or rsa")
+    log_user = choices["--log-user"]
     if not exists(pwd.getpwnam, log_user):
         raise Fatal(f"unable to find the account {log_user} for multilog")
-    service = Path(args["SERVICE_DIR"])
     force = args["--force"]
-    pem_data = read_pem(args["--pem"]) if args["--pem"] else None
-    variables = run_variables(args)
-    run = render_run(variables).encode()
-    log_run = LOG_RUN.format(user=log_user).encode()
-    services = {service: run}
-    if not args["--no-warm"]:  # the rendezvous the chain's fronts look for: ./warm
-        warm_path = {"PATH": variables["PATH"]}
-        services[service / "warm"] = render_run(
-            warm_path, WARM_RUN_SCRIPT, WARM_RUN_VARIABLES
-        ).encode()
-    # Every refusal before the first change: a refused run leaves nothing half done.
-    if pem_data is not None:
-        refuse_to_replace(service / "ssl" / "stunnel.pem", pem_data, force, "a key")
-    for directory, run_file in services.items():
-        refuse_to_replace(directory / "run", run_file, force, "a run file")
-        refuse_to_replace(directory / "log" / "run", log_run, force, "log/run")
+    try:
+        pem_data = read_pem(os.path.abspath(args["--pem"])) if args["--pem"] else None
+        services = run_files(service, choices)
+        log_run = LOG_RUN.format(user=log_user).encode()
+        # Every refusal before the first change: a refused run leaves nothing half done.
+        if pem_data is not None:
+            refuse_to_replace(service / "ssl" / "stunnel.pem", pem_data, force, "a key")
+        for run in services:
+            run_path, log_path = run.directory / "run", run.directory / "log" / "run"
+            refuse_to_replace(run_path, run.text.encode(), force, "a run file", run.is_ours)
+            refuse_to_replace(log_path, log_run, force, "log/run", _log_is_ours)
+        check_backend_account(choices["--path"])
+    except (Unusable, Refusal) as error:
+        raise Fatal(str(error)) from None
     make_accounts(create=not args["--no-accounts"])
     try:
-        for directory, run_file in services.items():
-            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-            if directory == service:
-                make_jail(service, pem_data, args, force)
-            make_log(directory, log_run, log_user, force)
-            install(directory / "run", run_file, 0o755, force, "a run file")
+        for run in services:
+            run.directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+            if run.directory == service:
+                make_jail(service, pem_data, choices, force)
+            make_log(run.directory, log_run, log_user, force)
+            install(run.directory / "run", run.text.encode(), 0o755, force, "a run file",
+                    run.is_ours)  # fmt: skip
     except OSError as error:
         raise Fatal(f"unable to set up {error.filename}: {error.strerror}") from None
-    for directory in services:
-        ready = f"try `cd {directory} && ./run`, then `ln -s {directory} /service/`"
-        say(f"{directory} is ready: {ready}")
+    scan = scan_directory()
+    for run in services:
+        name = service.name if run.directory == service else f"{service.name}-warm"
+        start = how_to_start(run.directory, name, scan)
+        say(f"{run.directory} is ready: try `cd {run.directory} && ./run`, {start}")
+    if scan is None:
+        say(NO_SCAN_DIRECTORY)
+
+
+def _log_is_ours(text: str) -> bool:
+    return setup_scripts.log_user(text) is not None
 
 
 def main(argv: list[str]) -> int:

@@ -1,7 +1,8 @@
 """SMTP STARTTLS proxy (-n smtp-, -n smtp): a sans-I/O state machine (SPEC section 6).
 
 Bytes from the client and from the backend go in; actions come out (protocol.py).
-The relay's calls, client buffering, EOF and the error rule are layer.LineProxy's.
+The relay's calls, both buffers, the FIFO of replies, local answers, the STARTTLS
+decision and EOF are layer.LineProxy's; this file is SMTP's tables and rules.
 No sockets, no TLS, no clock but the one passed in. The rules, each kept in one place:
 
   greeting    the backend's greeting passes unchanged; if client bytes are already
@@ -10,60 +11,86 @@ No sockets, no TLS, no clock but the one passed in. The rules, each kept in one 
               through TLS. Nothing waits for this: no delay is added.
   commands    a line ends at LF (qmail-smtpd and fixcrio end lines there too, so the
               proxy and the backend always agree on where a command ends); verbs in
-              any case; each forwarded command puts what its reply means on a FIFO
-              (RFC 2920 pipelining); replies the proxy makes itself wait their turn
-              in the same FIFO, so every reply reaches the client in command order.
-  stop points after DATA, AUTH and STARTTLS nothing more is parsed until the reply:
-              what follows may be message data, a SASL line, or TLS.
-  EHLO reply  rewritten (smtp_reply.rewrite_ehlo): + STARTTLS before TLS, only
-              extensions the FIFO can follow are kept.
-  transaction opened by a positive reply to MAIL; closed by a positive reply to RSET,
-              EHLO or HELO, and by any reply to the end of the data.
-  STARTTLS    TLS active -> 503; parameters -> 501; not greeted -> 503; in a
+              any case; each forwarded command puts what its reply means (Expect) on
+              the FIFO (RFC 2920 pipelining); COMMANDS: the verbs the proxy answers.
+  stop points after STARTTLS, and after every forwarded command not in
+              smtp_command.FOLLOWED (DATA, AUTH, anything the proxy does not know),
+              nothing more is parsed until the reply: what follows may be message
+              data, a SASL line, or TLS.
+  the backend decides  a 354 to any client command starts the DATA phase, a 334 makes
+              the next line a SASL line, a 235 means authenticated, whatever the
+              proxy made of the command; verbs end at any blank a backend ends them
+              at (layer.BLANKS: `DATA<TAB>` is DATA).
+  EHLO reply  rewritten (smtp_reply.rewrite_ehlo): + STARTTLS before TLS and AUTH
+              (if offered), only extensions the FIFO can follow are kept; AUTH only
+              where it may be used (after TLS, or with plaintext_auth).
+  AUTH        before TLS, unless plaintext_auth: 538 (RFC 4954 section 6) and never
+              forwarded; a SASL line a 334 asked for goes to the backend as `*`;
+              lines sent behind a refused AUTH that are not commands: 538 too.
+  Phase       the session as the backend's replies made it, moved only by PHASE_MOVES:
+              HELLO -> GREETED (a 2xx to EHLO/HELO) -> MAIL (a 2xx to MAIL) ->
+              GREETED (a 2xx to RSET, any reply to the end of the data); STARTTLS
+              -> RESET, where only EHLO HELO NOOP RSET QUIT pass until a 2xx to
+              EHLO/HELO (RFC 3207 section 4.2).
+  STARTTLS    not offered (policy, certificate) -> 454; TLS active -> 503;
+              parameters -> 501; after a successful AUTH -> 503
+              (a plaintext login must not survive into TLS); not greeted -> 503; in a
               transaction -> 503; client bytes after it -> 421 and the session ends
               (CVE-2011-0411); else 220, StartTls, RSET to the backend (reply
-              checked and swallowed), EHLO/HELO required again.
-  -n smtp     before TLS, all but EHLO HELO NOOP RSET QUIT STARTTLS -> 530.
+              checked and swallowed), phase RESET.
+  -n smtp     before TLS, all but EHLO HELO NOOP RSET QUIT STARTTLS -> 530 (and
+              TLS not available: 421 instead of the greeting, the end).
   DATA        after 354: smtp_data.MessageData, bytes uninterpreted until CRLF.CRLF,
               ambiguous dot lines stuffed; after TLS a Received: line goes first.
   BDAT        502 and the announced chunk is skipped unread (CHUNKING is not offered).
   bounds      smtp_text.MAX_LINE, MAX_PENDING, MAX_HELD.
   log         Log(7) per line when log_dialogue: C: client, S: server, P: proxy;
-              never an AUTH argument or SASL line (***), never message content.
+              never an AUTH argument or SASL line (***), never message content,
+              a line it does not know only by its size.
 """
 
 import enum
 import time
-from collections import deque
+from collections.abc import Callable, Mapping
+from typing import ClassVar
 
 from stunnel3 import smtp_text as text
-from stunnel3.layer import LineProxy
+from stunnel3.layer import (
+    Command,
+    Event,
+    Limits,
+    LineProxy,
+    Local,
+    Pending,
+    PolicyReplies,
+    StartTlsReplies,
+    State,
+)
+from stunnel3.lines import first_word
 from stunnel3.protocol import ToBackend, ToClient
-from stunnel3.record import record
+from stunnel3.runs import Count
 from stunnel3.smtp_command import (
     ALLOWED_BEFORE_HELO,
     ALLOWED_BEFORE_TLS,
+    FOLLOWED,
+    KNOWN,
     NOT_FOLLOWABLE,
-    loggable,
+    SASL_COMMANDS,
     received_line,
+    shown,
     split_command,
 )
 from stunnel3.smtp_data import MessageData
-from stunnel3.smtp_reply import Reply, ReplyReader, ReplyTooLong, rewrite_ehlo
-from stunnel3.smtp_text import BackendError, ClientError, SmtpError  # noqa: F401 (tests)
+from stunnel3.smtp_reply import Reply, ReplyReader, rewrite_ehlo
+from stunnel3.smtp_text import BackendError, ClientError, SmtpError
+
+__all__ = ["BackendError", "ClientError", "Expect", "Phase", "SmtpError", "SmtpProxy", "State"]
 
 TLS_HANDSHAKE_RECORD = b"\x16"  # the first byte of a ClientHello (RFC 8446 section 5.1)
 
 
-class State(enum.Enum):
-    COMMAND = "command"  # command lines next (possibly held behind a stop point)
-    DATA = "data"  # message bytes next, up to CRLF.CRLF
-    HANDSHAKE = "handshake"  # StartTls issued; the relay reports tls_started next
-    CLOSED = "closed"  # after Close: input is ignored
-
-
 class Expect(enum.Enum):
-    """What the reply at the head of the FIFO answers (or, local: what to answer)."""
+    """What the reply at the head of the FIFO answers."""
 
     GREETING = "greeting"
     EHLO = "ehlo"
@@ -73,27 +100,85 @@ class Expect(enum.Enum):
     DATA = "data"
     MESSAGE = "message"  # the end of the data
     AUTH = "auth"
-    OTHER = "other"
+    OTHER = "other"  # a command in smtp_command.FOLLOWED
+    UNKNOWN = "unknown"  # any other: its reply decides what follows
     RESET_AFTER_TLS = "reset after tls"  # the proxy's own RSET: reply swallowed
-    STARTTLS = "starttls"  # local: decided when it reaches the head
-    LOCAL = "local"  # local: a ready reply
 
 
-STOP_POINTS = frozenset({Expect.GREETING, Expect.DATA, Expect.AUTH, Expect.STARTTLS})
-LOCAL_ENTRIES = frozenset({Expect.STARTTLS, Expect.LOCAL})
+STOP_POINTS = frozenset({Expect.GREETING, Expect.DATA, Expect.AUTH, Expect.UNKNOWN})
+LIMITS = Limits(
+    text.MAX_LINE,
+    text.MAX_PENDING,
+    text.MAX_HELD,
+    text.LINE_TOO_LONG,
+    text.TOO_MUCH_PIPELINING,
+    text.BACKEND_LINE_TOO_LONG,
+)
+STARTTLS_REPLIES = StartTlsReplies(
+    text.READY_TO_START_TLS,
+    not_offered=text.TLS_NOT_AVAILABLE,
+    twice=text.STARTTLS_TWICE,
+    arguments=text.STARTTLS_PARAMETERS,
+    authenticated=text.STARTTLS_AFTER_AUTH,
+    injection=text.STARTTLS_INJECTION,
+)
+POLICY_REPLIES = PolicyReplies(
+    ALLOWED_BEFORE_TLS,
+    text.MUST_STARTTLS,
+    unavailable=text.TLS_REQUIRED_UNAVAILABLE,
+    credentials=SASL_COMMANDS,
+    sasl=SASL_COMMANDS,
+    encryption_required=text.ENCRYPTION_REQUIRED,
+    sasl_data_refused=text.ENCRYPTION_REQUIRED,
+)
+# Replies that answer no client command: the backend's greeting, its reply to our RSET.
+OWN_REPLIES = frozenset({Expect.GREETING, Expect.RESET_AFTER_TLS})
+# Replies after which the client's bytes are not commands, to whatever command.
+PHASES = {b"354": Expect.DATA, b"334": Expect.AUTH}
 FORWARDED = {
     verb.encode(): Expect[verb] for verb in ("EHLO", "HELO", "MAIL", "RSET", "DATA", "AUTH")
 }
 
 
-@record
-class Pending:
-    expect: Expect
-    reply: bytes = b""  # LOCAL: the reply; STARTTLS: its parameters
+class Phase(enum.Enum):
+    """The SMTP session as the backend's replies made it (RFC 5321 section 3.3)."""
+
+    HELLO = "hello"  # no accepted EHLO/HELO yet: commands pass, STARTTLS 503
+    RESET = "reset"  # reset by STARTTLS: EHLO or HELO before anything else
+    GREETED = "greeted"  # an accepted EHLO/HELO: STARTTLS allowed
+    MAIL = "mail"  # a mail transaction (a 2xx to MAIL): STARTTLS 503
+
+
+class Moment(enum.Enum):
+    GREETED = "a 2xx to EHLO or HELO"
+    MAIL_ACCEPTED = "a 2xx to MAIL"
+    RESET = "a 2xx to RSET"
+    MESSAGE_ANSWERED = "a reply to the end of the data"
+    STARTTLS = "STARTTLS accepted"
+
+
+# Every move of Phase; a phase a row does not name stays as it is (a 2xx to MAIL
+# before EHLO opens nothing STARTTLS could see: it is refused there already).
+PHASE_MOVES: Mapping[Moment, Mapping[Phase, Phase]] = {
+    Moment.GREETED: {phase: Phase.GREETED for phase in Phase},
+    Moment.MAIL_ACCEPTED: {Phase.GREETED: Phase.MAIL},
+    Moment.RESET: {Phase.MAIL: Phase.GREETED},
+    Moment.MESSAGE_ANSWERED: {Phase.MAIL: Phase.GREETED},
+    Moment.STARTTLS: {Phase.GREETED: Phase.RESET},
+}
+# The replies that move it: a 2xx to these commands (any reply to the end of the
+# data; STARTTLS is the proxy's own).
+AFTER_2XX = {
+    Expect.EHLO: Moment.GREETED,
+    Expect.HELO: Moment.GREETED,
+    Expect.MAIL: Moment.MAIL_ACCEPTED,
+    Expect.RSET: Moment.RESET,
+}
 
 
 class SmtpProxy(LineProxy):
     """require_tls: -n smtp (530 until STARTTLS); False for -n smtp- (plaintext fallback).
+    offer_tls, plaintext_auth: the client's policy (layer.LineProxy).
 
     log_dialogue: Log(7, ...) for every line (the relay sets it at -D 7).
     received_header: after TLS, start each message with a Received: line naming
@@ -102,29 +187,31 @@ class SmtpProxy(LineProxy):
     clock: seconds since the epoch, for that line's date.
     """
 
-    COMMAND, HANDSHAKE, CLOSED = State.COMMAND, State.HANDSHAKE, State.CLOSED
+    ClientError, BackendError, STOP_POINTS = ClientError, BackendError, STOP_POINTS
+    LIMITS, STARTTLS_REPLIES, POLICY_REPLIES = LIMITS, STARTTLS_REPLIES, POLICY_REPLIES
 
     def __init__(
         self,
+        *,
         require_tls: bool = False,
+        offer_tls: bool = True,
+        plaintext_auth: bool = False,
         log_dialogue: bool = False,
         received_header: bool = True,
         clock=time.time,
     ):
-        super().__init__(log_dialogue)
-        self.require_tls = require_tls
+        super().__init__(
+            require_tls=require_tls,
+            offer_tls=offer_tls,
+            plaintext_auth=plaintext_auth,
+            log_dialogue=log_dialogue,
+        )
         self.received_header = received_header
         self.clock = clock
-        self._greeted = False  # a positive reply to EHLO/HELO since the last reset
-        self._must_greet = False  # after STARTTLS: EHLO/HELO before anything else
-        self._transaction = False
-        self._authenticated = False
-        self._sasl = False  # the next client line answers a 334
-        self._discarding = False  # the rest of a too-long line is being dropped
-        self._skip = 0  # bytes of a refused BDAT chunk still to drop
-        self._pending: deque[Pending] = deque([Pending(Expect.GREETING)])
+        self.phase = Phase.HELLO
+        self.authenticated = False  # a 235 (RFC 4954): for the rest of the session
         self._replies = ReplyReader()
-        self._message: MessageData | None = None
+        self._pending.append(Pending(Expect.GREETING))
 
     @property
     def client_paused(self) -> bool:
@@ -132,232 +219,177 @@ class SmtpProxy(LineProxy):
         stop reading the client until a later call makes it False again."""
         return len(self._client) > text.PAUSE_HELD
 
-    # -- the backend's bytes (the rest of the relay's interface is LineProxy's) --
+    def _moment(self, moment: Moment) -> None:
+        self.phase = PHASE_MOVES[moment].get(self.phase, self.phase)
 
-    def _backend_bytes(self, data: bytes) -> None:
-        try:
-            replies = self._replies.feed(data)
-        except ReplyTooLong:
-            self._fail(BackendError(text.BACKEND_LINE_TOO_LONG))
-            return
-        for reply in replies:
-            if self.state is State.CLOSED:
-                break
-            self._guarded(lambda r=reply: self._on_reply(r))
-            self._guarded(self._pump)
-
-    def _unfinished_response(self) -> bytes:
-        return self._replies.leftover()
-
-    def _queue(self, entry: Pending) -> None:
-        self._pending.append(entry)
-        self._answer_local()
-
-    def _local(self, reply: bytes) -> None:
-        self._queue(Pending(Expect.LOCAL, reply))
-
-    def _forward(self, line: bytes, expect: Expect) -> None:
-        self._emit(ToBackend(line))
-        self._queue(Pending(expect))
+    @property
+    def awaiting(self) -> bool:
+        """True while a command/reply exchange is under way (protocol.py): part of a
+        command has come (or the rest of a refused one is being dropped), or the
+        backend owes a reply. Message data is no exchange; its end is."""
+        if self.state is not State.COMMAND:
+            return False
+        return bool(self._client or self._pending or self._client_run.run is not None)
 
     # -- the client side --------------------------------------------------------
 
     def _stopped(self) -> bool:
-        """Parse no further: a stop point awaits its reply, or the FIFO is full."""
-        if not self._pending:
+        """Also: after STARTTLS, a command that must wait for the new EHLO/HELO waits
+        while any reply is due (it may be that EHLO's: decide after it)."""
+        if super()._stopped():
+            return True
+        if self.phase is not Phase.RESET or self.state is not State.COMMAND:
             return False
-        return self._pending[-1].expect in STOP_POINTS or len(self._pending) >= text.MAX_PENDING
-
-    def _pump(self) -> None:
-        """Take what the client sent as far as the state allows."""
-        while self.state in (State.COMMAND, State.DATA) and self._client:
-            if self.state is State.DATA:
-                self._message_bytes()
-            elif self._skip or self._discarding:
-                self._drop_bytes()
-            elif self._stopped() or not self._next_line():
-                break
-        if len(self._client) > text.MAX_HELD:
-            raise ClientError(text.TOO_MUCH_PIPELINING)
-        if self._client_eof_due():
-            if self._message is not None:
-                self._emit(ToBackend(self._message.flush()))
-            self._end_backend_input()
-            self._client.clear()
-
-    def _next_line(self) -> bool:
-        """Handle one command line; False if none is complete yet (or must wait)."""
         end = self._client.find(b"\n")
-        if end < 0:
-            if len(self._client) >= text.MAX_LINE:
-                self._client.clear()
-                self._discarding = True
-                self._log("C: (line too long)")
-                self._local(text.LINE_TOO_LONG)
-                return True
-            if self._client_eof:
-                self._client.clear()  # a command cut by EOF is not a command
+        if not self._pending or not 0 <= end < text.MAX_LINE:
             return False
-        line = bytes(self._client[: end + 1])
-        if len(line) > text.MAX_LINE:
-            del self._client[: end + 1]
-            self._log("C: (line too long)")
-            self._local(text.LINE_TOO_LONG)
-            return True
-        if self._sasl:
-            del self._client[: end + 1]
-            self._sasl = False
-            self._log("C: ***")
-            self._forward(line, Expect.AUTH)
-            return True
+        verb, _ = split_command(bytes(self._client[: end + 1]))
+        return verb not in ALLOWED_BEFORE_HELO
+
+    def _command_line(self, line: bytes) -> None:
         verb, argument = split_command(line)
-        if self._must_greet and verb not in ALLOWED_BEFORE_HELO and self._pending:
-            return False  # an EHLO/HELO may still be answered: decide after it
-        del self._client[: end + 1]
-        self._command(verb, argument, line)
-        return True
+        self._log_lines("C: ", shown(verb, argument, line))
+        self._command(Command(verb, argument, line))
 
-    def _drop_bytes(self) -> None:
-        if self._skip:
-            taken = min(self._skip, len(self._client))
-            self._skip -= taken
-            del self._client[:taken]
-            return
-        end = self._client.find(b"\n")
-        del self._client[: end + 1 if end >= 0 else len(self._client)]
-        self._discarding = end < 0
+    def _is_command(self, command: Command) -> bool:
+        return command.verb in KNOWN or command.verb in SASL_COMMANDS
 
-    def _command(self, verb: bytes, argument: bytes, line: bytes) -> None:
-        self._log_lines("C: ", loggable(verb, argument, line))
-        if verb in NOT_FOLLOWABLE:
-            self._local(text.NOT_IMPLEMENTED)
-        elif verb == b"BDAT":
-            self._bdat(argument)
-        elif self.require_tls and not self._tls_active and verb not in ALLOWED_BEFORE_TLS:
-            self._local(text.MUST_STARTTLS)
-        elif self._must_greet and verb not in ALLOWED_BEFORE_HELO and verb != b"STARTTLS":
-            self._local(text.HELO_AFTER_TLS)
-        elif verb == b"STARTTLS":
-            self._queue(Pending(Expect.STARTTLS, argument))
-        else:
-            self._forward(line, FORWARDED.get(verb, Expect.OTHER))
+    def _refused_here(self, verb: bytes) -> bytes | None:
+        if self.phase is Phase.RESET and verb not in ALLOWED_BEFORE_HELO:
+            return text.HELO_AFTER_TLS
+        return None
 
-    def _bdat(self, argument: bytes) -> None:
-        size = argument.split(b" ", 1)[0]
+    def _forward(self, command: Command) -> None:
+        verb = command.verb
+        self._emit(ToBackend(command.line))
+        self._queue(
+            Pending(FORWARDED.get(verb, Expect.OTHER if verb in FOLLOWED else Expect.UNKNOWN))
+        )
+
+    def _continuation_line(self, line: bytes) -> None:
+        super()._continuation_line(line)
+        self._queue(Pending(Expect.AUTH))
+
+    def _starttls_command(self, command: Command) -> None:
+        self._queue(Pending(Local.STARTTLS, argument=command.argument))
+
+    def _not_followable(self, command: Command) -> None:
+        self._local(text.NOT_IMPLEMENTED)
+
+    def _bdat(self, command: Command) -> None:
+        size, _ = first_word(command.argument)
         if not size.isdigit() or len(size) > 18:
             raise ClientError(text.BDAT_BAD_SIZE)
-        self._skip = int(size)
+        if int(size):
+            self._client_run.start(Count(int(size), keep=False))
         self._local(text.BDAT_REFUSED)
 
-    def _message_bytes(self) -> None:
-        assert self._message is not None
-        data, rest = self._message.feed(bytes(self._client))
-        self._client.clear()
-        if data:
-            self._emit(ToBackend(data))
-        if rest is not None:
-            self._log(f"C: ({self._message.size} bytes of message data)")
-            self._message = None
-            self.state = State.COMMAND
-            self._client += rest
-            self._queue(Pending(Expect.MESSAGE))
+    def _message_end(self, message) -> None:
+        self._log(f"C: ({message.size} bytes of message data)")
+        self._move(Event.MESSAGE_END)
+        self._queue(Pending(Expect.MESSAGE))
+
+    # -- STARTTLS (decided by LineProxy._starttls when it reaches the head) -------
+
+    def _authenticated(self) -> bool:
+        return self.authenticated
+
+    def _starttls_refusals(self) -> list[tuple[bool, bytes]]:
+        return [
+            (self.phase in (Phase.HELLO, Phase.RESET), text.STARTTLS_BEFORE_HELO),
+            (self.phase is Phase.MAIL, text.STARTTLS_IN_TRANSACTION),
+        ]
+
+    def _tls_accepted(self) -> None:
+        # RFC 3207 section 4.2: the server must discard what it knew of the
+        # client; RSET ends any state the backend keeps beyond a transaction.
+        self._log("P: RSET (to the server; its reply is checked, not passed on)")
+        self._emit(ToBackend(b"RSET\r\n"))
+        self._pending.append(Pending(Expect.RESET_AFTER_TLS))
+        self._moment(Moment.STARTTLS)
 
     # -- replies, in FIFO order ---------------------------------------------------
 
-    def _answer_local(self) -> None:
-        """Replies the proxy makes itself go out as soon as they reach the head."""
-        while self._pending and self._pending[0].expect in LOCAL_ENTRIES:
-            entry = self._pending.popleft()
-            if entry.expect is Expect.STARTTLS:
-                self._starttls(entry.reply)
-            else:
-                self._say(entry.reply)
+    def _response_line(self, line: bytes) -> None:
+        reply = self._replies.add(line)
+        if reply is not None:
+            self._on_reply(reply)
+            self._pump()
 
-    def _starttls(self, argument: bytes) -> None:
-        if self._tls_active:
-            refusal = text.STARTTLS_TWICE
-        elif argument:
-            refusal = text.STARTTLS_PARAMETERS
-        elif not self._greeted:
-            refusal = text.STARTTLS_BEFORE_HELO
-        elif self._transaction:
-            refusal = text.STARTTLS_IN_TRANSACTION
-        elif self._client:
-            raise ClientError(text.STARTTLS_INJECTION)
-        else:
-            self._say(text.READY_TO_START_TLS)
-            self._begin_tls()
-            # RFC 3207 section 4.2: the server must discard what it knew of the
-            # client; RSET ends any state the backend keeps beyond a transaction.
-            self._log("P: RSET (to the server; its reply is checked, not passed on)")
-            self._emit(ToBackend(b"RSET\r\n"))
-            self._pending.append(Pending(Expect.RESET_AFTER_TLS))
-            self._must_greet = True
-            return
-        self._say(refusal)
-
-    def _begin_tls(self, early: bytes = b"") -> None:
-        self._start_tls(early)
-        self._greeted = False
-        self._transaction = False
+    def _unfinished_response(self) -> bytes:
+        return self._replies.leftover()
 
     def _on_reply(self, reply: Reply) -> None:
         self._log_lines("S: ", reply.raw)
         if not self._pending:  # unsolicited (a 421 before a shutdown): pass it on
             self._emit(ToClient(reply.raw))
             return
-        expect = self._pending.popleft().expect
-        handler = getattr(self, "_reply_" + expect.name.lower(), None)
-        if handler is None:
-            self._emit(ToClient(reply.raw))
-        else:
-            handler(reply)
+        expect = self._pending.popleft().kind
+        if expect not in OWN_REPLIES:
+            # The backend decides what comes next, whatever the proxy made of the command.
+            if reply.code in PHASES:
+                expect = PHASES[reply.code]
+                if self._pending:  # what followed went on as commands: out of step
+                    raise BackendError(text.BACKEND_OUT_OF_STEP)
+            self.authenticated = self.authenticated or reply.code == b"235"  # RFC 4954
+        if reply.positive and expect in AFTER_2XX:
+            self._moment(AFTER_2XX[expect])
+        self.REPLIES.get(expect, SmtpProxy._pass)(self, reply)
         self._answer_local()
 
-    def _reply_greeting(self, reply: Reply) -> None:
-        if self._client[:1] == TLS_HANDSHAKE_RECORD:
+    def _pass(self, reply: Reply) -> None:
+        self._emit(ToClient(reply.raw))
+
+    def _greeting(self, reply: Reply) -> None:
+        if self.offer_tls and self._client[:1] == TLS_HANDSHAKE_RECORD:
             self._log("P: implicit TLS: the client sent a TLS handshake first")
             early = bytes(self._client)
             self._client.clear()
-            self._begin_tls(early)
+            self._start_tls(early)
         self._emit(ToClient(reply.raw))
 
-    def _reply_ehlo(self, reply: Reply) -> None:
+    def _ehlo(self, reply: Reply) -> None:
         if reply.positive:
-            reply = rewrite_ehlo(reply, offer_starttls=not self._tls_active)
-            self._greeted, self._must_greet, self._transaction = True, False, False
+            offer = self.offer_tls and not (self._tls_active or self.authenticated)
+            reply = rewrite_ehlo(reply, offer, offer_auth=not self._credentials_refused())
         self._emit(ToClient(reply.raw))
 
-    def _reply_helo(self, reply: Reply) -> None:
-        if reply.positive:
-            self._greeted, self._must_greet, self._transaction = True, False, False
-        self._emit(ToClient(reply.raw))
-
-    def _reply_mail(self, reply: Reply) -> None:
-        self._transaction = self._transaction or reply.positive
-        self._emit(ToClient(reply.raw))
-
-    def _reply_rset(self, reply: Reply) -> None:
-        self._transaction = self._transaction and not reply.positive
-        self._emit(ToClient(reply.raw))
-
-    def _reply_data(self, reply: Reply) -> None:
+    def _data(self, reply: Reply) -> None:
         self._emit(ToClient(reply.raw))
         if reply.code == b"354":
-            self.state = State.DATA
-            self._message = MessageData()
+            self._move(Event.MESSAGE)
+            self._client_run.start(MessageData(), self._message_end)
             if self.tls is not None and self.received_header:
-                self._emit(ToBackend(received_line(self.tls, self._authenticated, self.clock())))
+                self._emit(ToBackend(received_line(self.tls, self.authenticated, self.clock())))
 
-    def _reply_message(self, reply: Reply) -> None:
-        self._transaction = False
+    def _message(self, reply: Reply) -> None:
+        self._moment(Moment.MESSAGE_ANSWERED)
         self._emit(ToClient(reply.raw))
 
-    def _reply_auth(self, reply: Reply) -> None:
-        self._sasl = reply.code == b"334"
-        self._authenticated = self._authenticated or reply.positive
+    def _auth(self, reply: Reply) -> None:
+        if reply.code == b"334":
+            self._move(Event.CHALLENGE)
+        self.authenticated = self.authenticated or reply.positive
         self._emit(ToClient(reply.raw))
 
-    def _reply_reset_after_tls(self, reply: Reply) -> None:
+    def _reset_after_tls(self, reply: Reply) -> None:
         if not reply.positive:
             raise BackendError(text.BACKEND_RESET_FAILED)
+
+    # -- the tables -------------------------------------------------------------
+
+    # The verbs the proxy handles itself, whatever the state (the rest: LineProxy._command).
+    COMMANDS: ClassVar[Mapping[bytes, Callable[["SmtpProxy", Command], None]]] = {
+        b"STARTTLS": _starttls_command,
+        b"BDAT": _bdat,
+        **dict.fromkeys(NOT_FOLLOWABLE, _not_followable),
+    }
+    # What a reply does, by what it answers (and AFTER_2XX); any other passes on as it came.
+    REPLIES: ClassVar[Mapping[enum.Enum, Callable[["SmtpProxy", Reply], None]]] = {
+        Expect.GREETING: _greeting,
+        Expect.EHLO: _ehlo,
+        Expect.DATA: _data,
+        Expect.MESSAGE: _message,
+        Expect.AUTH: _auth,
+        Expect.RESET_AFTER_TLS: _reset_after_tls,
+    }

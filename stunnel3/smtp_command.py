@@ -6,6 +6,7 @@ tells the backend (and the mailbox) that TLS was used, README bug 4.
 
 import time
 
+from stunnel3.lines import first_word, loggable
 from stunnel3.protocol import TlsInfo
 
 # -n smtp: what a client may say before STARTTLS (RFC 3207 section 4: 530 to the rest).
@@ -15,22 +16,30 @@ ALLOWED_BEFORE_HELO = frozenset({b"EHLO", b"HELO", b"NOOP", b"RSET", b"QUIT"})
 # After these the bytes stop being SMTP commands and replies (TURN and ATRN
 # reverse the roles, XEXCH50 sends a binary blob): answered 502 by the proxy.
 NOT_FOLLOWABLE = frozenset({b"TURN", b"ATRN", b"XEXCH50"})
+# Commands no backend answers by taking something other than commands next (no
+# 354, no 334): the proxy parses on past them without waiting (RFC 2920
+# pipelining). After any other forwarded command it waits for the reply, which
+# says what comes next whatever the command was (smtp.py, "the backend decides").
+FOLLOWED = frozenset(
+    {b"EHLO", b"HELO", b"MAIL", b"RCPT", b"RSET", b"NOOP", b"QUIT", b"VRFY", b"EXPN", b"HELP"}
+    | {b"ETRN", b"SEND", b"SOML", b"SAML"}
+)
+# What the debug log shows as it came (AUTH: the mechanism only; the rest by size).
+KNOWN = FOLLOWED | NOT_FOLLOWABLE | {b"DATA", b"BDAT", b"STARTTLS"}
+SASL_COMMANDS = frozenset({b"AUTH"})
 
 
 def split_command(line: bytes) -> tuple[bytes, bytes]:
-    """`mail FROM:<a>\\r\\n` -> (b"MAIL", b"FROM:<a>"); a line may end in LF alone."""
-    body = line[:-1] if line.endswith(b"\n") else line
-    body = body[:-1] if body.endswith(b"\r") else body
-    verb, _, argument = body.partition(b" ")
-    return verb.upper(), argument.strip()
+    """`mail FROM:<a>\\r\\n` -> (b"MAIL", b"FROM:<a>"); the verb ends at any blank a
+    backend ends it at (layer.BLANKS: `DATA<TAB>` is DATA); a line may end in LF alone."""
+    verb, argument = first_word(line)
+    return verb.upper(), argument
 
 
-def loggable(verb: bytes, argument: bytes, line: bytes) -> bytes:
-    """The command as the debug log may show it: never an AUTH initial response."""
-    if verb != b"AUTH":
-        return line
-    words = argument.split(b" ", 1)
-    return line[:4] + b" " + words[0] + (b" ***" if len(words) > 1 else b"")
+def shown(verb: bytes, argument: bytes, line: bytes) -> bytes:
+    """The command as the debug log may show it: never an AUTH initial response,
+    never a line the proxy does not know (layer.loggable)."""
+    return loggable(verb, argument, line, KNOWN, frozenset(), SASL_COMMANDS).encode("latin-1")
 
 
 def received_line(info: TlsInfo, authenticated: bool, now: float) -> bytes:

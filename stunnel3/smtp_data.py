@@ -21,11 +21,14 @@ line is preceded by CRLF or by a bare LF crosses feed boundaries; a "." or ".\\r
 at the very end of a feed is held back until the next byte decides it.
 """
 
+from stunnel3.runs import Scan
+
 CRLF = b"\r\n"
 
 
-class MessageData:
-    """Client bytes of one message in; bytes for the backend out, up to end-of-data."""
+class MessageData(Scan):
+    """Client bytes of one message in; bytes for the backend out, up to end-of-data
+    (a layer.Run: the DATA state's)."""
 
     def __init__(self) -> None:
         # The start of the data is the start of a line, as after CRLF: a first

@@ -3,16 +3,12 @@
 A reply is one or more lines `ddd-text` ending with a line `ddd text` (or `ddd`).
 The reader is lenient the way clients are: a line that is not `ddd-...` ends the
 reply, so a broken backend cannot make the proxy wait forever for a last line.
-Lines are split at LF, CR optional, and kept byte for byte: what is not
-rewritten reaches the client unchanged.
+Lines are split at LF, CR optional (by layer.LineProxy, which also bounds them),
+and kept byte for byte: what is not rewritten reaches the client unchanged.
 """
 
 from stunnel3.record import record
-from stunnel3.smtp_text import KEPT_EXTENSIONS, MAX_LINE, STARTTLS_CAPABILITY
-
-
-class ReplyTooLong(Exception):
-    """A backend line longer than MAX_LINE: the backend is broken, end the session."""
+from stunnel3.smtp_text import KEPT_EXTENSIONS, STARTTLS_CAPABILITY
 
 
 @record(frozen=True)
@@ -33,32 +29,24 @@ class Reply:
 
 
 class ReplyReader:
-    """Bytes from the backend in, whole replies out."""
+    """Backend lines in (layer.LineProxy splits them at LF and bounds them), whole
+    replies out."""
 
     def __init__(self) -> None:
-        self._buffer = b""
         self._lines: list[bytes] = []
 
-    def feed(self, data: bytes) -> list[Reply]:
-        self._buffer += data
-        replies = []
-        start = 0
-        while (end := self._buffer.find(b"\n", start)) >= 0:
-            line = self._buffer[start : end + 1]
-            start = end + 1
-            self._lines.append(line)
-            if line[3:4] != b"-":
-                replies.append(Reply(tuple(self._lines)))
-                self._lines = []
-        self._buffer = self._buffer[start:]
-        if len(self._buffer) > MAX_LINE:
-            raise ReplyTooLong()
-        return replies
+    def add(self, line: bytes) -> Reply | None:
+        """The reply this line ends, or None while it goes on (`ddd-...`)."""
+        self._lines.append(line)
+        if line[3:4] == b"-":
+            return None
+        reply, self._lines = Reply(tuple(self._lines)), []
+        return reply
 
     def leftover(self) -> bytes:
         """What an EOF cuts off: an unfinished reply, passed on as it is."""
-        rest = b"".join(self._lines) + self._buffer
-        self._lines, self._buffer = [], b""
+        rest = b"".join(self._lines)
+        self._lines = []
         return rest
 
 
@@ -70,18 +58,24 @@ def keyword(line: bytes) -> bytes:
     return text.upper()
 
 
-def rewrite_ehlo(reply: Reply, offer_starttls: bool) -> Reply:
+def rewrite_ehlo(reply: Reply, offer_starttls: bool, offer_auth: bool = True) -> Reply:
     """The backend's EHLO reply as the client must see it through the proxy.
 
     The first line (the server's name) stays first. Extensions the proxy cannot
-    follow are dropped (smtp_text.KEPT_EXTENSIONS). STARTTLS, when offered, goes
+    follow are dropped (smtp_text.KEPT_EXTENSIONS), and AUTH where it may not be
+    used (before TLS: RFC 4954 section 4 lets a server offer it only where it
+    accepts it). STARTTLS, when offered, goes
     just before the last line (skarnet's smtpd-starttls-proxy does the same), so
     the backend's own last line stays last and the reply's end is unchanged.
     Lines are rebuilt only where their `-`/` ` separator must change.
     """
     code = reply.code
     greeting, capabilities = reply.lines[0], reply.lines[1:]
-    kept = [line for line in capabilities if keyword(line) in KEPT_EXTENSIONS]
+    kept = [
+        line
+        for line in capabilities
+        if keyword(line) in KEPT_EXTENSIONS and (offer_auth or keyword(line) != b"AUTH")
+    ]
     if offer_starttls:
         kept.insert(max(len(kept) - 1, 0), code + b"-" + STARTTLS_CAPABILITY + b"\r\n")
     lines = [greeting, *kept]

@@ -14,6 +14,10 @@ STARTTLS_PARAMETERS = b"501 5.5.4 Syntax error (no parameters allowed)\r\n"
 STARTTLS_BEFORE_HELO = b"503 5.5.1 Send EHLO or HELO first\r\n"
 STARTTLS_IN_TRANSACTION = b"503 5.5.1 STARTTLS not allowed during a mail transaction\r\n"
 STARTTLS_TWICE = b"503 5.5.1 TLS already active\r\n"
+# A plaintext AUTH must not survive STARTTLS: a man in the middle could have logged
+# the session into an account of his before the client asked for TLS. RFC 3207 names
+# no reply for it; IMAP and POP3 refuse the same way (RFC 2595).
+STARTTLS_AFTER_AUTH = b"503 5.5.1 STARTTLS is only allowed before authentication\r\n"
 # CVE-2011-0411: bytes pipelined after STARTTLS are never executed. The session
 # ends, because those bytes may have been injected by a man in the middle and
 # nothing the client sends in plaintext afterwards can be trusted to be its own.
@@ -23,6 +27,17 @@ STARTTLS_INJECTION = (
 )
 # -n smtp: RFC 3207 section 4 suggests 530 for commands refused before TLS.
 MUST_STARTTLS = b"530 5.7.0 Must issue a STARTTLS command first\r\n"
+# RFC 3207 section 4: STARTTLS when TLS cannot be had here (this client's policy says
+# STUNNEL3_STARTTLS=off, or the certificate cannot be used).
+TLS_NOT_AVAILABLE = b"454 4.7.0 TLS not available due to temporary reason\r\n"
+# TLS required and not available (the certificate cannot be used, or the policy says
+# both): said instead of the backend's greeting (RFC 5321 section 3.1), then the end.
+TLS_REQUIRED_UNAVAILABLE = (
+    b"421 4.7.0 TLS is required but not available here, closing connection\r\n"
+)
+# RFC 4954 section 6: AUTH before TLS, while credentials are refused in plaintext
+# (the default); also to what a client sent behind it without waiting.
+ENCRYPTION_REQUIRED = b"538 5.7.11 Encryption required for requested authentication mechanism\r\n"
 # RFC 3207 section 4.2: after TLS the client must discard what it knew and greet again.
 HELO_AFTER_TLS = b"503 5.5.1 Send EHLO or HELO first (the session was reset by STARTTLS)\r\n"
 LINE_TOO_LONG = b"500 5.5.2 Line too long\r\n"
@@ -38,6 +53,9 @@ NOT_IMPLEMENTED = b"502 5.5.1 Command not implemented\r\n"
 TOO_MUCH_PIPELINING = b"421 4.7.0 Too many pipelined commands, closing connection\r\n"
 BACKEND_RESET_FAILED = b"421 4.3.0 Server did not accept the reset after STARTTLS, closing\r\n"
 BACKEND_LINE_TOO_LONG = b"421 4.3.0 Server reply line too long, closing connection\r\n"
+# A 354 or 334 to a command followed by others already forwarded as commands: the
+# backend now reads them as message data or SASL, and no later reply can be matched.
+BACKEND_OUT_OF_STEP = b"421 4.3.0 Server reply out of step with the commands, closing\r\n"
 
 STARTTLS_CAPABILITY = b"STARTTLS"
 

@@ -6,13 +6,16 @@ this process would have; without it, `run()` runs here. This module imports
 nothing at its top but os and sys (loaded with the interpreter): makesock runs
 it in its own process, and a usage error must stay cheap.
 
-The order of `run()` is 3.22's main(): options are parsed first, their errors on
-stderr (3.22 set foreground before parsing); -h and -V print and exit 0; then the
-log opens as the options say and names the service (`Using '<name>' as
-tcpwrapper service name`, notice). Only then is the engine imported, so that a
-usage error, -h or -V never pays for loading OpenSSL, and the STUNNEL_INFO line
-is logged (notice) before the service runs. This is the only place where an
-exception becomes a message and an exit status: no traceback ever reaches a user.
+The order of `run()` is 3.22's main(): options are parsed first (hosts of -r,
+-d and -I resolved as they are met), their errors on stderr (3.22 set
+foreground before parsing, and its -D level already filtered them); -h and -V
+print and exit 0; then the log opens as the options say and names the service
+(`Using '<name>' as tcpwrapper service name`, notice, when TCP wrappers are
+there: see libwrap.py). Only then is the engine imported, so that a usage
+error, -h or -V never pays for loading OpenSSL; the engine checks the pem,
+makes the TLS context and logs the STUNNEL_INFO line (service.py). This is the
+only place where an exception becomes a message and an exit status: no
+traceback ever reaches a user.
 
 Exit status: what service.run returns; 1 for a usage or setup error or an
 unexpected exception; 2 for a bad port (options); 3 on SIGINT.
@@ -54,12 +57,13 @@ def _interrupted() -> int:
 
 def _run(args: list[str], fixcrio_fd: str | None = None) -> int:
     from stunnel3 import log as logging
-    from stunnel3.options import USAGE_HINT, OptionError, parse
+    from stunnel3.options import USAGE_HINT, OptionError, parse, resolve_host
 
     try:
-        options = parse(args)
+        options = parse(args, resolve_host)
     except OptionError as error:
-        logging.stderr_line(logging.LOG_ERR, error.text)
+        if error.shown:
+            logging.stderr_line(logging.LOG_ERR, error.text)
         if error.usage_hint:
             _say(f"\n{USAGE_HINT}\n\n")  # 3.22's print_info(), blank lines included
         return error.status
@@ -70,13 +74,9 @@ def _run(args: list[str], fixcrio_fd: str | None = None) -> int:
     if options.show is not None:
         from stunnel3 import usage
 
-        _say(usage.help_text() if options.show == "help" else usage.version_text())
+        _say(usage.help_text() if options.show == "help" else usage.version_text(options))
         return 0
-    try:
-        log = logging.Log.from_options(options)
-    except logging.LogOpenError as error:
-        logging.stderr_line(logging.LOG_ERR, error.text)
-        return error.status
+    log = logging.Log.from_options(options)
     try:
         return _serve(options, log)
     except (KeyboardInterrupt, SystemExit):
@@ -89,17 +89,18 @@ def _run(args: list[str], fixcrio_fd: str | None = None) -> int:
 
 
 def _serve(options, log) -> int:
-    log.notice(f"Using '{options.service_name}' as tcpwrapper service name")
-    _defer_unused(options)
-    from stunnel3 import service  # type: ignore[attr-defined]  # the engine (TLS issue)
-    from stunnel3.tls_library import problem
-    from stunnel3.usage import stunnel_info
+    from stunnel3 import libwrap
 
-    log.notice(stunnel_info())
-    too_old = problem()  # before the first byte: a library we cannot use fails every session
+    log.log(*libwrap.startup_line(options.service_name))
+    _defer_unused(options)
+    from stunnel3.tls_library import problem
+
+    too_old = problem()  # before the engine: a library we cannot use fails every session
     if too_old:
         log.err(too_old)
         return 1
+    from stunnel3 import service  # the engine: only now is the rest of it loaded
+
     return service.run(options, log)
 
 

@@ -43,12 +43,26 @@ Without the option OpenSSL would also refuse to write afterwards, and the
 replies still owed to a half-closed client would be lost. SMTP carries its own
 end markers (QUIT, the end-of-data dot), so truncation gains an attacker
 nothing there.
+
+Renegotiation is refused (OP_NO_RENEGOTIATION): a TLS 1.2 peer that asks for a
+new handshake gets OpenSSL's warning alert no_renegotiation and the session goes
+on as it was (RFC 5746 lets the peer choose to go on or to end it; OpenSSL peers
+end it). OpenSSL says nothing of it to the caller, and an info callback cannot
+be used to learn it: Python code that OpenSSL calls back loses any exception
+raised in it, SIGTERM's Terminated included. But in TLS 1.2 a record's type is in
+the clear, and an alert that a read (not close()) made us write, one that did
+not end the session, can only be that refusal: `outgoing()` counts those records
+in what it drains, and the relay logs the refusal. Any failure (a
+handshake that cannot agree, a bad record) leaves the alert OpenSSL wrote in the
+outgoing BIO: the relay sends it before it closes, so the peer learns why
+(protocol_version, handshake_failure, ...) instead of reading a bare reset.
 """
 
 from __future__ import annotations  # x509 may be a stand-in until first used (on_demand.py)
 
 import os
 import stat
+import warnings
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -69,6 +83,7 @@ RECORD = 16384  # the largest TLS record's plaintext
 # and write() loops over the records one call each, slower but the same bytes.
 _PARTIAL_WRITE = 0x1
 _DRAIN_MIN = 65536  # a handshake flight, an alert, a ticket fit in one read
+ALERT = 0x15  # the content type of an alert record (RFC 5246 section 6.2.1)
 
 # The X509_V_ERR_* texts a mail administrator meets most (x509_vfy.h numbers).
 _VERIFY_ERRORS = {
@@ -117,35 +132,90 @@ def _ssl_reason(error: SSL.Error) -> str:
         return str(error)
 
 
-def _check_pem(path: str, log) -> None:
-    """3.22 stat()ed the pem first: its error is `<pem>: <strerror> (<errno>)`."""
+def check_pem(path: str, log) -> None:
+    """3.22 stat()ed the pem before anything else: `<pem>: <strerror> (<errno>)`."""
     try:
         st = os.stat(path)
-        with open(path, "rb"):
-            pass
+        if stat.S_ISREG(st.st_mode):  # unreadable to the jail's account: say so now
+            with open(path, "rb"):
+                pass
     except OSError as error:
         raise ContextError(f"{path}: {error.strerror} ({error.errno})") from None
     if stat.S_IMODE(st.st_mode) & 0o007:
         log.warning(f"Wrong permissions on {path}")
 
 
+# An encrypted key in PEM (PKCS #8, or OpenSSL's traditional form): OpenSSL would ask
+# for its passphrase on the terminal, and with none (a jail, tcpserver) read it from
+# fd 0: in inetd mode the client's connection (issue #18).
+_ENCRYPTED_MARKS = (b"-----BEGIN ENCRYPTED PRIVATE KEY-----", b"Proc-Type: 4,ENCRYPTED")
+
+
+def _encrypted(path: str) -> str:
+    return (
+        f"{path}: the private key is encrypted and no passphrase is asked: decrypt it "
+        f"(openssl pkey -in {path} -out key.pem) and put key.pem in its place"
+    )
+
+
+class _NoPassphrase:
+    """OpenSSL's passphrase callback: there is none (never the terminal, never fd 0)."""
+
+    asked = False
+
+    def __call__(self, maxlen: int, verify: bool, userdata) -> bytes:
+        self.asked = True
+        return b""
+
+
+def _refuse_passphrases(ctx: SSL.Context) -> _NoPassphrase:
+    callback = _NoPassphrase()
+    with warnings.catch_warnings():  # pyOpenSSL 25 deprecates it, and has no other way
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.set_passwd_cb(callback)
+    return callback
+
+
 def _load_pem(ctx: SSL.Context, path: str, log) -> None:
-    _check_pem(path, log)
+    passphrase = _refuse_passphrases(ctx)
     try:
         ctx.use_certificate_chain_file(path)
     except SSL.Error as error:
-        raise ContextError(f"SSL_CTX_use_certificate_chain_file: {_ssl_reason(error)}") from None
+        raise ContextError(
+            f"Error reading certificate file: {path}\n"
+            f"SSL_CTX_use_certificate_chain_file: {_ssl_reason(error)}"
+        ) from None
+    log.debug(f"Certificate: {path}")
+    try:
+        with open(path, "rb") as pem:
+            if any(mark in pem.read() for mark in _ENCRYPTED_MARKS):
+                raise ContextError(_encrypted(path))
+    except OSError:
+        pass  # OpenSSL's own reading says it below
     try:
         ctx.use_privatekey_file(path)
     except SSL.Error as error:
+        if passphrase.asked:
+            raise ContextError(_encrypted(path)) from None
         reason = _ssl_reason(error)
         if "mismatch" in reason:  # OpenSSL now checks the pair here already
             raise ContextError("Private key does not match the certificate") from None
+        if not _has_private_key(path):  # OpenSSL 3 says `unsupported; PEM lib`
+            reason = f"no private key in {path} (it must hold the key and its certificate)"
         raise ContextError(f"SSL_CTX_use_PrivateKey_file: {reason}") from None
     try:
         ctx.check_privatekey()
     except SSL.Error:
         raise ContextError("Private key does not match the certificate") from None
+
+
+def _has_private_key(path: str) -> bool:
+    """Whether the pem holds any PEM private key block (RSA, EC, PKCS#8, encrypted or not)."""
+    try:
+        with open(path, "rb") as pem:
+            return b"PRIVATE KEY-----" in pem.read()
+    except OSError:
+        return True  # it was read a moment ago: let OpenSSL's reason stand
 
 
 def _local_certificates(options: Options) -> set[bytes]:
@@ -172,33 +242,49 @@ def _local_certificates(options: Options) -> set[bytes]:
 
 
 def _set_verify(ctx: SSL.Context, options: Options, log) -> None:
-    level = options.verify_level or 0
-    if options.cert_defaults & 1:  # -S 1 or 3: OpenSSL's compiled-in store
-        ctx.set_default_verify_paths()
-    if options.cert_defaults & 2 and (options.ca_file or options.ca_dir):
-        try:
-            ctx.load_verify_locations(options.ca_file, options.ca_dir)
-        except SSL.Error as error:
-            where = options.ca_file or options.ca_dir
-            raise ContextError(
-                f"Error loading verify certificates from {where}: {_ssl_reason(error)}"
-            ) from None
-    if level == 0:
+    """3.22's verify_init: nothing at all without -v (-A and -a are not even read)."""
+    if options.verify_level is None:
         ctx.set_verify(SSL.VERIFY_NONE)
         return
+    level = options.verify_level
+    log.debug(f"cert_defaults is {options.cert_defaults}")
+    log.debug(f"cert_dir is {options.ca_dir or ''}")
+    log.debug(f"cert_file is {options.ca_file or ''}")
+    if options.cert_defaults & 1:  # -S 1 or 3: OpenSSL's compiled-in store
+        log.debug("Initializing SSL library verify paths")
+        ctx.set_default_verify_paths()
+    if options.cert_defaults & 2:
+        log.debug("installing defaults where not set")
+    for where, is_file in ((options.ca_file, True), (options.ca_dir, False)):
+        if not where:
+            continue
+        try:
+            ctx.load_verify_locations(where if is_file else None, None if is_file else where)
+        except SSL.Error as error:
+            said = "loading verify certificates from" if is_file else "setting verify directory to"
+            raise ContextError(
+                f"Error {said} {where}\nSSL_CTX_load_verify_locations: {_ssl_reason(error)}"
+            ) from None
+        log.debug(f"Loaded verify certificates from {where}" if is_file else (
+            f"Set verify directory to {where}"))  # fmt: skip
+    if level >= 3:
+        log.notice(f"Peer certificate location {options.ca_dir or ''}")
     local = _local_certificates(options) if level >= 3 else set()
 
     def verify(conn, cert, errnum, depth, ok):
         subject = oneline(cert.to_cryptography().subject)
+        if level == 0:  # 3.22 asked for a certificate and took whatever came
+            log.notice(f"VERIFY IGNORE: depth={depth}, {subject}")
+            return True
         if not ok:
             reason = _VERIFY_ERRORS.get(errnum, f"error {errnum}")
             log.warning(f"VERIFY ERROR: depth={depth}, error={reason}: {subject}")
             return False
         if level >= 3 and depth == 0:
             if _der(cert) not in local:
-                log.warning(f"VERIFY ERROR ONLY MY: no cert for: {subject}")
+                log.warning(f"VERIFY ERROR ONLY MY: no cert for {subject}")
                 return False
-        log.notice(f"VERIFY OK: depth={depth}: {subject}")
+        log.notice(f"VERIFY OK: depth={depth}, {subject}")
         return True
 
     mode = SSL.VERIFY_PEER
@@ -241,18 +327,28 @@ def make_context(options: Options, log) -> SSL.Context:
         | SSL.OP_CIPHER_SERVER_PREFERENCE
         | SSL.OP_IGNORE_UNEXPECTED_EOF
     )
-    if hasattr(ctx, "clear_mode"):
+    if hasattr(ctx, "clear_mode"):  # pyOpenSSL 25.3 and later
         ctx.clear_mode(_PARTIAL_WRITE)
+    ctx.set_session_id(SESSION_ID_CONTEXT)
+    ctx.set_timeout(options.session_timeout)
+    # 3.22's order of checks, each fatal: the pem (check_pem first), verification, ciphers
+    if not options.client or options.pem:
+        _load_pem(ctx, options.pem or "stunnel.pem", log)
+    _set_verify(ctx, options, log)
     try:
         ctx.set_cipher_list((options.cipher_list or DEFAULT_CIPHERS).encode())
     except SSL.Error as error:
         raise ContextError(f"SSL_CTX_set_cipher_list: {_ssl_reason(error)}") from None
-    if not options.client or options.pem:
-        _load_pem(ctx, options.pem or "stunnel.pem", log)
-    _set_verify(ctx, options, log)
-    ctx.set_session_id(SESSION_ID_CONTEXT)
-    ctx.set_timeout(options.session_timeout)
     return ctx
+
+
+def _alert_records(records: bytes) -> int:
+    """How many alert records a run of whole TLS records holds."""
+    count = position = 0
+    while position + 5 <= len(records):
+        count += records[position] == ALERT
+        position += 5 + int.from_bytes(records[position + 3 : position + 5], "big")
+    return count
 
 
 class TlsSession:
@@ -266,6 +362,10 @@ class TlsSession:
         else:
             self._conn.set_connect_state()
         self.established = False
+        self.renegotiations_refused = 0  # no_renegotiation alerts sent (see the top)
+        self._tls12 = False  # established in TLS 1.2, where renegotiation exists
+        self._read_since_drain = False  # output may hold an alert a read made
+        self._done_writing = False  # close() or a failure: any alert now is not a refusal
         self._written = 0  # plaintext written since the last drain
         self._held: bytes | TlsError | None = None  # what ended read_many's last batch
         self._stirred = False  # an SSL call since the last drain (it may have output)
@@ -295,7 +395,12 @@ class TlsSession:
             chunks.append(chunk)
             if len(chunk) < size:
                 break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        out = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self._read_since_drain:
+            self._read_since_drain = False
+            if not self._done_writing:
+                self.renegotiations_refused += _alert_records(out)
+        return out
 
     def handshake(self) -> bool:
         """Advance the handshake; True once it is complete."""
@@ -309,6 +414,7 @@ class TlsSession:
         except SSL.Error as error:
             raise TlsError(f"{self._verb}: {_ssl_reason(error)}") from None
         self.established = True
+        self._tls12 = self._conn.get_protocol_version() == SSL.TLS1_2_VERSION
         return True
 
     def read(self) -> bytes | None:
@@ -316,6 +422,7 @@ class TlsSession:
         if self._starved:
             return None  # it wanted bytes and none came since: it still does
         self._stirred = True
+        self._read_since_drain = self._tls12
         try:
             return self._conn.recv(RECORD)
         except SSL.WantReadError:
@@ -326,6 +433,7 @@ class TlsSession:
         except SSL.SysCallError:
             return b""  # EOF in the middle of a record
         except SSL.Error as error:
+            self._done_writing = True
             raise TlsError(f"SSL_read: {_ssl_reason(error)}") from None
 
     def read_many(self, size: int) -> bytes | None:
@@ -370,7 +478,7 @@ class TlsSession:
 
     def close(self) -> None:
         """Queue our close_notify (the peer's may come later or never)."""
-        self._stirred = True
+        self._stirred = self._done_writing = True
         try:
             self._conn.shutdown()
         except SSL.Error:

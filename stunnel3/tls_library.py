@@ -71,13 +71,23 @@ def openssl_text() -> str:
     return _openssl_text[0]
 
 
+_origins: dict[str, str] = {}  # found before the jail (service._load_modules), kept for after
+
+
 def openssl_origin(library: str) -> str:
     """Whose OpenSSL the binding runs: a shared libssl (the system's), or the wheel's copy.
 
     A wheel's binding has OpenSSL linked in and loads no libssl; a binding linked
     with a shared libssl has it mapped once imported. Python's own ssl module
     maps the system's libssl too: if it is loaded, a libssl of another version
-    than the binding reports is not the binding's."""
+    than the binding reports is not the binding's. The answer is kept: the
+    STUNNEL_INFO line is logged inside the jail, where there is no /proc."""
+    if library not in _origins:
+        _origins[library] = _find_origin(library)
+    return _origins[library]
+
+
+def _find_origin(library: str) -> str:
     try:
         with open("/proc/self/maps", "rb") as maps:
             paths = {line.split(None, 5)[-1].strip() for line in maps if b"/libssl.so" in line}

@@ -28,7 +28,7 @@ SYNOPSIS = """
 stunnel\t[-h] [-V] [-c | -T] [-D level] [-C cipherlist] [-p pemfile]
 \t[-v level] [-A certfile] [-a directory] [-S sources] [-t timeout]
 \t[-u ident_username] [-s setuid_user] [-g setgid_group] [-n protocol]
-\t[-R randfile] [-E egdsock] [-B bytes] [-P { dir/ | filename | none } ]
+\t[-R randfile] [-E egdsock] [-B bytes] [-W] [-P { dir/ | filename | none } ]
 \t[-N name] [-o file] [-O a|l|r:option=value[:value]] [-I host]
 \t[-/ chroot_dir] [-i]
 \t[-d [host:]port [-f] ]
@@ -71,13 +71,13 @@ OPTION_LINES = """
   -i               (sg2) change user and group at once, not after bind()
   -P arg           pid file: dir/ | filename | none
   -C list          permitted SSL/TLS ciphers (OpenSSL cipher list)
-  -E socket        Entropy Gathering Daemon socket
+  -E socket        Entropy Gathering Daemon socket (not asked: OpenSSL 3 seeds itself)
   -B bytes         how many bytes to read from the random seed file
   -R file          random seed file
   -W               do not rewrite the random seed file
   -D [fac.]lev     log level 0-7 or emerg..debug, with a syslog facility
   -O a|l|r:option=value[:value]  set a socket option (accept/local/remote)
-  -o file          append log lines to this file
+  -o file          log to this file (appended) instead of stderr or syslog
 """
 
 HELP = SYNOPSIS + OPTION_LINES + "\nSee stunnel -V output for default values\n\n"
@@ -118,8 +118,14 @@ def runtime() -> str:
 
 
 def stunnel_info() -> str:
-    """3.22's STUNNEL_INFO line, logged at start-up and first line of -V."""
-    return f"stunnel 3.22 on {platform()} (stunnel3 {__version__}) with {runtime()}"
+    """3.22's STUNNEL_INFO line, logged at start-up and first line of -V.
+
+    3.22 said how it ran clients (PTHREAD, or FORK) and +LIBWRAP when it had TCP
+    wrappers; we fork, and have them when the system's libwrap is there."""
+    from stunnel3 import libwrap
+
+    model = "FORK+LIBWRAP" if libwrap.available() else "FORK"
+    return f"stunnel 3.22 on {platform()} {model} (stunnel3 {__version__}) with {runtime()}"
 
 
 def _too_old() -> str:
@@ -133,10 +139,12 @@ def _too_old() -> str:
     return f"Unusable: {too_old}\n" if too_old else ""
 
 
-def version_text() -> str:
-    defaults = Options()
+def version_text(options: Options | None = None) -> str:
+    """3.22's print_version, to the byte: -t, -D, -P, -p and -O given before -V show."""
+    given = options or Options()
+    pid_dir = given.pid_file if given.pid_file is not None else DEFAULT_PID_DIR
     return (
-        f"{stunnel_info()}\n{_too_old()}\n"
+        f"\n{stunnel_info()}\n{_too_old()}\n"
         "Default behaviour:\n"
         "\trun in inetd mode (unless -d used)\n"
         "\trun in background (unless -f used)\n"
@@ -146,29 +154,49 @@ def version_text() -> str:
         "\t-v level\tno verify\n"
         "\t-a directory\t(none)\n"
         "\t-A file\t\t(none)\n"
-        f"\t-S sources\t{defaults.cert_defaults}\n"
-        f"\t-t timeout\t{defaults.session_timeout} seconds\n"
-        f"\t-B bytes\t{defaults.rand_bytes}\n"
-        f"\t-D level\t{defaults.debug_level}\n"
-        f"\t-P pid dir\t{DEFAULT_PID_DIR}\n"
-        "\t-p pemfile\tin server mode: stunnel.pem\n"
+        f"\t-S sources\t{Options.cert_defaults}\n"
+        f"\t-t timeout\t{given.session_timeout} seconds\n"
+        f"\t-B bytes\t{Options.rand_bytes}\n"
+        f"\t-D level\t{given.debug_level}\n"
+        f"\t-P pid dir\t{pid_dir}\n"
+        f"\t-p pemfile\tin server mode: {given.pem or 'stunnel.pem'}\n"
         "\t\t\tin client mode: none\n"
-        "\n" + socket_table() + "\n"
+        "\n" + socket_table(given.socket_options) + "\n"
     )
 
 
-def socket_table() -> str:
-    """3.22's socket option table: our defaults, and what a fresh TCP socket has."""
+def _shown(kind: str, value: tuple[int, ...] | None, text: str | None = None) -> str:
+    """One column of 3.22's table (its print_option)."""
+    if value is None:
+        return "    --    "
+    if kind == "linger":
+        return f"{value[0]}:{value[1]:<8d}"
+    if kind == "timeval":
+        return f"{value[0]:6d}:{value[1]:<3d}"
+    if kind == "string":
+        return f"{text or '':>10}"
+    return f"{value[0]:10d}"
+
+
+def socket_table(given=()) -> str:
+    """3.22's socket option table: -O values given before -V, and a fresh TCP socket's."""
     import socket
     import struct
 
+    set_by = {(option.where, option.name): option for option in given}
     lines = [
-        "Socket option defaults:",
-        f"\t{'Option':<16}{'Accept':<10}{'Local':<10}{'Remote':<10}{'OS default':<10}",
+        "Socket option defaults:\n",
+        f"\t{'Option':<16}{'Accept':<10}{'Local':<10}{'Remote':<10}{'OS default':<10}\n",
     ]
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         for name, kind in SOCKET_OPTIONS.items():
-            accept = f"{1:>10}" if name == "SO_REUSEADDR" else "    --    "
+            row = f"\t{name:<16}"
+            for where in "alr":
+                option = set_by.get((where, name))
+                if option is None and (where, name) == ("a", "SO_REUSEADDR"):
+                    row += _shown(kind, (1,))  # 3.22's default on the accepting socket
+                else:
+                    row += _shown(kind, option and option.value, option and option.text)
             level = {"IP": socket.IPPROTO_IP, "TCP": socket.IPPROTO_TCP}.get(
                 name.split("_")[0], socket.SOL_SOCKET
             )
@@ -176,18 +204,15 @@ def socket_table() -> str:
             try:
                 raw = probe.getsockopt(level, getattr(socket, name), size)
             except (OSError, AttributeError):
-                lines.append(f"\t{name:<16}{accept}    --        --        --    ")
+                lines.append(row + "    --    \n")
                 continue
             if kind == "linger":
-                onoff, linger = struct.unpack("ii", raw)
-                shown = f"{onoff}:{linger:<8}"
+                row += _shown(kind, struct.unpack("ii", raw))
             elif kind == "timeval":
-                seconds, micro = struct.unpack("qq", raw)
-                shown = f"{seconds:6d}:{micro:<3d}"
+                row += _shown(kind, struct.unpack("qq", raw))
             elif kind == "string":
-                device = raw.split(b"\0")[0].decode(errors="replace")
-                shown = f"{device:>10}"
+                row += _shown(kind, (), raw.split(b"\0")[0].decode(errors="replace"))
             else:
-                shown = f"{struct.unpack('i', raw)[0]:10d}"
-            lines.append(f"\t{name:<16}{accept}    --        --    {shown}")
-    return "\n".join(line.rstrip() for line in lines) + "\n"
+                row += _shown(kind, struct.unpack("i", raw))
+            lines.append(row + "\n")
+    return "".join(lines)

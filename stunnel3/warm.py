@@ -44,7 +44,7 @@ import stat
 import sys
 import time
 
-from stunnel3 import unix, warm_worker
+from stunnel3 import proctitle, unix, warm_worker
 
 PROG = "stunnel3-warm"
 USAGE = "stunnel3-warm [ -d directory ] [ -c limit ]"
@@ -445,6 +445,7 @@ def _run(front: warm_worker.Front) -> int:
 
     log.show_pid(front.pid)  # administrators match log lines to tcpserver's "pid N"
     argv = [os.fsdecode(arg) for arg in front.argv]
+    proctitle.set_title(argv)  # ps, pidof, pgrep -x: the front's program, not the helper
     try:
         if front.prog == b"makesock":
             from stunnel3 import makesock

@@ -39,10 +39,12 @@ import os
 import resource
 import select
 import signal
+import stat
 import sys
 import time
 
-FRONT_MARK = b"# The front of a stunnel3 program."
+from stunnel3 import fronts
+
 PROGRAMS = (b"makesock", b"stunnel")
 DEFAULT_FLOOR = 100_000_000  # bin/'s STUNNEL3_MEMORY_FLOOR
 STACK_FLOOR = 8 * 1024 * 1024
@@ -119,7 +121,8 @@ def identify(pid: int, reply: int, python: str) -> Front:
             os.close(watcher_fd)
             raise Refused(f"pid {watcher} is not a child of {pid}", answer=False)
         words = _read(f"/proc/{pid}/cmdline").split(b"\0")[:-1]
-        script = os.path.join(os.readlink(f"/proc/{pid}/cwd").encode(), words[1])
+        cwd = os.readlink(f"/proc/{pid}/cwd").encode()
+        script = os.path.join(cwd, words[1])
         environ = _environment(pid)
         if exited(pidfd):
             os.close(watcher_fd)
@@ -130,7 +133,7 @@ def identify(pid: int, reply: int, python: str) -> Front:
     except (OSError, IndexError):
         os.close(pidfd)
         raise Refused(f"pid {pid} cannot be read", answer=False) from None
-    prog = front_program(script, dict(environ), python)
+    prog = front_program(script, dict(environ), python, cwd)
     front = Front(pid, pidfd, watcher_fd, reply, prog or b"", [prog or b"", *words[2:]])
     front.env = environ
     front.status = status  # read while the pidfd showed it alive: take() uses it too
@@ -139,53 +142,48 @@ def identify(pid: int, reply: int, python: str) -> Front:
     return front
 
 
-def front_program(script: bytes, environ: dict, python: str) -> bytes | None:
-    """The program our bin/ front at script runs, if it would start this very Python.
+def front_program(script: bytes, environ: dict, python: str, cwd: bytes = b"") -> bytes | None:
+    """The program our bin/ front at script runs, if it would start this very Python
+    (fronts.py: the front's own rule; a relative interpreter is the front's, from cwd).
 
-    Found once per front file (by its inode and mtime), interpreter setting and Python:
-    the helper answers every connection, and this reads a file and resolves two paths."""
+    Found once per front file and stunnel3-python beside it (by their inodes and
+    mtimes), interpreter setting and Python: the helper answers every connection, and
+    this reads two files and resolves two paths. A front reached through a link is read
+    every time (its stunnel3-python may be beside the file it leads to)."""
     try:
-        info = os.stat(script)
+        info = os.lstat(script)
     except OSError:
         return None
+    if stat.S_ISLNK(info.st_mode):
+        return _front_program(script, environ, python, cwd)
+    try:
+        record: os.stat_result | None = os.stat(os.path.join(os.path.dirname(script),
+                                                             fronts.RECORD))  # fmt: skip
+    except OSError:
+        record = None
     key = (script, info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size,
-           environ.get(b"STUNNEL3_PYTHON"), python)  # fmt: skip
+           record and (record.st_ino, record.st_mtime_ns, record.st_size),
+           environ.get(fronts.PYTHON_ENV), cwd, python)  # fmt: skip
     if key not in _fronts_seen:
         if len(_fronts_seen) > 64:
             _fronts_seen.clear()
-        _fronts_seen[key] = _front_program(script, environ, python)
+        _fronts_seen[key] = _front_program(script, environ, python, cwd)
     return _fronts_seen[key]
 
 
 _fronts_seen: dict[tuple, bytes | None] = {}
 
 
-def _front_program(script: bytes, environ: dict, python: str) -> bytes | None:
-    try:
-        with open(script, "rb") as file:
-            head = file.read(4096)
-    except OSError:
+def _front_program(script: bytes, environ: dict, python: str, cwd: bytes) -> bytes | None:
+    prog = fronts.program(script)
+    ours = fronts.python(script, environ, cwd) if prog else None
+    if ours is None:
         return None
-    if FRONT_MARK not in head:
-        return None
-    prog = head.partition(b"\nprog=")[2].partition(b"\n")[0]
-    ours = (
-        environ.get(b"STUNNEL3_PYTHON")
-        or head.partition(b"\npy=${STUNNEL3_PYTHON:-")[2].partition(b"}")[0]
-    )
     try:
-        same = interpreter(os.fsdecode(ours)) == interpreter(python)
+        same = fronts.interpreter(os.fsdecode(ours)) == fronts.interpreter(python)
     except (OSError, ValueError):
         return None
     return prog if same else None
-
-
-def interpreter(path: str) -> tuple[str, str]:
-    """Which Python, with which packages: its binary and, for a virtual environment's
-    (every venv's python is a link to the same binary), that environment."""
-    venv = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    home = os.path.realpath(venv) if os.path.exists(os.path.join(venv, "pyvenv.cfg")) else ""
-    return os.path.realpath(path), home
 
 
 def take(front: Front, world: dict[str, str]) -> None:

@@ -4,6 +4,7 @@ Both print their options on standard output and exit 0 with -h or --help; any
 other unknown option is a one-line usage error, exit 100 (djb's status).
 """
 
+import re
 import subprocess
 
 import pytest
@@ -30,7 +31,7 @@ def test_warm_help_is_its_usage_and_options(flag):
     assert all(len(line) <= 80 for line in done.stdout.splitlines())
 
 
-@pytest.mark.parametrize("args", [["-x"], ["--socket"], ["-c", "0"], ["-s"]])
+@pytest.mark.parametrize("args", [["-x"], ["--dir"], ["-c", "0"], ["-d"], ["-s", "x.sock"]])
 def test_warm_usage_errors_are_one_line_and_100(args):
     done = run("stunnel3-warm", *args)
     assert (done.returncode, done.stdout) == (100, "")
@@ -45,6 +46,10 @@ def test_setup_help_lists_every_option(flag):
     options = (setup_service.__doc__ or "").split("\nOptions:\n", 1)[1]
     assert options.strip() in done.stdout
     assert all(len(line) <= 80 for line in done.stdout.splitlines())
+    # each option's paragraph says what happens without it
+    paragraphs = re.split(r"\n(?=  -)", options.strip())
+    assert len(paragraphs) == 14
+    assert [p.split()[0] for p in paragraphs if "(default: " not in p] == ["-h,"]
 
 
 def test_setup_usage_error_is_one_line_and_100():

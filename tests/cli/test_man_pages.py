@@ -14,7 +14,8 @@ import pytest
 from stunnel3.options import OPTSTRING
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = ["stunnel.8", "makesock.1", "fixcrio.1", "stunnel3-setup.8", "stunnel3-warm.8"]
+PAGES = ["stunnel.8", "makesock.1", "fixcrio.1", "stunnel3-setup.8", "stunnel3-warm.8",
+         "stunnel3-python.1"]  # fmt: skip
 
 
 def render(page: str) -> subprocess.CompletedProcess:
@@ -85,6 +86,17 @@ def test_each_page_documents_every_option_of_its_program(page):
 
 def test_fixcrio_takes_no_option_and_its_page_lists_none():
     assert "\nOPTIONS\n" not in render("fixcrio.1").stdout
+
+
+def test_stunnel_pages_synopsis_has_every_option():
+    """Each letter of the option string is in SYNOPSIS, as in -h's (issue #16: -W was not)."""
+    text = render("stunnel.8").stdout
+    synopsis = text.split("\nSYNOPSIS\n", 1)[1].split("\nDESCRIPTION\n", 1)[0]
+    letters = [c for c in OPTSTRING if c != ":"]
+    missing = [
+        c for c in letters if not re.search(rf"[\[{{|] ?-{re.escape(c)}(?![A-Za-z])", synopsis)
+    ]
+    assert missing == []
 
 
 def test_stunnel_page_documents_every_environment_variable():

@@ -10,10 +10,12 @@ is left behind: no process of ours, no socket or pipe descriptor in pytest.
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -225,12 +227,17 @@ def accounts_lock():
 
 # stunnel's last line of a session: `Connection closed/reset: N bytes sent to SSL, ...`
 SESSION_END = b" bytes sent to SSL, "
+# ... or, in plain TLS mode, of a connection that never sent a handshake (3.22 said only that)
+NO_HANDSHAKE = b"SSL_accept: "
 
 
-def start_chain(argv: list[str], log: Path, port: int, env: dict | None = None):
+def start_chain(
+    argv: list[str], log: Path, port: int, env: dict | None = None, end: bytes = SESSION_END
+):
     """Start the tcpserver chain `argv` (listening on `port`, all output to `log`);
-    return its Popen once one probe connection's whole session has ended, so that
-    none overlaps a test's. A chain that does not get there is stopped."""
+    return its Popen once one probe connection's whole session has ended (its log
+    has `end`), so that none overlaps a test's. A chain that does not get there is
+    stopped."""
     with log.open("wb") as out:
         server = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env
@@ -244,7 +251,9 @@ def start_chain(argv: list[str], log: Path, port: int, env: dict | None = None):
                 break
             except OSError:
                 time.sleep(0.05)
-        while log.read_bytes().count(SESSION_END) < 1:
+        while end not in (said := log.read_bytes()) and not (
+            end == SESSION_END and NO_HANDSHAKE in said
+        ):
             assert time.monotonic() < deadline + TIMEOUT, "the probe's session did not end"
             time.sleep(0.05)
     except BaseException:
@@ -268,3 +277,23 @@ def children(pid: int) -> list[int]:
                 if int(fields[1]) == pid:
                     found.append(int(entry))
     return found
+
+
+@contextlib.contextmanager
+def install_on_a_closed_python(tmp_path: Path, fixcrio: str):
+    """A copy of our fixcrio front where every account may run it, and beside it the
+    stunnel3-python an installer would write for a Python in a directory closed to all but
+    root (a venv of a Python under /root): yields (that directory, that Python)."""
+    hidden = tmp_path / "root-only"  # pytest's own directories are 0700
+    hidden.mkdir(mode=0o700)
+    python = hidden / "python3"
+    python.symlink_to(os.path.realpath("/proc/self/exe"))
+    install = Path(tempfile.mkdtemp(prefix="stunnel3-install-", dir="/tmp"))
+    try:
+        install.chmod(0o755)
+        shutil.copy(fixcrio, install / "fixcrio")
+        (install / "stunnel3-python").write_text(f"#!{python}\n")
+        (install / "stunnel3-python").chmod(0o644)
+        yield install, python
+    finally:
+        shutil.rmtree(install)

@@ -4,6 +4,7 @@ background with a pid file, SIGTERM."""
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -29,6 +30,8 @@ def daemon(tmp_path, stunnel_bin, pki, listen: str, port: int, env=None, host="1
     argv = [
         stunnel_bin,
         "-f",
+        "-D",
+        "7",
         "-d",
         listen,
         "-P",
@@ -77,38 +80,39 @@ def test_fifty_concurrent_connections_then_sigterm(tmp_path, stunnel_bin, pki):
     assert "Received signal 15; terminating" in log
 
 
-def test_the_worker_bound_holds_a_connection_back(tmp_path, stunnel_bin, pki):
+def test_a_connection_over_the_bound_is_refused_as_322_did(tmp_path, stunnel_bin, pki):
     port = free_port()
     env = environment(STUNNEL3_MAX_CLIENTS="2")
     with daemon(tmp_path, stunnel_bin, pki, f"127.0.0.1:{port}", port, env) as server:
-        server.wait_log("Connection ")  # wait_port's probe has finished
-        time.sleep(0.2)
+        server.wait_log("sh finished (0 left)")  # wait_port's probe has finished
         held = []
         for _ in range(2):
             raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
             held.append(tls_client().wrap_socket(raw))
             assert held[-1].recv(100).startswith(b"TCP ")
-        third: list[bytes] = []
-
-        def connect_third() -> None:
-            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
-                with tls_client().wrap_socket(raw) as conn:
-                    third.append(conn.recv(100))
-
-        waiter = threading.Thread(target=connect_third)
-        waiter.start()
-        waiter.join(1.0)
-        assert waiter.is_alive() and not third  # queued: two workers are the bound
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+            with pytest.raises((ssl.SSLError, OSError)):
+                tls_client().wrap_socket(raw).recv(100)
+        server.wait_log("Connection rejected: too many clients (>=2)")
         held.pop().close()
-        waiter.join(TIMEOUT)
-        assert third and third[0].startswith(b"TCP ")
+        server.wait_log("sh finished (1 left)")
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+            with tls_client().wrap_socket(raw) as conn:
+                assert conn.recv(100).startswith(b"TCP ")
         for conn in held:
             conn.close()
 
 
-def test_no_host_listens_on_ipv6_and_ipv4(tmp_path, stunnel_bin, pki):
+def test_no_host_listens_on_ipv4_as_322_and_brackets_ask_for_ipv6(tmp_path, stunnel_bin, pki):
+    port = free_port()
+    with daemon(tmp_path, stunnel_bin, pki, str(port), port) as server:
+        v4 = tls_exchange(port, b"four\n", host="127.0.0.1")
+        with pytest.raises(OSError):
+            socket.create_connection(("::1", port), timeout=TIMEOUT).close()
+    assert v4.startswith(b"TCP 127.0.0.1 ") and v4.endswith(b"\nfour\n")
+    assert f"sh bound to 0.0.0.0:{port}" in server.log()
     port = free_port(socket.AF_INET6)
-    with daemon(tmp_path, stunnel_bin, pki, str(port), port, host="::1"):
+    with daemon(tmp_path, stunnel_bin, pki, f"[::]:{port}", port, host="::1"):
         v6 = tls_exchange(port, b"six\n", host="::1")
         v4 = tls_exchange(port, b"four\n", host="127.0.0.1")
     assert v6.startswith(b"TCP6 ::1 ") and v6.endswith(b"\nsix\n")

@@ -4,7 +4,8 @@ What must hold: each executable starts and does its job under Debian's
 softlimit; every program it starts sees the administrator's original soft
 limits (softlimit -m 5000000 is 4882 KiB for AS, DATA and STACK) and SIGPIPE
 as the caller left it; a hard limit below the floor gives one clear line and
-exit 111; a soft limit above the floor is never lowered.
+exit 111; a soft limit above the floor is never lowered; a Python the front
+cannot run is named, never replaced by another.
 """
 
 import re
@@ -18,6 +19,7 @@ from helpers import (  # noqa: F401  (no_leftovers is a fixture)
     Service,
     environment,
     free_port,
+    install_on_a_closed_python,
     no_leftovers,
 )
 
@@ -80,7 +82,7 @@ def test_makesock_works_and_both_programs_keep_the_limits(makesock_bin):
 def test_stunnel_starts_under_softlimit(stunnel_bin):
     done = run([*SOFTLIMIT, stunnel_bin, "-V"])
     assert done.returncode == 0
-    assert done.stderr.startswith(b"stunnel 3.22 on ")
+    assert done.stderr.startswith(b"\nstunnel 3.22 on ")
 
 
 def test_the_chain_under_softlimit_and_tcpserver(makesock_bin, fixcrio_bin, tmp_path):
@@ -158,3 +160,23 @@ def test_a_soft_limit_below_the_floor_is_raised_for_python_only(fixcrio_bin):
     seen, pump_as = pump_limits(fixcrio_bin, 50000)
     assert seen == b"50000\r\n"
     assert pump_as > 50000 * 1024  # the front raised it for Python
+
+
+def test_a_python_the_account_cannot_run_is_named_not_replaced(fixcrio_bin, tmp_path):
+    """setuidgid to an account that cannot reach the installed Python (a venv of a Python
+    under /root): the front says so, and never runs another Python instead (issue #18)."""
+    with install_on_a_closed_python(tmp_path, fixcrio_bin) as (install, python):
+        record = install / "stunnel3-python"
+        as_nobody = ["setuidgid", "nobody", str(install / "fixcrio"), "cat"]
+        done = run(as_nobody)
+        assert (done.returncode, done.stdout) == (111, b"")
+        said = f"fixcrio: fatal: unable to run {python}: access denied\n"
+        assert done.stderr == said.encode()
+        done = run([str(install / "fixcrio"), "cat"])  # root reaches it: that Python, no other
+        said = f"fixcrio: fatal: unable to load stunnel3 in {python}: No module named"
+        assert done.returncode == 111 and done.stderr.startswith(said.encode())
+        record.unlink()
+        done = run(as_nobody)
+        assert (done.returncode, done.stdout) == (111, b"")
+        said = f"fixcrio: fatal: unable to read {record}: file does not exist\n"
+        assert done.stderr == said.encode()

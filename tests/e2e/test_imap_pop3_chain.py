@@ -107,14 +107,16 @@ def chains(tmp_path_factory, pki, stunnel_bin, makesock_bin, mailhome):
     }
     backends["imap"] += ["-c", str(mailhome / "dovecot.conf")]
     backends["pop3"] += ["/usr/sbin/pop3front-maildir", "Maildir"]
-    started: dict[str, tuple] = {}
+    started: dict[tuple, tuple] = {}
 
-    def get(mode: str) -> Chain:
-        if mode not in started:
+    def get(mode: str, **extra: str) -> Chain:
+        """The chain for -n mode, with these variables in its environment too."""
+        key = (mode, *sorted(extra.items()))
+        if key not in started:
             stunnel = [makesock_bin, stunnel_bin, "-f", "-D", "7", "-p", str(pki["server"])]
             stunnel += ["-N", mode.rstrip("-"), "-n", mode, "-F", "3"]
-            started[mode] = start(workdir, stunnel, backends[mode[:4]], env)
-        return started[mode][1]
+            started[key] = start(workdir, stunnel, backends[mode[:4]], {**env, **extra})
+        return started[key][1]
 
     yield get
     for server, _ in started.values():
@@ -165,8 +167,10 @@ def test_imaplib_starttls_login_fetch(imap_chain, pki):
     assert any("LOGIN ***" in line for line in log)
 
 
-def test_imaplib_plaintext_fallback(imap_chain, pki):
-    (before, after, body), received, log = imaplib_session(imap_chain, pki["ca"], False)
+def test_imaplib_plaintext_fallback(chains, pki):
+    # a client that may log in before TLS (by default it may not: test_client_policy.py)
+    chain = chains("imap-", STUNNEL3_AUTH="plaintext")
+    (before, after, body), received, log = imaplib_session(chain, pki["ca"], False)
     assert "STARTTLS" in before and body == MESSAGE
     assert not any("Negotiated ciphers" in line for line in log)
     assert_no_secret(log)
@@ -186,13 +190,17 @@ def test_openssl_s_client_starttls_imap(imap_chain, pki):
     assert received[-2:] == ["c1 CAPABILITY", "c2 LOGOUT"]
 
 
-def test_curl_ssl_reqd_imap(imap_chain, pki, tmp_path):
+def test_curl_ssl_reqd_imap(chains, pki, tmp_path):
+    # curl (7.88) keeps the LOGINDISABLED it saw before STARTTLS, so it logs in only
+    # with a mechanism the backend offers after TLS: imapfront-auth's AUTH=PLAIN.
+    chain = chains("imap-", IMAP_CAPABILITY="AUTH=PLAIN")
+
     def client():
-        url = f"imap://127.0.0.1:{imap_chain.port}/INBOX;UID=1"
+        url = f"imap://127.0.0.1:{chain.port}/INBOX;UID=1"
         argv = ["curl", "-sS", "--ssl-reqd", "--cacert", str(pki["ca"]), "--max-time", "15"]
         return run([*argv, "-u", f"{USER}:{PASSWORD}", url])
 
-    done, received, log = imap_chain.session(client)
+    done, received, log = chain.session(client)
     assert done.returncode == 0, done.stderr
     assert done.stdout == MESSAGE
     assert_no_secret(log)
@@ -250,7 +258,8 @@ def test_poplib_stls_retr(chains, pki):
 
 
 def test_poplib_plaintext_fallback(chains, pki):
-    chain = chains("pop3-")
+    # a client that may log in before TLS (by default it may not: test_client_policy.py)
+    chain = chains("pop3-", STUNNEL3_AUTH="plaintext")
     (before, _, lines), received, log = poplib_session(chain, pki["ca"], starttls=False)
     assert "STLS" in before and b"\r\n".join(lines) + b"\r\n" == POP3_BODY
     assert_no_secret(log)
@@ -316,3 +325,50 @@ def test_pop3_stls_injection_never_reaches_backend(chains):
     answer, received, _ = chain.session(client)
     assert answer.startswith(b"-ERR Commands pipelined after STLS")
     assert not any(line.startswith("USER") for line in received)
+
+
+# -- responses the proxy makes itself, at once, after STARTTLS / STLS -----------------
+
+BOUND = 5  # seconds a response may take (the stall this guards against lasted 600 s)
+
+
+def test_imap_local_responses_after_starttls_arrive_at_once(imap_chain, pki):
+    def client():
+        with imaplib.IMAP4("127.0.0.1", imap_chain.port, timeout=BOUND) as conn:
+            conn.starttls(tls_client(str(pki["ca"])))
+            refused = []
+            for command in (("STARTTLS",), ("STARTTLS", "now"), ("COMPRESS", "DEFLATE")):
+                try:
+                    refused.append(conn.xatom(*command)[0])
+                except imaplib.IMAP4.error as error:  # imaplib raises on BAD
+                    refused.append(str(error))
+            conn.logout()
+            return refused
+
+    refused, received, log = imap_chain.session(client)
+    assert "TLS already active" in refused[0] and "TLS already active" in refused[1]
+    assert refused[2] == "NO"  # COMPRESS is refused by the proxy, after TLS too
+    assert not any(
+        line.upper().split(" ")[1:2] in (["STARTTLS"], ["COMPRESS"]) for line in received
+    )
+
+
+def test_pop3_local_responses_after_stls_arrive_at_once(chains, pki):
+    chain = chains("pop3-")
+
+    def client():
+        conn = poplib.POP3("127.0.0.1", chain.port, timeout=BOUND)
+        try:
+            conn.stls(tls_client(str(pki["ca"])))
+            refused = []
+            for command in ("STLS", "STLS now"):
+                with pytest.raises(poplib.error_proto) as error:
+                    conn._shortcmd(command)  # poplib itself refuses a second stls()
+                refused.append(error.value.args[0])
+            return refused
+        finally:
+            conn.quit()
+
+    refused, received, log = chain.session(client)
+    assert refused == [b"-ERR Command not permitted when TLS active"] * 2
+    assert "STLS" not in [line.upper().split(" ")[0] for line in received]

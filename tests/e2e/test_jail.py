@@ -211,7 +211,7 @@ def test_numeric_ids_without_an_account(tmp_path, pki, stunnel_bin, makesock_bin
     assert status["Groups"] == [str(number)]
     log = errors.read_text()
     assert "Snagged 64 random bytes from seed" in log
-    assert "Wrote 256 new random bytes to seed" in log
+    assert "Wrote 1024 new random bytes to seed" in log  # RAND_write_file's size
     assert (jail / "seed").read_bytes() != seed_before
 
 

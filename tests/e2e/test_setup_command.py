@@ -20,10 +20,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from helpers import accounts_lock  # noqa: F401, F811  (a fixture)
+from helpers import accounts_lock, install_on_a_closed_python  # noqa: F401, F811  (a fixture)
 
-from stunnel3.setup_scripts import WARM_RUN_SCRIPT
-from stunnel3.setup_service import RUN_SCRIPT, RUN_VARIABLES
+from stunnel3 import setup_scripts
+from stunnel3.setup_scripts import RUN_SCRIPT, RUN_VARIABLES, WARM_RUN_SCRIPT
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = str(Path(sysconfig.get_path("scripts")) / "stunnel3-setup")
@@ -85,6 +85,7 @@ def test_the_helpers_service_comes_too_unless_no_warm(tmp_path):
     done = setup("--port", 2525, service)
     assert done.returncode == 0, done.stderr
     assert f"{warm} is ready" in done.stdout and f"{service} is ready" in done.stdout
+    assert re.search(rf"ln -s {warm} \S+/svc-warm`", done.stdout)  # a name of its own
     assert mode_owner(warm / "run")[:2] == (0o755, "root")
     assert (warm / "log" / "run").read_bytes() == (service / "log" / "run").read_bytes()
     assert not (warm / "ssl").exists()  # the helper has no jail of its own
@@ -107,6 +108,16 @@ def test_the_helpers_service_comes_too_unless_no_warm(tmp_path):
     cold = tmp_path / "cold"
     assert setup("--port", 2525, "--no-warm", cold).returncode == 0
     assert not (cold / "warm").exists()
+    assert setup(cold).returncode == 0  # a re-run keeps the first run's choice
+    assert not (cold / "warm").exists()
+    assert setup("--warm", cold).returncode == 0
+    assert (cold / "warm" / "run").read_text() == (warm / "run").read_text().replace(
+        "# edited\n", ""
+    )
+    both = setup("--warm", "--no-warm", cold)
+    assert (both.returncode, both.stderr) == (
+        111, "stunnel3-setup: fatal: --warm and --no-warm: choose one\n"
+    )  # fmt: skip
 
 
 def test_no_accounts_prints_commands_that_make_them(tmp_path):
@@ -132,7 +143,8 @@ def test_layout_modes_and_owners_are_step_6e(tmp_path):
     assert done.returncode == 0, done.stderr
     assert mode_owner(service / "ssl") == (0o750, "root", "stunnel")
     assert mode_owner(service / "ssl" / "stunnel.pem") == (0o640, "root", "stunnel")
-    assert mode_owner(service / "ssl" / "seed") == (0o640, "root", "stunnel")
+    # g+w on the seed alone: stunnel rewrites it, quietly (3.22 warned on every connection)
+    assert mode_owner(service / "ssl" / "seed") == (0o660, "root", "stunnel")
     assert len((service / "ssl" / "seed").read_bytes()) >= 64  # what -B reads
     assert sorted(p.name for p in (service / "ssl").iterdir()) == ["seed", "stunnel.pem"]
     assert mode_owner(service / "run")[:2] == (0o755, "root")
@@ -177,8 +189,9 @@ def test_modes_are_repaired_on_a_second_run(tmp_path):
     (service / "ssl" / "openssl.cnf").write_text("# 6b\n")
     again = setup(service)
     assert again.returncode == 0, again.stderr
-    for name in ("stunnel.pem", "seed", "openssl.cnf"):
+    for name in ("stunnel.pem", "openssl.cnf"):
         assert mode_owner(service / "ssl" / name) == (0o640, "root", "stunnel")
+    assert mode_owner(service / "ssl" / "seed") == (0o660, "root", "stunnel")
     for name in ("usr", "usr/share", "usr/share/ssl"):
         assert mode_owner(service / "ssl" / name) == (0o750, "root", "stunnel")
 
@@ -251,3 +264,104 @@ def test_usage(args):
     assert done.returncode == 100
     assert done.stderr.startswith("stunnel3-setup: usage: stunnel3-setup [options] SERVICE_DIR")
     assert "Traceback" not in done.stderr
+
+
+def test_a_relative_directory_is_said_absolute(tmp_path):
+    done = subprocess.run([SETUP, "--port", "2525", "svc"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    service = tmp_path / "svc"
+    assert f"try `cd {service} && ./run`, then `ln -s {service} " in done.stdout
+    paths = re.findall(r"[\w.~-]*/[\w./-]*", done.stdout)  # every word with a slash
+    assert paths and {path for path in paths if not path.startswith("/")} == {"./run"}  # cd'd
+
+
+def in_own_pid_namespace(script: str) -> subprocess.CompletedProcess:
+    """sh -c script where the only processes are its own: no svscan of the machine's."""
+    return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_it_names_the_scan_directory_of_a_running_svscan(tmp_path):
+    scan, service = tmp_path / "scan", tmp_path / "svc"
+    scan.mkdir()
+    # svscan, stopped once it is in its directory: it must never start what we link there
+    script = f"""svscan {scan} & until [ /proc/$!/cwd -ef {scan} ]; do sleep 0.02; done
+kill -STOP $!; {SETUP} --no-warm --port 2525 {service}; status=$?; kill -KILL $!; exit $status"""
+    done = in_own_pid_namespace(script)
+    assert done.returncode == 0, done.stderr
+    assert f"then `ln -s {service} {scan}/svc`\n" in done.stdout
+    (scan / "svc").symlink_to(service)
+    again = in_own_pid_namespace(script)
+    assert f"svscan runs it: {scan}/svc leads to it\n" in again.stdout
+    none = in_own_pid_namespace(f"{SETUP} --no-warm {service}")  # no svscan running
+    there = next((d for d in (Path("/etc/service"), Path("/service")) if d.is_dir()), None)
+    if there is None:
+        assert none.stdout.endswith(
+            f"then `ln -s {service} /etc/service/svc`\nstunnel3-setup: no svscan scan directory"
+            " here: apt-get install daemontools-run (its svscan scans /etc/service), or make"
+            " /service and run svscan there\n"
+        )
+    else:
+        assert f"`ln -s {service} {there}/svc`" in none.stdout
+
+
+def test_a_rerun_keeps_what_the_first_chose_and_options_change_it(tmp_path):
+    service = tmp_path / "svc"
+    first = [
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        "2525",
+        "--smtpd",
+        "/x/y smtpd",
+        "--rules",
+        "/r.cdb",
+        "--path",
+        f"{Path(SETUP).parent}:/usr/bin:/bin",
+        "--log-user",
+        "nobody",
+    ]
+    assert setup(*first, service).returncode == 0  # fmt: skip
+    before = snapshot(tmp_path)
+    again = setup(service)
+    assert again.returncode == 0, again.stderr
+    assert snapshot(tmp_path) == before and "wrote" not in again.stdout
+    changed = setup("--port", "2526", service)  # a run file of ours takes new values
+    assert changed.returncode == 0, changed.stderr
+    assert f"rewrote {service / 'run'}\n" in changed.stdout
+    run = (service / "run").read_text()
+    assert "PORT=2526\n" in run and "IP=127.0.0.1\n" in run and "SMTPD='/x/y smtpd'\n" in run
+    assert "exec setuidgid nobody multilog" in (service / "log" / "run").read_text()
+    (service / "run").write_text(run.replace('-c "${MAXSMTPD:-40}"', "-c 20"))  # edited
+    refused = setup("--port", "2527", service)
+    assert refused.returncode == 111 and "exists and differs" in refused.stderr
+    forced = setup("--port", "2527", "--force", service)
+    assert forced.returncode == 0 and "PORT=2527\n" in (service / "run").read_text()
+    assert "RULES=/r.cdb\n" in (service / "run").read_text()  # still the first run's
+
+
+def test_refused_when_the_backend_account_cannot_run_fixcrio(tmp_path):
+    """`setuidgid qmaild fixcrio`: a Python under a directory closed to qmaild (a venv of a
+    Python under /root) is refused before anything is made, naming the account and why."""
+    fixcrio = str(Path(SETUP).with_name("fixcrio"))
+    with install_on_a_closed_python(tmp_path, fixcrio) as (install, python):
+        service = tmp_path / "svc"
+        done = setup("--path", f"{install}:/usr/bin:/bin", service)
+        assert done.returncode == 111
+        assert re.fullmatch(
+            rf"stunnel3-setup: fatal: qmaild( \(to be made\))? cannot run {install}/fixcrio"
+            rf" \(the run file's setuidgid qmaild fixcrio\): fixcrio: fatal: unable to run"
+            rf" {python}: access denied; install stunnel3 where every account can run it\n",
+            done.stderr,
+        )
+        assert not service.exists()
+
+
+def test_every_run_file_it_writes_switches_ids_at_once(tmp_path):
+    """Issue #18: -s/-g in inetd mode without -i leave TLS to root; the run line has -i."""
+    service = tmp_path / "svc"
+    assert setup("--port", 2525, service).returncode == 0
+    (argv,) = setup_scripts.stunnel_words((service / "run").read_text())
+    assert {"-s", "-g", "-i"} <= set(argv) and "-d" not in argv
+    assert setup_scripts.late_id_switches((service / "run").read_text()) == []

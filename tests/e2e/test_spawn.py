@@ -1,10 +1,11 @@
 """Programs started without a fork (makesock's PROG2: limits.spawn, docs/makesock.md;
 stunnel's -l: subprocess): what they get is what a forked one got.
 
-makesock runs our stunnel in its own process and starts PROG2 with posix_spawn; under
-`softlimit` through prlimit(1), which gives the soft limits back to the byte. Either way
-PROG2 sees the caller's limits and ignored signals, holds its end of the pair on 0 and 1
-and nothing else, and a PROG2 that cannot run is said on stderr in makesock's words.
+makesock runs our stunnel in its own process, and its keeper (children.py) starts PROG2
+with posix_spawn; under `softlimit` through prlimit(1), which gives the soft limits back
+to the byte. Either way PROG2 sees the caller's limits and ignored signals, holds its end
+of the pair on 0 and 1 and nothing else, and a PROG2 that cannot run is said on stderr in
+makesock's words.
 """
 
 import os
@@ -65,11 +66,20 @@ def children(parent: int) -> list[int]:
         return []
 
 
+def descendants(parent: int) -> list[int]:
+    """parent's children and theirs, deepest last."""
+    found = children(parent)
+    for pid in list(found):
+        found += descendants(pid)
+    return found
+
+
 def the_child(parent: int) -> int:
-    """The one child of parent once it runs `sleep` (prlimit, if any, has exec'd it)."""
+    """PROG2 under parent (the keeper's child) once it runs `sleep` (prlimit, if any, has
+    exec'd it)."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        for pid in children(parent):
+        for pid in descendants(parent):
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             if argv[0].endswith(b"sleep"):
                 return pid
@@ -79,7 +89,7 @@ def the_child(parent: int) -> int:
 
 def stop(chain: subprocess.Popen) -> None:
     """PROG2 first (stunnel then reads EOF on 3 and ends), then whatever is left, by pid."""
-    for pid in children(chain.pid):
+    for pid in reversed(descendants(chain.pid)):
         os.kill(pid, signal.SIGKILL)
     try:
         chain.wait(timeout=TIMEOUT)

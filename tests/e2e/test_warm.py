@@ -166,7 +166,7 @@ def test_statuses_and_texts_equal_the_direct_path(helper, stunnel_bin, args, sta
     [
         (signal.SIGTERM, 3, b"Received signal 15; terminating"),
         (signal.SIGINT, 3, b"Received signal 2; terminating"),
-        (signal.SIGHUP, -signal.SIGHUP, None),  # not handled: it dies of it, and so do we
+        (signal.SIGHUP, 3, b"Received signal 1; terminating"),  # 3.22 took HUP alike
     ],
 )
 def test_a_signal_mid_session_ends_it_as_directly(helper, stunnel_bin, pki, signum, status, line):
@@ -324,8 +324,10 @@ def test_the_worker_is_the_client_recreated(helper, stunnel_bin, pki, tmp_path):
             network.close()  # EOF before any TLS: the session ends, status 0
             process.communicate(timeout=TIMEOUT)
             assert process.returncode == 0
-    # ours at their numbers; whatever else pytest's caller left inheritable, in both
-    assert {0: 1, 1: 1, 2: 2, 3: 3, 7: 7}.items() <= seen[True]["fds"].items()
+    # ours at their numbers; 7, inherited and not the mode's, closed before the jail in
+    # both (issue #18 item 7), as whatever else pytest's caller left inheritable
+    assert {0: 1, 1: 1, 2: 2, 3: 3}.items() <= seen[True]["fds"].items()
+    assert 7 not in seen[True]["fds"]
     assert seen[True]["fds"] == seen[False]["fds"]
     assert seen[True] == seen[False]
     assert seen[True]["Umask"] == ["0027"]
@@ -333,7 +335,11 @@ def test_the_worker_is_the_client_recreated(helper, stunnel_bin, pki, tmp_path):
 
 def test_the_environment_reaches_a_local_program(helper, stunnel_bin, pki, tmp_path):
     """tcpserver's variables and ours reach -l; the front's STUNNEL3_RLIMITS does not."""
-    script = "env; echo PARENT=$(tr '\\0\\n' '  ' < /proc/$PPID/cmdline | grep -c stunnel3-war[m])"
+    # The worker shows the front's own command line (proctitle): its parent is the helper.
+    script = (
+        "env; up=$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$PPID/status);"
+        " echo PARENT=$(tr '\\0\\n' '  ' < /proc/$up/cmdline | grep -c stunnel3-war[m])"
+    )
     outputs = {}
     for warm in (True, False):
         env = environment(WARM_PROBE="a b=c", STUNNEL3_WARM="1" if warm else "0")
@@ -404,12 +410,10 @@ def test_forged_and_garbled_announcements_never_hurt(helper, stunnel_bin):
         for process in (sleeper, stranger):
             process.kill()
             process.wait()
-    other = Path(helper.path).parent / "stunnel"  # our front, for Debian's own python3
-    front = Path(stunnel_bin).read_text()
-    other.write_text(
-        front.replace("py=${STUNNEL3_PYTHON:-", "py=${NOT_OURS:-/usr/bin/python3 #", 1)
-    )
+    other = Path(helper.path).parent / "stunnel"  # our front, installed for Debian's python3
+    other.write_text(Path(stunnel_bin).read_text())
     other.chmod(0o755)
+    (other.parent / "stunnel3-python").write_text("#!/usr/bin/python3\n")
     process, _, err = run_with_fd3(str(other), ["-x"], True)
     assert serving_ids(err) <= {process.pid}  # whatever that Python made of it, it ran here
     assert "not a front of this installation" in helper.wait_log("not a front of this")
@@ -589,7 +593,7 @@ def test_a_killed_helper_leaves_the_sessions_their_status(helper, stunnel_bin, p
         said = process.communicate(timeout=TIMEOUT)[1]
     assert process.returncode == (0 if end == "plain" else 3), said
     assert b"without a status" not in said
-    assert (b"bytes sent to SSL" if end == "plain" else b"Received signal 15") in said
+    assert (b"SSL_accept: " if end == "plain" else b"Received signal 15") in said
 
 
 def test_fronts_waiting_on_a_stopped_helper_go_direct_when_it_dies(helper, stunnel_bin):

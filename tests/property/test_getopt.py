@@ -1,4 +1,7 @@
-"""Our getopt agrees with Python's getopt.getopt (which follows C getopt) on random argv.
+"""Our getopt agrees with Python's on random argv: getopt.gnu_getopt (glibc's
+permuting getopt, what 3.22 on Linux ran) and, under POSIXLY_CORRECT,
+getopt.getopt (POSIX: stop at the first operand). tests/oracle holds the same
+rule against the real 3.22.
 
 The words are drawn from stunnel's option alphabet: flags, options with attached
 or separate arguments, clusters, arguments that look like options, unknown
@@ -6,6 +9,8 @@ letters, `-`, `--`, long-looking words and plain operands.
 """
 
 import getopt as reference
+import os
+from unittest import mock
 
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -41,25 +46,30 @@ argvs = st.lists(word(), max_size=10)
 
 
 @settings(max_examples=1000)
-@given(argvs)
-def test_agrees_with_c_getopt(argv):
-    expected, ours = both(argv)
+@given(argvs, st.booleans())
+def test_agrees_with_c_getopt(argv, posix):
+    expected, ours = both(argv, posix)
     event("refused" if expected is None else f"accepted, operands: {bool(expected[1])}")
     assert ours == expected, argv
 
 
-def both(argv):
-    """(Python's getopt.getopt, ours) on argv, each None where it refuses the line."""
-    try:
-        expected = reference.getopt(argv, OPTSTRING)
-    except reference.GetoptError:
-        expected = None
-    try:
-        found, operands = getopt(argv)
-    except OptionError as error:
-        assert error.text.startswith("Illegal option: '")
-        assert error.status == 1 and error.usage_hint
-        return expected, None
+def both(argv, posix=False):
+    """(Python's getopt, ours) on argv, each None where it refuses the line."""
+    environment = {"POSIXLY_CORRECT": "1"} if posix else {}
+    with mock.patch.dict(os.environ, environment):
+        if not posix:
+            os.environ.pop("POSIXLY_CORRECT", None)
+        reference_getopt = reference.getopt if posix else reference.gnu_getopt
+        try:
+            expected = reference_getopt(argv, OPTSTRING)
+        except reference.GetoptError:
+            expected = None
+        try:
+            found, operands = getopt(argv)
+        except OptionError as error:
+            assert error.text.startswith("Illegal option: '")
+            assert error.status == 1 and error.usage_hint
+            return expected, None
     return expected, ([("-" + opt, arg) for opt, arg in found], operands)
 
 
@@ -69,11 +79,20 @@ def test_named_cases_agree():
         "cluster": ["-fiF3"],
         "attached": ["-/ssl", "-F3"],
         "dash argument": ["-n", "-", "-F", "--"],
-        "stop at operand": ["prog", "-f"],
+        "options after an operand": ["prog", "-f"],
         "double dash": ["-f", "--", "-f"],
         "missing argument": ["-p"],
         "unknown": ["-Q"],
+        "unknown after an operand": ["-l", "/bin/echo", "echo", "-x"],
     }
-    for argv in cases.values():
-        expected, ours = both(argv)
-        assert ours == expected, argv
+    for posix in (False, True):
+        for argv in cases.values():
+            expected, ours = both(argv, posix)
+            assert ours == expected, (argv, posix)
+
+
+def test_permutation_and_posixly_correct():
+    """glibc's rule, and POSIX's: what `-l /bin/echo echo -c` means to each."""
+    argv = ["-l", "/bin/echo", "echo", "-c", "--", "-f"]
+    assert both(argv)[1] == ([("-l", "/bin/echo"), ("-c", "")], ["echo", "-f"])
+    assert both(argv, posix=True)[1] == ([("-l", "/bin/echo")], ["echo", "-c", "--", "-f"])

@@ -1,9 +1,13 @@
-"""Replay an SMTP transcript through SmtpProxy and render what came out, in the same notation.
+"""Replay a transcript through its layer and render what came out, in the same notation.
 
-A transcript is a whole session as a person reads it (STYLE item 12). Lines:
+A transcript is a whole session as a person reads it (STYLE item 12); its file's
+suffix names the layer: .smtp SmtpProxy, .imap ImapProxy, .pop3 Pop3Proxy. Lines:
 
     # comment, blank lines        kept as they are
-    ! require_tls | log | no_received    options for SmtpProxy (before any input)
+    ! require_tls | plaintext_auth | no_starttls | log | no_received
+                  options for the layer (before any input): TLS required, credentials
+                  allowed before TLS, STARTTLS not offered, the debug log, (SMTP) no
+                  Received: line
     C> EHLO x     the client sends "EHLO x\\r\\n"       C: raw   the client sends raw bytes
     B> 250 ok     the backend sends "250 ok\\r\\n"      B: raw   the backend sends raw bytes
     C> EOF / B> EOF   that side closes
@@ -26,8 +30,24 @@ compares: a transcript is its own expected output.
 
 import re
 
+from stunnel3.imap import ImapProxy
+from stunnel3.pop3 import Pop3Proxy
 from stunnel3.protocol import Close, Log, StartTls, TlsInfo, ToBackend, ToClient
 from stunnel3.smtp import SmtpProxy
+
+LAYERS = {
+    ".smtp": (SmtpProxy, {"clock": lambda: 1700000000}),
+    ".imap": (ImapProxy, {}),
+    ".pop3": (Pop3Proxy, {}),
+}
+# `! word`: the layer's keyword argument and its value.
+OPTIONS = {
+    "log": ("log_dialogue", True),
+    "require_tls": ("require_tls", True),
+    "plaintext_auth": ("plaintext_auth", True),
+    "no_starttls": ("offer_tls", False),
+    "no_received": ("received_header", False),
+}
 
 TLS_INFO = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256)
 REPEAT = re.compile(r"\{\{([A-Za-z0-9])\*(\d+)\}\}")  # {{a*300}}: 300 a's
@@ -109,9 +129,10 @@ def render(actions, with_log: bool) -> list[str]:
     return lines
 
 
-def replay(text: str) -> str:
+def replay(text: str, suffix: str = ".smtp") -> str:
     """The transcript as the proxy really behaves: inputs kept, outputs rendered."""
-    options = {"require_tls": False, "log_dialogue": False, "received_header": True}
+    layer_class, defaults = LAYERS[suffix]
+    options = dict(defaults)
     proxy = None
     out: list[str] = []
     for line in text.splitlines():
@@ -121,15 +142,14 @@ def replay(text: str) -> str:
             line += " "
         out.append(line.rstrip(" "))
         if line.startswith("! "):
-            for word in line[2:].split():
-                key = {"log": "log_dialogue", "no_received": "received_header"}.get(word, word)
-                options[key] = word != "no_received"
+            options.update(OPTIONS[word] for word in line[2:].split())
             continue
         if not line.startswith(INPUTS):
             continue
+        logged = bool(options.get("log_dialogue"))
         if proxy is None:
-            proxy = SmtpProxy(**options, clock=lambda: 1700000000)
-            out.extend(render(proxy.start(), options["log_dialogue"]))
+            proxy = layer_class(**options)
+            out.extend(render(proxy.start(), logged))
         if line == "== TLS":
             actions = proxy.tls_started(TLS_INFO)
         else:
@@ -139,5 +159,5 @@ def replay(text: str) -> str:
                 data = payload.encode() + b"\r\n" if line[1] == ">" else unescape(payload)
             feed = proxy.feed_client if line[0] == "C" else proxy.feed_backend
             actions = feed(data)
-        out.extend(render(actions, options["log_dialogue"]))
+        out.extend(render(actions, logged))
     return "\n".join(out) + "\n"

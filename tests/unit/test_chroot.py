@@ -197,21 +197,42 @@ def test_a_relative_jail_is_relative_to_the_working_directory(jail):
     assert in_child(work) == ["seed", "stunnel.pem"]
 
 
-def test_without_i_in_inetd_mode_ids_are_ignored_with_a_notice(jail):
+IGNORED = (
+    "-s and -g are ignored in inetd mode without -i (as in 3.22): the TLS code runs as uid 0;"
+    " add -i to switch before the first byte is read"
+)
+
+
+def test_without_i_in_inetd_mode_ids_are_ignored_with_a_warning(jail):
     options = Options(chroot_dir=str(jail), setuid_user="nobody", setgid_group="nogroup")
     log = RecordingLog()
 
     def work():
+        chroot.warn_ignored_ids(options, log)
         chroot.enter_jail(options, chroot.resolve_ids(options), log)
         return identity(), sorted(os.listdir("/")), log.lines
 
     ids, listing, lines = in_child(work)
     assert ids[0] == (0, 0, 0)  # still root: 3.22 applied -s/-g in inetd mode only with -i
     assert listing == ["seed", "stunnel.pem"]  # -/ applies all the same
-    assert (5, "-s and -g are ignored in inetd mode without -i") in lines
+    assert lines[0] == (4, IGNORED)
 
 
-def test_no_notice_when_no_ids_were_asked_for(jail):
+@pytest.mark.parametrize(
+    "options",
+    [
+        Options(),
+        Options(setuid_user="nobody", switch_ids_now=True),
+        Options(setgid_group="nogroup", daemon=Address(None, 25)),
+    ],
+)
+def test_no_warning_when_ids_apply_or_none_were_asked_for(options):
+    log = RecordingLog()
+    chroot.warn_ignored_ids(options, log)
+    assert log.lines == []
+
+
+def test_no_line_from_the_jail_when_no_ids_were_asked_for(jail):
     log = RecordingLog()
     assert in_child(lambda: chroot.enter_jail(Options(), Ids(None, None), log) or log.lines) == []
 
@@ -322,7 +343,7 @@ def test_nothing_is_imported_inside_the_jail(jail):
         chroot.seed_random(options, log)
         return sorted(set(sys.modules) - before), os.stat("/seed").st_size
 
-    assert in_child(work) == ([], 100)
+    assert in_child(work) == ([], 1024)
 
 
 # --- seed_random: -R, -B, -W, -E -----------------------------------------------------
@@ -353,24 +374,34 @@ def rand_calls(monkeypatch):
     return calls
 
 
+SEEDED = [
+    (7, "RAND_status claims sufficient entropy for the PRNG"),
+    (6, "PRNG seeded successfully"),
+]
+
+
 def test_seed_is_read_fed_to_openssl_and_rewritten(seed, rand_calls):
     log = RecordingLog()
     chroot.seed_random(Options(rand_file=str(seed)), log)
     assert rand_calls == [(bytes(range(64)), 64, 64.0)]
     fresh = seed.read_bytes()
-    assert len(fresh) == 200 and fresh != bytes(range(200))
+    assert len(fresh) == 1024 and fresh[:200] != bytes(range(200))
     assert log.lines == [
         (7, f"Snagged 64 random bytes from {seed}"),
-        (7, f"Wrote 200 new random bytes to {seed}"),
-        (7, "PRNG seeded successfully"),
+        (7, f"Wrote 1024 new random bytes to {seed}"),
+        *SEEDED,
     ]
 
 
 def test_rand_bytes_bounds_the_read(seed, rand_calls):
-    chroot.seed_random(Options(rand_file=str(seed), rand_bytes=16), RecordingLog())
+    chroot.seed_random(
+        Options(rand_file=str(seed), rand_bytes=16, rand_no_write=True), RecordingLog()
+    )
     assert rand_calls == [(bytes(range(16)), 16, 16.0)]
     chroot.seed_random(Options(rand_file=str(seed), rand_bytes=500), RecordingLog())
     assert len(rand_calls[1][0]) == 200
+    chroot.seed_random(Options(rand_file=str(seed), rand_bytes=-1), RecordingLog())
+    assert len(rand_calls[2][0]) == 1024  # -B below 0: the whole file (rewritten above)
 
 
 def test_no_write_keeps_the_seed(seed, rand_calls):
@@ -381,25 +412,44 @@ def test_no_write_keeps_the_seed(seed, rand_calls):
     assert len(rand_calls) == 1
 
 
-def test_a_big_seed_is_rewritten_to_1024_bytes_and_an_empty_one_to_b(tmp_path):
+def test_the_rewrite_is_1024_bytes_over_the_start_as_rand_write_file(tmp_path):
     big, empty = tmp_path / "big", tmp_path / "empty"
     big.write_bytes(b"x" * 5000)
     empty.write_bytes(b"")
+    big.chmod(0o640)
     log = RecordingLog()
     chroot.seed_random(Options(rand_file=str(big)), log)
     chroot.seed_random(Options(rand_file=str(empty)), log)
-    assert len(big.read_bytes()) == 1024
-    assert len(empty.read_bytes()) == 64
+    data = big.read_bytes()
+    assert len(data) == 5000 and data[1024:] == b"x" * 3976 and b"x" * 64 not in data[:1024]
+    assert big.stat().st_mode & 0o777 == 0o640  # left alone: the stunnel group reads it
+    assert len(empty.read_bytes()) == 1024
     assert (6, f"Unable to retrieve any random data from {empty}") in log.lines
 
 
-def test_a_missing_seed_is_said_and_not_created(tmp_path, rand_calls):
+def test_a_missing_seed_is_passed_over_in_silence_and_not_created(tmp_path, rand_calls):
     log = RecordingLog()
     chroot.seed_random(Options(rand_file=str(tmp_path / "none")), log)
     assert not (tmp_path / "none").exists()
     assert rand_calls == []
-    assert log.lines[0] == (6, f"Unable to retrieve any random data from {tmp_path}/none")
-    assert log.lines[-1] == (7, "PRNG seeded successfully")
+    assert log.lines == SEEDED  # 3.22 stat()ed it and went on
+
+
+def test_without_r_the_default_seed_file_is_home_rnd(tmp_path, monkeypatch, rand_calls):
+    """OpenSSL's RAND_file_name: $RANDFILE, else $HOME/.rnd (3.22 tried it without -R)."""
+    monkeypatch.delenv("RANDFILE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".rnd").write_bytes(b"r" * 10)
+    log = RecordingLog()
+    chroot.seed_random(Options(), log)
+    assert log.lines[:2] == [
+        (7, f"Snagged 10 random bytes from {tmp_path}/.rnd"),
+        (7, f"Wrote 1024 new random bytes to {tmp_path}/.rnd"),
+    ]
+    monkeypatch.setenv("RANDFILE", str(tmp_path / "elsewhere"))
+    log = RecordingLog()
+    chroot.seed_random(Options(), log)
+    assert log.lines == SEEDED
 
 
 def test_a_read_only_seed_warns_and_goes_on(jail):
@@ -419,8 +469,7 @@ def test_a_read_only_seed_warns_and_goes_on(jail):
     assert in_child(work) == [
         (7, "Snagged 64 random bytes from seed"),
         (4, "Failed to write strong random data to seed - may be a permissions or seeding problem"),
-        (7, "seed: Permission denied (13)"),
-        (7, "PRNG seeded successfully"),
+        *SEEDED,
     ]
     assert (jail / "seed").read_bytes() == b"s" * 100
 
@@ -437,28 +486,70 @@ def test_an_unreadable_seed_is_said_and_the_session_goes_on(jail):
         return log.lines[1:]
 
     lines = in_child(work)
-    assert lines[:2] == [
-        (6, "Unable to retrieve any random data from seed"),
-        (7, "seed: Permission denied (13)"),
-    ]
-    assert lines[2][0] == 4 and lines[-1] == (7, "PRNG seeded successfully")
+    assert lines[0] == (6, "Unable to retrieve any random data from seed")
+    assert lines[1][0] == 4 and lines[2:] == SEEDED
 
 
-def test_egd_is_not_needed(rand_calls):
+def test_egd_is_never_asked(rand_calls):
+    """3.22 on OpenSSL 3 asked the EGD only while the generator was unseeded: never."""
     log = RecordingLog()
-    chroot.seed_random(Options(egd_socket="/var/run/egd-pool"), log)
-    assert log.lines == [
-        (6, "EGD Socket /var/run/egd-pool not used: OpenSSL seeds itself"),
-        (7, "PRNG seeded successfully"),
-    ]
+    chroot.seed_random(Options(egd_socket="/var/run/egd-pool", rand_file="/nonexistent"), log)
+    assert log.lines == SEEDED
 
 
-def test_an_unseeded_generator_is_a_setup_error(monkeypatch):
+def test_an_unseeded_generator_is_warned_about_as_322_did(monkeypatch):
     class Unseeded:
         def RAND_status(self):
             return 0
 
     monkeypatch.setattr(chroot, "_libcrypto", Unseeded())
-    with pytest.raises(SetupError) as raised:
-        chroot.seed_random(Options(), RecordingLog())
-    assert raised.value.text == "PRNG was not seeded with enough random bytes"
+    log = RecordingLog()
+    chroot.seed_random(Options(rand_file="/nonexistent"), log)
+    assert log.lines == [(4, "PRNG may not have been seeded with enough random bytes")]
+
+
+def test_inherited_descriptors_are_closed_but_the_modes_own():
+    """Item 7 of issue #18: what the starting process left open stays outside the jail;
+    -F's descriptor, 0-2 and what our code opened itself (close-on-exec) stay."""
+
+    def work():
+        inherited = os.open("/dev/null", os.O_RDONLY)
+        os.set_inheritable(inherited, True)  # as a caller's descriptor comes to us
+        plaintext = os.dup(inherited)
+        os.set_inheritable(plaintext, True)
+        ours = os.open("/dev/null", os.O_RDONLY)  # Python's own: close-on-exec
+        log = RecordingLog()
+        chroot.close_inherited(Options(plaintext_fd=plaintext), log)
+
+        def is_open(fd):
+            try:
+                os.fstat(fd)
+            except OSError:
+                return False
+            return True
+
+        return [is_open(fd) for fd in (0, 1, 2, inherited, plaintext, ours)], inherited, log.lines
+
+    states, inherited, lines = in_child(work)
+    assert states == [True, True, True, False, True, True]
+    closed = lines[0][1].removeprefix("Closed inherited descriptors: ").split(", ")
+    assert lines[0][0] == 7 and str(inherited) in closed
+
+
+def test_stunnel3_setup_never_writes_s_or_g_without_i():
+    """Item 12 of issue #18: the run files stunnel3-setup writes switch ids at once."""
+    import shlex
+
+    from stunnel3 import setup_scripts
+    from stunnel3.options import parse
+    from stunnel3.setup_service import render_run
+
+    variables = {"PATH": "/opt/x/bin:/usr/bin:/bin", "IP": "127.0.0.1", "PORT": "2525"}
+    text = render_run(variables)
+    lines = [line for line in text.splitlines() if line.split()[:1] == ["stunnel"]]
+    assert len(lines) == 1, "one stunnel line in the run script"
+    for line in lines:
+        line = line.rstrip(" \\").replace('"$SSLUID"', "451").replace('"$SSLGID"', "451")
+        options = parse(shlex.split(line)[1:])
+        assert options.setuid_user and options.setgid_group and chroot.ids_apply(options)
+    assert "-i" in setup_scripts.RUN_SCRIPT

@@ -19,6 +19,9 @@ def backend_bytes(actions):
 
 
 def greeted(**options) -> ImapProxy:
+    """A session past the greeting. These tests are of a client that may log in before
+    TLS (STUNNEL3_AUTH=plaintext, 3.22's rule); the default is test_credentials.py's."""
+    options.setdefault("plaintext_auth", True)
     proxy = ImapProxy(**options)
     proxy.start()
     shown = client_bytes(proxy.feed_backend(GREETING))
@@ -98,7 +101,7 @@ def test_starttls_after_login_or_preauth_is_refused():
     assert client_bytes(proxy.feed_client(b"a2 STARTTLS\r\n")) == (
         b"a2 " + imap.STARTTLS_AUTHENTICATED
     )
-    proxy = ImapProxy()
+    proxy = ImapProxy(plaintext_auth=True)
     proxy.feed_backend(b"* PREAUTH ready\r\n")
     assert client_bytes(proxy.feed_client(b"a2 STARTTLS\r\n")) == (
         b"a2 " + imap.STARTTLS_AUTHENTICATED
@@ -205,6 +208,36 @@ def test_authenticate_takes_one_line_per_continuation():
     )
 
 
+def test_words_end_at_any_blank_so_a_tab_login_stays_out_of_the_log():
+    proxy = greeted(log_dialogue=True)
+    actions = proxy.feed_client(b"a1\tLOGIN\talice\thunter2\r\n")
+    actions += proxy.feed_client(b"a2  authenticate\tplain\tAGFsaWNl\r\n")
+    logged = [a.text for a in actions if isinstance(a, Log)]
+    assert logged == ["C: a1 LOGIN ***", "C: a2 AUTHENTICATE PLAIN ***"]
+    proxy.feed_backend(b"a1 OK in\r\na2 NO no\r\n")  # a LOGIN: its OK logs the session in
+    assert client_bytes(proxy.feed_client(b"a3 STARTTLS\r\n")) == (
+        b"a3 " + imap.STARTTLS_AUTHENTICATED
+    )
+
+
+def test_the_server_decides_a_continuation_of_a_command_the_proxy_does_not_know():
+    proxy = greeted(log_dialogue=True)
+    actions = proxy.feed_client(b"a1 XAUTH PLAIN\r\n")
+    actions += proxy.feed_backend(b"+ \r\n")  # so the next line is that command's
+    actions += proxy.feed_client(b"a2 NOOP hunter2\r\n")
+    assert backend_bytes(actions) == b"a1 XAUTH PLAIN\r\na2 NOOP hunter2\r\n"
+    logged = [a.text for a in actions if isinstance(a, Log)]
+    assert logged == [
+        "C: (16 bytes: not a command this proxy knows)",
+        "S: + ",
+        "C: ***",
+    ]
+    proxy.feed_backend(b"a1 OK logged in\r\n")  # an unknown command's OK counts as a login
+    assert client_bytes(proxy.feed_client(b"a3 STARTTLS\r\n")) == (
+        b"a3 " + imap.STARTTLS_AUTHENTICATED
+    )
+
+
 def test_idle_done():
     proxy = greeted()
     actions = proxy.feed_client(b"a1 IDLE\r\nDONE\r\n")
@@ -244,6 +277,13 @@ def test_backend_line_bound():
     proxy = greeted()
     assert proxy.feed_backend(b"* " + b"x" * (imap.MAX_LINE - 2)) == []
     actions = proxy.feed_backend(b"x")
+    assert client_bytes(actions) == imap.BACKEND_LINE_TOO_LONG and isinstance(actions[-1], Close)
+
+
+def test_backend_line_bound_holds_for_a_whole_line_too():
+    line = b"* " + b"x" * (imap.MAX_LINE - 2)
+    assert client_bytes(greeted().feed_backend(line + b"\n")) == line + b"\n"
+    actions = greeted().feed_backend(line + b"x\n")
     assert client_bytes(actions) == imap.BACKEND_LINE_TOO_LONG and isinstance(actions[-1], Close)
 
 

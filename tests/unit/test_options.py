@@ -11,8 +11,9 @@ from stunnel3.options import (
     getopt,
     parse,
     parse_debug,
-    pid_path,
     program_argv,
+    resolve_host,
+    safename,
     service_name,
 )
 
@@ -63,11 +64,16 @@ VALUES = [
     (["-g", "65534"], "setgid_group", "65534"),
     (["-t", "1"], "session_timeout", 1),
     (["-t", " 600s"], "session_timeout", 600),
+    (["-t", "-5"], "session_timeout", -5),  # 3.22 refused only 0
+    (["-B", "-1"], "rand_bytes", -1),  # RAND_load_file: the whole file
+    (["-n", "http"], "protocol", "http"),  # 3.22 failed each connection, not the line
+    (["-P", "relative"], "pid_file", "relative"),  # judged by the daemon, as 3.22
     (["-u", "root"], "ident_user", "root"),
     (["-n", "smtp"], "protocol", "smtp"),
     (["-n", "pop3-"], "protocol", "pop3-"),
     (["-n", "nntp"], "protocol", "nntp"),
     (["-N", "smtps"], "service_name", "smtps"),
+    (["-N", "smtp-tls"], "service_name", "smtp.tls"),  # 3.22's safename
     (["-C", "HIGH:!aNULL"], "cipher_list", "HIGH:!aNULL"),
     (["-D", "0"], "debug_level", 0),
     (["-D", "mail.info"], "debug_facility", "mail"),
@@ -131,11 +137,12 @@ def test_socket_options_accumulate_in_order():
         (["-fiF3"], dict(foreground=True, switch_ids_now=True, plaintext_fd=3)),
         (["-fiF", "3"], dict(foreground=True, switch_ids_now=True, plaintext_fd=3)),
         (["-/ssl", "-F3"], dict(chroot_dir="ssl")),
-        (["-n", "smtp-", "-N", "-", "-F3"], dict(service_name="-")),
-        (["-N", "--", "-F3"], dict(service_name="--")),
-        (["-N-f", "-F3"], dict(service_name="-f", foreground=False)),
-        (["-F3", "-", "-f"], dict(foreground=False, program_args=("-", "-f"))),
-        (["-F3", "x", "-f"], dict(foreground=False, program_args=("x", "-f"))),
+        (["-n", "smtp-", "-N", "-", "-F3"], dict(service_name=".")),
+        (["-N", "--", "-F3"], dict(service_name="..")),
+        (["-N-f", "-F3"], dict(service_name=".f", foreground=False)),
+        # glibc permutes: options after an operand count, `--` ends them
+        (["-F3", "-", "-f"], dict(foreground=True, program_args=("-",))),
+        (["-F3", "x", "-f"], dict(foreground=True, program_args=("x",))),
         (["-F3", "--", "-f"], dict(foreground=False, program_args=("-f",))),
         (["-F3", "--"], dict(program_args=())),
     ],
@@ -144,6 +151,12 @@ def test_getopt_rules(argv, expected):
     options = parse(argv)
     for field, value in expected.items():
         assert getattr(options, field) == value, field
+
+
+def test_posixly_correct_stops_at_the_first_operand(monkeypatch):
+    monkeypatch.setenv("POSIXLY_CORRECT", "1")
+    options = parse(["-F3", "x", "-f"])
+    assert (options.foreground, options.program_args) == (False, ("x", "-f"))
 
 
 def test_operands_are_the_program_argv_and_name_the_service():
@@ -157,12 +170,17 @@ def test_operands_are_the_program_argv_and_name_the_service():
 @pytest.mark.parametrize(
     ("argv", "name"),
     [
-        (["-l", "/usr/sbin/in.pop3d"], "in.pop3d"),
+        (["-l", "/usr/sbin/in.pop3d"], "in.pop3d"),  # -l's base name is not made safe
         (["-l", "imapd"], "imapd"),
         (["-r", "110"], "110"),
         (["-r", "mail:110"], "mail.110"),  # 3.22's safename: ':' -> '.'
+        (["-r", "mail-1.example:pop3"], "mail.1.example.pop3"),
+        (["-l", "/bin/x", "-r", "25"], "x"),  # -r after -l leaves -l's name
+        (["-r", "25", "-l", "/bin/x"], "x"),
         (["-N", "pop", "-l", "/bin/x"], "pop"),  # -N wins over everything
         (["-l", "/bin/x", "-N", "pop", "--", "argv0"], "pop"),
+        (["-l", "/bin/x", "--", "argv-0"], "argv-0"),  # operands are not made safe
+        (["-N", "caf\u00e9", "-F3"], "caf.."),  # each byte of UTF-8
         (["-F", "3"], "stunnel"),
     ],
 )
@@ -170,16 +188,15 @@ def test_service_name_defaults(argv, name):
     assert parse(argv).service_name == name
 
 
+def test_safename():
+    assert safename("smtp-tls") == "smtp.tls"
+    assert safename("a b/c:d_e") == "a.b.c.d.e"
+    assert safename("Imap4") == "Imap4"
+
+
 def test_program_argv_defaults_to_the_service_name():
     assert program_argv(parse(["-l", "/usr/bin/cat"])) == ["cat"]
     assert program_argv(parse(["-l", "/usr/bin/cat", "-N", "kitty"])) == ["kitty"]
-
-
-def test_pid_path():
-    assert pid_path(parse(["-F3"])) == "/var/run/stunnel.stunnel.pid"
-    assert pid_path(parse(["-F3", "-P", "/run/", "-N", "smtp"])) == "/run/stunnel.smtp.pid"
-    assert pid_path(parse(["-F3", "-P", "/run/s.pid"])) == "/run/s.pid"
-    assert pid_path(parse(["-F3", "-P", "none"])) is None
 
 
 def test_help_and_version_win_only_where_getopt_meets_them():
@@ -208,8 +225,6 @@ ERRORS = [
     (["-S", "-2", "-F3"], "Bad -S value '-2'", 1),
     (["-t", "0", "-F3"], "Illegal session timeout: 0", 1),
     (["-t", "x", "-F3"], "Illegal session timeout: x", 1),
-    (["-t", "-5", "-F3"], "Illegal session timeout: -5", 1),
-    (["-B", "-1", "-F3"], "Illegal number of random bytes: -1", 1),
     (["-D", "8", "-F3"], "Illegal debug argument: 8", 1),
     (["-D", "77", "-F3"], "Illegal debug argument: 77", 1),
     (["-D", "", "-F3"], "Illegal debug argument: ", 1),
@@ -220,11 +235,13 @@ ERRORS = [
     (["-O", "x:SO_DEBUG=1", "-F3"], "Illegal socket option: x:SO_DEBUG=1", 1),
     (["-O", "aSO_DEBUG=1", "-F3"], "Illegal socket option: aSO_DEBUG=1", 1),
     (["-O", "a:SO_DEBUG", "-F3"], "Illegal socket option: a:SO_DEBUG", 1),
-    (["-O", "a:SO_NOPE=1", "-F3"], "Illegal socket option: a:SO_NOPE=1", 1),
-    (["-O", "a:so_debug=1", "-F3"], "Illegal socket option: a:so_debug=1", 1),
+    (["-O", "a:SO_NOPE=1", "-F3"], "Illegal socket option: a:SO_NOPE", 1),  # cut at '='
+    (["-O", "a:so_debug=1", "-F3"], "Illegal socket option: a:so_debug", 1),
+    (["-O", "a:TCP_MAXSEG=536", "-F3"], "Illegal socket option: a:TCP_MAXSEG", 1),
     (["-O", "l:SO_BINDTODEVICE=" + "e" * 16, "-F3"], None, 1),
     (["-d", "0", "-F3"], "Invalid port: 0", 2),
     (["-d", "65536", "-F3"], "Invalid port: 65536", 2),
+    (["-d", "25x", "-F3"], "Invalid port: 25x", 2),
     (["-d", "host:", "-F3"], "Invalid port: ", 2),
     (["-d", "no-such-service", "-F3"], "Invalid port: no-such-service", 2),
     (["-r", "[::1]:x"], "Invalid port: x", 2),
@@ -237,13 +254,10 @@ ERRORS = [
         "-d, -r and -l (or -L) options are not allowed together",
         1,
     ),
-    (["-r", "2", "-l", "x"], "Only one of -r, -l (or -L) and -F may be used", 1),
-    (["-r", "2", "-F", "3"], "Only one of -r, -l (or -L) and -F may be used", 1),
+    (["-r", "2", "-F", "3"], "-F, -r and -l (or -L) options are not allowed together", 1),
+    (["-l", "x", "-F", "3"], "-F, -r and -l (or -L) options are not allowed together", 1),
     (["-F", "x"], "Illegal file descriptor: x", 1),
     (["-F", "-1"], "Illegal file descriptor: -1", 1),
-    (["-n", "http", "-F3"], "Unsupported protocol: http", 1),
-    (["-P", "", "-F3"], "Illegal pid file: (empty)", 1),
-    (["-I", "", "-F3"], "Illegal local address: (empty)", 1),
 ]
 
 
@@ -266,7 +280,18 @@ def test_first_error_in_argv_order_wins():
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("", 0), ("x", 0), ("7", 7), ("  -3", -3), ("+4x", 4), ("12abc", 12), ("- 1", 0)],
+    [
+        ("", 0),
+        ("x", 0),
+        ("7", 7),
+        ("  -3", -3),
+        ("+4x", 4),
+        ("12abc", 12),
+        ("- 1", 0),
+        ("4294967297", 1),  # strtol's long, kept in an int
+        ("2147483648", -(2**31)),
+        ("99999999999999999999", -1),  # clamped to LONG_MAX first
+    ],
 )
 def test_atoi_is_cs(text, value):
     assert atoi(text) == value
@@ -289,9 +314,46 @@ def test_parse_debug(text, result):
 
 def test_getopt_returns_letters_and_operands():
     assert getopt(["-fiF3", "-n", "-", "x", "-f"]) == (
-        [("f", ""), ("i", ""), ("F", "3"), ("n", "-")],
-        ["x", "-f"],
+        [("f", ""), ("i", ""), ("F", "3"), ("n", "-"), ("f", "")],
+        ["x"],
     )
+
+
+def test_errors_are_shown_only_through_the_debug_level_met_so_far():
+    """3.22 logged them with log(): `-D 2 -Q` says only print_info's hint."""
+    for argv, shown in [
+        (["-Q"], True),
+        (["-D", "2", "-Q"], False),
+        (["-D", "2", "-D", "9"], True),  # a bad level set 3.22's to 8 first
+        (["-D", "2", "-D", "nosuch.5"], False),  # a bad facility did not
+        (["-D", "3", "-t", "0"], True),
+    ]:
+        with pytest.raises(OptionError) as caught:
+            parse(argv)
+        assert caught.value.shown is shown, argv
+
+
+def test_hosts_resolve_while_parsing_with_a_resolver():
+    options = parse(["-r", "localhost:25", "-I", "127.0.0.1", "-d", "127.0.0.1:9"], resolve_host)
+    assert "127.0.0.1" in options.remote.resolved
+    assert options.local_ip == "127.0.0.1"
+    assert options.daemon == Address("127.0.0.1", 9, ("127.0.0.1",))
+    assert parse(["-r", "localhost:25"]).remote == Address("localhost", 25)  # no resolver
+    for argv in (["-r", ":25"], ["-I", "", "-r", "1"], ["-r", "nosuch.invalid:25"]):
+        with pytest.raises(OptionError) as caught:
+            parse(argv, resolve_host)
+        assert caught.value.text.startswith("Error resolving '")
+        assert (caught.value.status, caught.value.usage_hint) == (1, False)
+    with pytest.raises(OptionError, match="Error resolving"):  # the host before the port
+        parse(["-r", ":0"], resolve_host)
+
+
+def test_version_shows_what_came_before_it():
+    """3.22's -V printed its variables: -t, -D, -P, -p and -O met before -V."""
+    options = parse(["-t", "5", "-D", "3", "-P", "/x/", "-p", "k.pem", "-O", "a:IP_TTL=9", "-V"])
+    assert options.show == "version"
+    assert (options.session_timeout, options.debug_level, options.pid_file) == (5, 3, "/x/")
+    assert options.pem == "k.pem" and options.socket_options[0].name == "IP_TTL"
 
 
 def test_help_documents_every_option_as_getopt_reads_it():

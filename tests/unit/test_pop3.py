@@ -19,6 +19,9 @@ def backend_bytes(actions):
 
 
 def greeted(**options) -> Pop3Proxy:
+    """A session past the greeting. These tests are of a client that may log in before
+    TLS (STUNNEL3_AUTH=plaintext, 3.22's rule); the default is test_credentials.py's."""
+    options.setdefault("plaintext_auth", True)
     proxy = Pop3Proxy(**options)
     proxy.start()
     assert client_bytes(proxy.feed_backend(b"+OK POP3 ready <1.2@x>\r\n")) == (
@@ -176,6 +179,33 @@ def test_auth_continuations_and_secrets_stay_out_of_the_log():
     assert client_bytes(proxy.feed_client(b"STLS\r\n")) == pop3.STLS_AFTER_LOGIN
 
 
+def test_verbs_end_at_any_blank_so_tab_secrets_stay_out_of_the_log():
+    proxy = greeted(log_dialogue=True)
+    actions = proxy.feed_client(b"USER\talice\r\npass\t hunter2\r\n")
+    actions += proxy.feed_backend(b"+OK\r\n+OK in\r\n")
+    logged = [a.text for a in actions if isinstance(a, Log)]
+    assert logged == ["C: USER ***", "C: PASS ***", "S: +OK", "S: +OK in"]
+    assert client_bytes(proxy.feed_client(b"STLS\r\n")) == pop3.STLS_AFTER_LOGIN
+
+
+def test_the_backend_decides_sasl_after_a_command_the_proxy_does_not_know():
+    proxy = greeted(log_dialogue=True)
+    # Not known: a stop point (the SASL line waits), its `+ ` makes the next line SASL.
+    actions = proxy.feed_client(b"XAUTH PLAIN\r\nAGFsaWNlAGh1bnRlcjI=\r\n")
+    assert backend_bytes(actions) == b"XAUTH PLAIN\r\n"
+    actions += proxy.feed_backend(b"+ \r\n")
+    assert backend_bytes(actions).endswith(b"AGFsaWNlAGh1bnRlcjI=\r\n")
+    actions += proxy.feed_backend(b"+OK in\r\n")  # its +OK counts as a login
+    logged = [a.text for a in actions if isinstance(a, Log)]
+    assert logged == [
+        "C: (13 bytes: not a command this proxy knows)",
+        "S: + ",
+        "C: ***",
+        "S: +OK in",
+    ]
+    assert client_bytes(proxy.feed_client(b"STLS\r\n")) == pop3.STLS_AFTER_LOGIN
+
+
 def test_bodies_are_logged_by_size_only():
     proxy = greeted(log_dialogue=True)
     proxy.feed_client(b"RETR 1\r\n")
@@ -205,6 +235,10 @@ def test_backend_line_bound():
     proxy = greeted()
     proxy.feed_client(b"NOOP\r\n")
     actions = proxy.feed_backend(b"+OK " + b"x" * pop3.MAX_LINE)
+    assert client_bytes(actions) == pop3.BACKEND_LINE_TOO_LONG and isinstance(actions[-1], Close)
+    proxy = greeted()
+    proxy.feed_client(b"NOOP\r\n")  # a whole line over the bound in one read: the same
+    actions = proxy.feed_backend(b"+OK " + b"x" * pop3.MAX_LINE + b"\r\n")
     assert client_bytes(actions) == pop3.BACKEND_LINE_TOO_LONG and isinstance(actions[-1], Close)
 
 

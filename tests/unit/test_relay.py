@@ -15,7 +15,7 @@ import trustme
 
 from stunnel3.endpoints import ByteQueue, Endpoint
 from stunnel3.options import Options
-from stunnel3.protocol import Passthrough, StartTls, ToBackend, ToClient
+from stunnel3.protocol import Close, Passthrough, StartTls, ToBackend, ToClient
 from stunnel3.relay import BUFFER, READ_SIZE, Relay
 from stunnel3.tls import TlsSession, make_context
 
@@ -219,6 +219,64 @@ def test_start_tls_mid_stream_with_early_bytes(ctx):
     sock.shutdown(socket.SHUT_WR)
     h.back_ours.close()
     h.finish()
+
+
+class Answerer:
+    """After TLS, answers each client line itself (a local reply) and ends at BYE."""
+
+    def start(self):
+        return [StartTls()]
+
+    def feed_client(self, data):
+        if data.startswith(b"BYE"):
+            return [ToClient(b"bye\r\n"), Close("client said BYE")]
+        return [ToClient(b"local " + data)] if data else []
+
+    def feed_backend(self, data):
+        return [ToClient(data)]
+
+    def tls_started(self, info):
+        return []
+
+
+def test_a_local_reply_to_decrypted_bytes_leaves_without_more_input(ctx):
+    # The relay settles before it waits: what the layer says to bytes TLS just
+    # decrypted is encrypted and sent, though no descriptor would wake it for that.
+    h = Harness(ctx, layer=Answerer())
+    client = h.tls_client()
+    for line in (b"one\r\n", b"two\r\n"):
+        client.sendall(line)
+        assert client.recv(100) == b"local " + line  # the socket times out at 10 s
+    client.close()
+    h.back_ours.close()
+    h.finish()
+
+
+def test_close_ends_the_session_with_close_notify_and_a_backend_eof(ctx):
+    h = Harness(ctx, layer=Answerer())
+    client = Peer(h.net_ours)
+    client.send(b"BYE\r\n")
+    assert client.read_to_eof() == b"bye\r\n"  # b"" from read(): a close_notify came
+    h.back_ours.settimeout(10)
+    assert recv_all(h.back_ours) == b""  # the backend's input ended too
+    assert h.finish() is True
+
+
+def test_a_failed_handshake_sends_its_alert_before_closing(ctx):
+    from OpenSSL import SSL
+
+    h = Harness(ctx)
+    old = SSL.Context(SSL.TLS_METHOD)
+    old.set_max_proto_version(SSL.TLS1_1_VERSION)
+    old.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+    client = TlsSession(old, server=False)
+    client.handshake()
+    h.net_ours.sendall(client.outgoing())
+    h.net_ours.settimeout(10)
+    # protocol_version (70) in a fatal alert record, then our side closes
+    assert recv_all(h.net_ours) == b"\x15\x03\x02\x00\x02\x02\x46"
+    assert h.finish() is False
+    assert any(line.startswith("SSL_accept: ") for line in h.log.lines)
 
 
 def test_back_pressure_bounds_the_queues(ctx):

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
 from stunnel3.options import Options
-from stunnel3.tls import ContextError, TlsError, TlsSession, make_context
+from stunnel3.tls import ContextError, TlsError, TlsSession, check_pem, make_context
 
 
 @pytest.fixture(scope="module")
@@ -106,15 +106,42 @@ def test_ecdsa_key(certs):
     assert server.established
 
 
-def test_tls_1_1_is_refused(certs):
+def test_tls_1_1_is_refused_and_the_alert_is_left_to_send(certs):
     old = SSL.Context(SSL.TLS_METHOD)
     old.set_max_proto_version(SSL.TLS1_1_VERSION)
     old.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
     server = TlsSession(make_context(Options(pem=certs["server"]), RecordingLog()), server=True)
     client = TlsSession(old, server=False)
     client.handshake()
+    server.receive(client.outgoing())
     with pytest.raises(TlsError, match="SSL_accept"):
-        pump(client, server)
+        server.handshake()
+    # a fatal alert record (type 21) with protocol_version (70): the relay sends it
+    assert server.outgoing() == b"\x15\x03\x02\x00\x02\x02\x46"
+
+
+def test_a_renegotiation_is_refused_counted_and_the_session_goes_on(certs):
+    server = TlsSession(make_context(Options(pem=certs["server"]), RecordingLog()), server=True)
+    tls12 = SSL.Context(SSL.TLS_METHOD)
+    tls12.set_max_proto_version(SSL.TLS1_2_VERSION)
+    client = TlsSession(tls12, server=False)
+    client.handshake()
+    pump(client, server)
+    assert server.renegotiations_refused == 0
+    client._conn.renegotiate()  # pyOpenSSL's client API; our session has none
+    client.handshake()
+    server.receive(client.outgoing())
+    assert server.read() is None  # the ClientHello is refused, nothing decrypted
+    client.receive(server.outgoing())  # no_renegotiation, a warning: an OpenSSL
+    assert server.renegotiations_refused == 1  # (counted as it leaves)
+    with pytest.raises(TlsError, match="no renegotiation"):  # client gives up
+        client.handshake()
+    server.write(b"still here\r\n")  # the server's side of the session goes on
+    assert server.outgoing()
+    server.close()  # our close_notify is an alert too, but no refusal,
+    server.read()  # even with a read before the drain
+    server.outgoing()
+    assert server.renegotiations_refused == 1
 
 
 def test_compression_and_renegotiation_are_off(certs):
@@ -129,7 +156,7 @@ def test_compression_and_renegotiation_are_off(certs):
         (1, None, True, ""),  # 1: verify if present
         (1, "stranger", False, "VERIFY ERROR: depth=0"),
         (2, None, False, ""),  # 2: required
-        (2, "client", True, "VERIFY OK: depth=0: /O=trustme"),
+        (2, "client", True, "VERIFY OK: depth=0, /O=trustme"),
         (2, "stranger", False, "VERIFY ERROR"),
         (3, "client", False, "VERIFY ERROR ONLY MY: no cert for"),  # not installed locally
     ],
@@ -169,7 +196,7 @@ def test_client_verifies_the_server(certs):
 def test_missing_pem_is_3_22s_line(tmp_path):
     missing = str(tmp_path / "nope.pem")
     with pytest.raises(ContextError) as error:
-        make_context(Options(pem=missing), RecordingLog())
+        check_pem(missing, RecordingLog())  # 3.22 stat()ed it before the seed and the context
     assert error.value.text == f"{missing}: No such file or directory (2)"
 
 
@@ -181,8 +208,12 @@ def test_key_that_does_not_match(certs):
 def test_pem_without_key_and_garbage(tmp_path, certs):
     only_cert = tmp_path / "cert.pem"
     only_cert.write_bytes(open(certs["client_cert"], "rb").read())
-    with pytest.raises(ContextError, match="SSL_CTX_use_PrivateKey_file"):
+    with pytest.raises(ContextError) as error:
         make_context(Options(pem=str(only_cert)), RecordingLog())
+    assert error.value.text == (
+        f"SSL_CTX_use_PrivateKey_file: no private key in {only_cert} (it must hold the key and"
+        " its certificate)"
+    )
     garbage = tmp_path / "garbage.pem"
     garbage.write_bytes(b"not a pem\n")
     with pytest.raises(ContextError, match="SSL_CTX_use_certificate_chain_file"):
@@ -194,8 +225,8 @@ def test_world_readable_pem_is_warned_about(certs, tmp_path):
     loose.write_bytes(open(certs["server"], "rb").read())
     os.chmod(loose, 0o644)
     log = RecordingLog()
-    make_context(Options(pem=str(loose)), log)
-    assert (4, f"Wrong permissions on {loose}") in log.lines
+    check_pem(str(loose), log)
+    assert log.lines == [(4, f"Wrong permissions on {loose}")]
 
 
 def test_bad_ca_file_and_cipher_list(certs, tmp_path):

@@ -17,11 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def front(tmp_path: Path, prog: str, python: str) -> bytes:
+    """bin/'s front for prog, in a directory of its own with the stunnel3-python an
+    installer would have written beside it for python."""
     text = (ROOT / "bin" / "stunnel").read_text()
-    text = text.replace("\nprog=stunnel\n", f"\nprog={prog}\n").replace("@PYTHON@", python)
-    path = tmp_path / prog
-    path.write_text(text)
-    return bytes(path)
+    directory = tmp_path / f"{prog}-on-{python.replace('/', '_')}"
+    directory.mkdir()
+    (directory / prog).write_text(text.replace("\nprog=stunnel\n", f"\nprog={prog}\n"))
+    (directory / "stunnel3-python").write_text(f"#!{python}\n")
+    return bytes(directory / prog)
 
 
 def test_front_program_is_ours_only_on_our_python(tmp_path):
