@@ -80,7 +80,10 @@ def test_makesock_becomes_stunnel_and_so_does_the_worker(
             wait_stderr(process, b"stunnel 3.22 on")
             (served,) = warm_helper.workers() if warm else [process.pid]
             assert_named(served, ["stunnel", *args])
-            (second,) = children(served)  # PROG2, exec'd: it ends with stunnel's end of the pair
+            # PROG2's keeper (issue #18): a fork of makesock, named as makesock was
+            (keeper,) = children(served)
+            assert shown(keeper) == ("makesock", ["makesock", stunnel_bin, *args, SEP, "cat"])
+            (second,) = children(keeper)  # PROG2, exec'd: it ends with stunnel's end of the pair
             assert shown(second) == ("cat", ["cat"])
             if warm:  # the front waits as the sh it is: the kernel named it by its file
                 assert shown(process.pid)[0] == "makesock"

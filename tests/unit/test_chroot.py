@@ -542,10 +542,9 @@ def test_stunnel3_setup_never_writes_s_or_g_without_i():
 
     from stunnel3 import setup_scripts
     from stunnel3.options import parse
-    from stunnel3.setup_service import render_run
 
     variables = {"PATH": "/opt/x/bin:/usr/bin:/bin", "IP": "127.0.0.1", "PORT": "2525"}
-    text = render_run(variables)
+    text = setup_scripts.render_run(variables)
     lines = [line for line in text.splitlines() if line.split()[:1] == ["stunnel"]]
     assert len(lines) == 1, "one stunnel line in the run script"
     for line in lines:
