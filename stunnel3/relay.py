@@ -57,14 +57,6 @@ CLOSE_WAIT = 10.0
 ALERT_WAIT = 2.0  # for the alert of a failed TLS session to leave
 
 
-class Terminated(Exception):
-    """SIGTERM, SIGQUIT, SIGINT or SIGHUP arrived: the service exits with status 3."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 class Relay:
     """Run one session: `run()` returns True if it ended cleanly, False on a reset."""
 

@@ -24,18 +24,17 @@ import os
 import signal
 import socket
 
-from stunnel3 import children, chroot, libwrap, limits, policy
+from stunnel3 import children, libwrap, limits, policy
 from stunnel3.bounds import Bounds
 from stunnel3.endpoints import Endpoint, apply_socket_options, peer_address, set_nodelay
+from stunnel3.errors import SetupError
 from stunnel3.options import Options, program_argv, service_name
 from stunnel3.protocol import Passthrough
 from stunnel3.relay import Relay
+from stunnel3.signals import TERMINATING
 from stunnel3.tls import TlsSession
 
 CONNECT_TIMEOUT = 60.0
-# 3.22's signal_handler: each of these is `Received signal <n>; terminating`, exit 3
-# (service.py installs it); a program we start gets them back as they were
-TERMINATING = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP)
 SERVER_PROTOCOLS = ("smtp", "smtp-", "pop3", "pop3-", "imap-")
 UNSUPPORTED_PROTOCOLS = ("smb", "telnet")  # 3.22 knew their names, and no more
 
@@ -260,7 +259,7 @@ def resolve(host: str, port: int, resolved: tuple[str, ...] = ()) -> list[tuple]
             for entry in socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
         ]
     except (OSError, UnicodeError) as error:
-        raise chroot.SetupError(f"Error resolving '{host}': {error}") from None
+        raise SetupError(f"Error resolving '{host}': {error}") from None
     return [(family, address) for family, _, _, _, address in found]
 
 

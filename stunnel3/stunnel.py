@@ -1,12 +1,12 @@
 """stunnel's main: argv -> Options -> Log -> the service; exceptions become log lines.
 
 With the warm helper (docs/warm.md), the sh front hands its process over before
-any Python starts, and a worker forked from the helper runs `run()` below as
-this process would have; without it, `run()` runs here. This module imports
+any Python starts, and a worker forked from the helper runs `main()` below as
+this process would have; without it, `main()` runs here. This module imports
 nothing at its top but os and sys (loaded with the interpreter): makesock runs
 it in its own process, and a usage error must stay cheap.
 
-The order of `run()` is 3.22's main(): options are parsed first (hosts of -r,
+The order of `start()` is 3.22's main(): options are parsed first (hosts of -r,
 -d and -I resolved as they are met), their errors on stderr (3.22 set
 foreground before parsing, and its -D level already filtered them); -h and -V
 print and exit 0; then the log opens as the options say and names the service
@@ -17,7 +17,7 @@ makes the TLS context and logs the STUNNEL_INFO line (service.py). This is the
 only place where an exception becomes a message and an exit status: no
 traceback ever reaches a user.
 
-Exit status: what service.run returns; 1 for a usage or setup error or an
+Exit status: what service.serve returns; 1 for a usage or setup error or an
 unexpected exception; 2 for a bad port (options); 3 on SIGINT.
 """
 
@@ -26,17 +26,14 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    """argv[0] is the program name (as in sys.argv); the exit status is returned."""
-    return run(argv)
+    """argv[0] is the program name (as in sys.argv); the exit status is returned.
 
-
-def run(argv: list[str]) -> int:
-    """The whole program: the direct path's, and the warm worker's."""
+    The front's, makesock's (stunnel in its own process) and the warm worker's."""
     # makesock left fixcrio out and asks us to add its CRs on this descriptor
     # (makesock.without_fixcrio); no program we start may inherit the request.
     fixcrio_fd = os.environ.pop("STUNNEL3_FIXCRIO_FD", None)
     try:
-        return _run(argv[1:], fixcrio_fd)
+        return start(argv[1:], fixcrio_fd)
     except KeyboardInterrupt:
         return _interrupted()
     except SystemExit as done:
@@ -55,7 +52,8 @@ def _interrupted() -> int:
     return 3
 
 
-def _run(args: list[str], fixcrio_fd: str | None = None) -> int:
+def start(args: list[str], fixcrio_fd: str | None = None) -> int:
+    """SPEC §2's order up to the engine: options, -h/-V, the log, the library; then serve."""
     from stunnel3 import log as logging
     from stunnel3.options import USAGE_HINT, OptionError, parse, resolve_host
 
@@ -78,7 +76,19 @@ def _run(args: list[str], fixcrio_fd: str | None = None) -> int:
         return 0
     log = logging.Log.from_options(options)
     try:
-        return _serve(options, log)
+        from stunnel3 import libwrap
+
+        log.log(*libwrap.startup_line(options.service_name))
+        _defer_unused(options)
+        from stunnel3.tls_library import problem
+
+        too_old = problem()  # before the engine: a library we cannot use fails every session
+        if too_old:
+            log.err(too_old)
+            return 1
+        from stunnel3 import service  # the engine: only now is the rest of it loaded
+
+        return service.serve(options, log)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:
@@ -86,22 +96,6 @@ def _run(args: list[str], fixcrio_fd: str | None = None) -> int:
         return 1
     finally:
         log.close()
-
-
-def _serve(options, log) -> int:
-    from stunnel3 import libwrap
-
-    log.log(*libwrap.startup_line(options.service_name))
-    _defer_unused(options)
-    from stunnel3.tls_library import problem
-
-    too_old = problem()  # before the engine: a library we cannot use fails every session
-    if too_old:
-        log.err(too_old)
-        return 1
-    from stunnel3 import service  # the engine: only now is the rest of it loaded
-
-    return service.run(options, log)
 
 
 # What only a session that looks into a certificate uses (on_demand.py): pyOpenSSL
