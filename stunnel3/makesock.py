@@ -263,7 +263,7 @@ def without_fixcrio(invocation: Invocation) -> tuple[list[str], str] | None:
     and qmail-smtpd; it costs a Python start (~20 ms of CPU) and a pump
     process on every connection. When PROG1 is our stunnel running in this
     process (runs_our_stunnel) and serving the pair as -F FD, its relay adds
-    the same CRs to what it writes to FD and reads from it (fixcrio.CrAdder,
+    the same CRs to what it writes to FD and reads from it (line_ends.CrAdder,
     told by STUNNEL3_FIXCRIO_FD), and PROG2 runs as `setuidgid qmaild
     qmail-smtpd`: each side gets the bytes it would have got through fixcrio.
     Only when all of this holds; else PROG2 runs as written:

@@ -46,7 +46,7 @@ import time
 
 from stunnel3.bounds import Bounds, Exchanges
 from stunnel3.endpoints import ByteQueue, Endpoint, PeerError
-from stunnel3.fixcrio import CrAdder
+from stunnel3.line_ends import CrAdder
 from stunnel3.log import LOG_DEBUG, DialogueCap
 from stunnel3.protocol import Action, Close, Log, StartTls, ToBackend, ToClient
 from stunnel3.tls import TlsError, TlsSession

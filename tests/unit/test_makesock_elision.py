@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from stunnel3 import makesock
-from stunnel3.fixcrio import CrAdder, add_cr
+from stunnel3.line_ends import CrAdder, add_cr
 
 
 @pytest.fixture
