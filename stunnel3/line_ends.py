@@ -3,10 +3,12 @@
 ucspi-tcp's fixcrio (SPEC §4) puts a CR before each LF that does not follow a
 CR, both ways between its peer and its program, and removes nothing; "the last
 byte was a CR" carries across reads. `add_cr` is that rule on one read;
-`CrAdder` keeps its state for one direction. fixcrio.py pumps with it; the relay
-is given a `LineEnds` for its plaintext side when makesock has left fixcrio out
-of PROG2 (makesock.without_fixcrio, stunnel.main's line_ends), and applies it to
-the bytes that cross that descriptor, which are the ones fixcrio would have seen.
+`CrAdder` keeps its state for one direction. fixcrio.py pumps with it. The relay
+is given a `FixcrioRule` for its plaintext side when makesock has left fixcrio
+out of PROG2 (makesock.without_fixcrio -> stunnel.main(argv, fixcrio_fd) ->
+service.serve -> session -> Relay), and applies it to the bytes that cross that
+descriptor, which are the ones fixcrio would have seen; without one, the relay
+leaves line ends as they are.
 
 Imports nothing: fixcrio runs on every connection.
 """
@@ -40,3 +42,14 @@ class CrAdder:
     def __call__(self, data: bytes) -> bytes:
         fixed, self.after_cr = add_cr(data, self.after_cr)
         return fixed
+
+
+class FixcrioRule:
+    """fixcrio's rule on the plaintext side, both ways: what the relay writes to it
+    (`outgoing`) and what it reads from it (`incoming`), each with its own state."""
+
+    __slots__ = ("incoming", "outgoing")
+
+    def __init__(self) -> None:
+        self.outgoing = CrAdder()
+        self.incoming = CrAdder()

@@ -46,7 +46,7 @@ import time
 
 from stunnel3.bounds import Bounds, Exchanges
 from stunnel3.endpoints import ByteQueue, Endpoint, PeerError
-from stunnel3.line_ends import CrAdder
+from stunnel3.line_ends import FixcrioRule
 from stunnel3.log import LOG_DEBUG, DialogueCap
 from stunnel3.protocol import Action, Close, Log, StartTls, ToBackend, ToClient
 from stunnel3.tls import TlsError, TlsSession
@@ -69,7 +69,9 @@ class Relay:
         log,
         open_backend=None,
         bounds: Bounds | None = None,
+        line_ends: FixcrioRule | None = None,
     ):
+        """line_ends: what to do with the backend's line ends (line_ends.py); None: nothing."""
         self.network = network
         self.backend = backend
         self.open_backend = open_backend  # -l without -n: started after the handshake
@@ -98,9 +100,8 @@ class Relay:
         self._watched: dict[int, int] = {}
         # A backend whose fixcrio makesock left out: its rule, one state each way,
         # on the bytes that cross the backend's descriptor (what fixcrio would see).
-        fixing = backend is not None and backend.add_cr
-        self._cr_out = CrAdder() if fixing else None
-        self._cr_in = CrAdder() if fixing else None
+        self._cr_out = line_ends.outgoing if line_ends is not None else None
+        self._cr_in = line_ends.incoming if line_ends is not None else None
 
     # -- the layer's actions -------------------------------------------------
 

@@ -26,13 +26,17 @@ from stunnel3.bounds import Bounds
 from stunnel3.context import jail_then_context, make_context
 from stunnel3.endpoints import peer_address
 from stunnel3.errors import SetupError
+from stunnel3.line_ends import FixcrioRule
 from stunnel3.options import Options, service_name
 from stunnel3.session import SERVER_PROTOCOLS, session
 from stunnel3.signals import Terminated
 
 
-def serve(options: Options, log) -> int:
-    """The whole service; the exit status (0 ended, 1 setup error, 3 signal)."""
+def serve(options: Options, log, line_ends: FixcrioRule | None = None) -> int:
+    """The whole service; the exit status (0 ended, 1 setup error, 3 signal).
+
+    line_ends: what the relay does to the line ends of -F's descriptor (inetd
+    mode: makesock's hand-over, stunnel.main)."""
     signals.install()
     try:
         bounds = Bounds()  # a bad STUNNEL3_ setting is one fatal line, before anything
@@ -52,7 +56,7 @@ def serve(options: Options, log) -> int:
             ctx = jail_then_context(options, chroot.resolve_ids(options), log)
         else:
             allowed, ctx = None, make_context(options, log)
-        return session(options, log, ctx, 0, 1, {}, allowed, bounds)
+        return session(options, log, ctx, 0, 1, {}, allowed, bounds, line_ends)
     except Terminated as stop:
         log.err(f"Received signal {stop.signum}; terminating")
         return 3

@@ -28,6 +28,7 @@ from stunnel3 import children, libwrap, limits, policy
 from stunnel3.bounds import Bounds
 from stunnel3.endpoints import Endpoint, apply_socket_options, peer_address, set_nodelay
 from stunnel3.errors import SetupError
+from stunnel3.line_ends import FixcrioRule
 from stunnel3.options import Options, program_argv, service_name
 from stunnel3.protocol import Passthrough
 from stunnel3.relay import Relay
@@ -105,10 +106,13 @@ def session(
     env: dict,
     allowed: bool | None = None,
     bounds: Bounds | None = None,
+    line_ends: FixcrioRule | None = None,
 ) -> int:
     """Serve one connection (fds rfd/wfd); the exit status of its process.
 
-    `allowed`: TCP wrappers' verdict, when it had to be taken before the jail."""
+    `allowed`: TCP wrappers' verdict, when it had to be taken before the jail;
+    `line_ends`: what the relay does to the line ends of -F's descriptor, when it
+    is the backend (makesock's hand-over: stunnel.main)."""
     name = service_name(options)
     bounds = bounds or Bounds()
     log.debug(f"{name} started")
@@ -119,6 +123,7 @@ def session(
             local = start_program(options, log, env, None)  # 3.22: -r with -l (pppd's idiom)
         _greet(options, log, local, allowed)
         network, backend, opener = _sides(options, log, ctx, local, env)
+        on_plaintext_fd = backend is not None and backend.rfd == options.plaintext_fd
         relay = Relay(
             network,
             backend,
@@ -127,6 +132,7 @@ def session(
             log,
             opener,
             bounds,
+            line_ends if on_plaintext_fd else None,
         )
         ok = relay.run()
     except SessionError as error:
@@ -246,7 +252,7 @@ def _plaintext_fd(options: Options) -> Endpoint:
         os.fstat(fd)
     except OSError as error:
         raise SessionError(f"-F {fd}: {error.strerror} ({error.errno})") from None
-    return Endpoint(fd, fd, f"fd {fd}", add_cr=options.plaintext_add_cr)
+    return Endpoint(fd, fd, f"fd {fd}")
 
 
 def resolve(host: str, port: int, resolved: tuple[str, ...] = ()) -> list[tuple]:

@@ -3,7 +3,7 @@
 With the warm helper (docs/warm.md), the sh front hands its process over before
 any Python starts, and a worker forked from the helper runs `main()` below as
 this process would have; without it, `main()` runs here. This module imports
-nothing at its top but os and sys (loaded with the interpreter): makesock runs
+nothing at its top but sys (loaded with the interpreter): makesock runs
 it in its own process, and a usage error must stay cheap.
 
 The order of `start()` is 3.22's main(): options are parsed first (hosts of -r,
@@ -21,17 +21,17 @@ Exit status: what service.serve returns; 1 for a usage or setup error or an
 unexpected exception; 2 for a bad port (options); 3 on SIGINT.
 """
 
-import os
 import sys
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], fixcrio_fd: int | None = None) -> int:
     """argv[0] is the program name (as in sys.argv); the exit status is returned.
 
-    The front's, makesock's (stunnel in its own process) and the warm worker's."""
-    # makesock left fixcrio out and asks us to add its CRs on this descriptor
-    # (makesock.without_fixcrio); no program we start may inherit the request.
-    fixcrio_fd = os.environ.pop("STUNNEL3_FIXCRIO_FD", None)
+    The front's, makesock's (stunnel in its own process) and the warm worker's.
+    fixcrio_fd: makesock's hand-over (makesock.without_fixcrio): it left fixcrio
+    out of PROG2, whose end of the pair is this descriptor, because
+    serves_plaintext_fd said these arguments serve it as -F: the relay adds
+    fixcrio's CRs on it, both ways (line_ends.py)."""
     try:
         return start(argv[1:], fixcrio_fd)
     except KeyboardInterrupt:
@@ -52,7 +52,7 @@ def _interrupted() -> int:
     return 3
 
 
-def start(args: list[str], fixcrio_fd: str | None = None) -> int:
+def start(args: list[str], fixcrio_fd: int | None = None) -> int:
     """SPEC §2's order up to the engine: options, -h/-V, the log, the library; then serve."""
     from stunnel3 import log as logging
     from stunnel3.options import USAGE_HINT, OptionError, parse, resolve_host
@@ -65,10 +65,6 @@ def start(args: list[str], fixcrio_fd: str | None = None) -> int:
         if error.usage_hint:
             _say(f"\n{USAGE_HINT}\n\n")  # 3.22's print_info(), blank lines included
         return error.status
-    if fixcrio_fd is not None and fixcrio_fd == str(options.plaintext_fd):
-        from stunnel3.record import replace
-
-        options = replace(options, plaintext_add_cr=True)
     if options.show is not None:
         from stunnel3 import usage
 
@@ -88,7 +84,7 @@ def start(args: list[str], fixcrio_fd: str | None = None) -> int:
             return 1
         from stunnel3 import service  # the engine: only now is the rest of it loaded
 
-        return service.serve(options, log)
+        return service.serve(options, log, _line_ends(options, fixcrio_fd))
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:
@@ -96,6 +92,29 @@ def start(args: list[str], fixcrio_fd: str | None = None) -> int:
         return 1
     finally:
         log.close()
+
+
+def serves_plaintext_fd(args: list[str], fd: int) -> bool:
+    """Whether these arguments make stunnel serve descriptor fd as -F's plaintext side,
+    one session in inetd mode: the last -F is fd (as 3.22 kept it), no -d, -h or -V,
+    and C getopt reads them without an error. makesock asks (without_fixcrio) before
+    it leaves fixcrio out; the rule is stunnel's, so it is stated here."""
+    from stunnel3 import cgetopt
+
+    try:
+        found = dict(cgetopt.getopt(args)[0])
+    except cgetopt.OptionError:
+        return False
+    return found.get("F") == str(fd) and not {"d", "h", "V"} & found.keys()
+
+
+def _line_ends(options, fixcrio_fd: int | None):
+    """fixcrio's rule for -F's descriptor, when makesock handed fixcrio's job over for it."""
+    if fixcrio_fd is None or fixcrio_fd != options.plaintext_fd or options.daemon is not None:
+        return None
+    from stunnel3.line_ends import FixcrioRule
+
+    return FixcrioRule()
 
 
 # What only a session that looks into a certificate uses (on_demand.py): pyOpenSSL
