@@ -43,13 +43,16 @@ The layer's debug Log lines are the dialogue: a log.DialogueCap caps them.
 
 import select
 import time
+from typing import TYPE_CHECKING
 
 from stunnel3.bounds import Bounds, Exchanges
 from stunnel3.endpoints import ByteQueue, Endpoint, PeerError
-from stunnel3.line_ends import FixcrioRule
 from stunnel3.log import LOG_DEBUG, DialogueCap
 from stunnel3.protocol import Action, Close, Log, StartTls, ToBackend, ToClient
 from stunnel3.tls import TlsError, TlsSession
+
+if TYPE_CHECKING:  # only makesock's hand-over loads it (stunnel._line_ends)
+    from stunnel3.line_ends import FixcrioRule
 
 BUFFER = 256 * 1024
 READ_SIZE = 128 * 1024
@@ -69,7 +72,7 @@ class Relay:
         log,
         open_backend=None,
         bounds: Bounds | None = None,
-        line_ends: FixcrioRule | None = None,
+        line_ends: "FixcrioRule | None" = None,
     ):
         """line_ends: what to do with the backend's line ends (line_ends.py); None: nothing."""
         self.network = network

@@ -21,18 +21,22 @@ verdict where 3.22 said it. Any setup error (errors.py) is its log lines and
 status 1; a terminating signal is `Received signal <n>; terminating`, status 3.
 """
 
+from typing import TYPE_CHECKING
+
 from stunnel3 import chroot, libwrap, signals, tls
 from stunnel3.bounds import Bounds
 from stunnel3.context import jail_then_context, make_context
 from stunnel3.endpoints import peer_address
 from stunnel3.errors import SetupError
-from stunnel3.line_ends import FixcrioRule
 from stunnel3.options import Options, service_name
 from stunnel3.session import SERVER_PROTOCOLS, session
 from stunnel3.signals import Terminated
 
+if TYPE_CHECKING:  # only makesock's hand-over loads it (stunnel._line_ends)
+    from stunnel3.line_ends import FixcrioRule
 
-def serve(options: Options, log, line_ends: FixcrioRule | None = None) -> int:
+
+def serve(options: Options, log, line_ends: "FixcrioRule | None" = None) -> int:
     """The whole service; the exit status (0 ended, 1 setup error, 3 signal).
 
     line_ends: what the relay does to the line ends of -F's descriptor (inetd

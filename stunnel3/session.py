@@ -23,17 +23,20 @@ import errno
 import os
 import signal
 import socket
+from typing import TYPE_CHECKING
 
 from stunnel3 import children, libwrap, limits, policy
 from stunnel3.bounds import Bounds
 from stunnel3.endpoints import Endpoint, apply_socket_options, peer_address, set_nodelay
 from stunnel3.errors import SetupError
-from stunnel3.line_ends import FixcrioRule
 from stunnel3.options import Options, program_argv, service_name
 from stunnel3.protocol import Passthrough
 from stunnel3.relay import Relay
 from stunnel3.signals import TERMINATING
 from stunnel3.tls import TlsSession
+
+if TYPE_CHECKING:  # only makesock's hand-over loads it (stunnel._line_ends)
+    from stunnel3.line_ends import FixcrioRule
 
 CONNECT_TIMEOUT = 60.0
 SERVER_PROTOCOLS = ("smtp", "smtp-", "pop3", "pop3-", "imap-")
@@ -106,7 +109,7 @@ def session(
     env: dict,
     allowed: bool | None = None,
     bounds: Bounds | None = None,
-    line_ends: FixcrioRule | None = None,
+    line_ends: "FixcrioRule | None" = None,
 ) -> int:
     """Serve one connection (fds rfd/wfd); the exit status of its process.
 
