@@ -1,5 +1,7 @@
 """The prose of docs/benchmarks.md around the tables: how to run, what is measured, the machine."""
 
+from pathlib import Path
+
 import targets
 
 
@@ -49,7 +51,7 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
 {servers}{missing}
 {tables}
 ![sessions per second, CPU, latency and memory per server](benchmarks.png)
-{targets.section(data)}
+{targets.section(data)}{obstacles_section()}
 ## What is measured, and how
 
 - **Servers.** Each listens under `tcpserver -R -H -l localhost -c 200 -b 128 127.0.0.1 PORT`
@@ -73,9 +75,10 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   `STUNNEL3_WARM=0`. Under load, stunnel4's and tlswrapper's per-connection processes are forked
   by tcpserver and exec C; stunnel3's chain starts Python once per connection (makesock, which
   runs stunnel in its own process and leaves fixcrio out of PROG2: stunnel adds fixcrio's CRs
-  itself, docs/makesock.md; PROG2 is started with posix_spawn, through prlimit(1) under
-  softlimit); with the helper, makesock's sh front hands its own process to a worker forked from
-  the helper, and no Python starts per connection.
+  itself, docs/makesock.md; makesock forks once, PROG2's keeper, which starts PROG2 with
+  posix_spawn, through prlimit(1) under softlimit); with the helper, makesock's sh front
+  hands its own process to a worker forked from the helper, and no Python starts per
+  connection.
 - **Session.** Greeting, EHLO, STARTTLS, handshake, EHLO, QUIT, with Python's `ssl` (no
   certificate verification: the same for all) on blocking sockets, one thread per client.
 - **sessions/s**: the clients start sessions for the load time and finish those in flight.
@@ -128,6 +131,13 @@ def install_line(install) -> str:
     kind = "the editable dev install" if install["editable"] else "a regular install"
     who = f"`setuidgid {install['setuidgid']}`" if install.get("setuidgid") else "no setuidgid"
     return f"{kind}, `{install['package']}`, programs from `{install['scripts']}`; jail: {who}"
+
+
+def obstacles_section() -> str:
+    """bench/obstacles.md, written by hand with the run: what stands in the way of each
+    target the run did not meet, measured as it says."""
+    path = Path(__file__).with_name("obstacles.md")
+    return "\n" + path.read_text() if path.exists() else ""
 
 
 def profile_section(profile) -> str:
