@@ -125,13 +125,22 @@ CERTIFICATE_MODULES = ("cryptography.x509", "cryptography.hazmat.primitives.seri
 def _defer_unused(options) -> None:
     """Leave the certificate modules unloaded when these options never use them: no -v
     (nothing is verified), no -l (no peer names to pass on), no -c (the server's certificate
-    arrives, unasked, in every handshake), no -d (the daemon warms up inside its jail)."""
-    if options.verify_level or options.client or options.local_program or options.daemon:
-        return
+    arrives, unasked, in every handshake), no -d (the daemon warms up inside its jail).
+    typing_extensions: only its `deprecated`, as pyOpenSSL uses it (on_demand.py)."""
     from stunnel3 import on_demand
 
+    if sys.version_info < (3, 13):  # later, pyOpenSSL takes warnings.deprecated
+        on_demand.provide("typing_extensions", deprecated=_deprecated)
+    if options.verify_level or options.client or options.local_program or options.daemon:
+        return
     for name in CERTIFICATE_MODULES:
         on_demand.defer(name)
+
+
+def _deprecated(message: str, /, *, category=DeprecationWarning, stacklevel: int = 1):
+    """typing_extensions.deprecated, for pyOpenSSL's own deprecated functions and classes:
+    they are left as they are (we call none of them; the real one only adds a warning)."""
+    return lambda thing: thing
 
 
 def _describe(error: BaseException) -> str:
