@@ -6,6 +6,7 @@ Start-up, as the real 3.22 runs it (tests/oracle compares), with sg2's jail:
     -> [inetd mode: -s/-g without -i said to be ignored]
     -> [jail first: inetd mode with -/ or -i, daemon mode with -i]
     -> pem checked (stat, `Wrong permissions`) -> seed -> TLS context -> STUNNEL_INFO
+       (a pem that cannot be used: a STARTTLS server mode goes on without TLS)
     -> inetd: the session on fds 0/1 (session.py)
     -> daemon: see daemon.py (the pem is read as root before bind; -/ after it)
 
@@ -28,6 +29,9 @@ from stunnel3.relay import Terminated
 from stunnel3.session import SERVER_PROTOCOLS, TERMINATING, session
 from stunnel3.tls import ContextError
 from stunnel3.usage import stunnel_info
+
+# Said once as the process starts (inetd mode: once a session), after the pem's own line.
+NO_TLS = "TLS is not available (the certificate above cannot be used): STARTTLS is not offered"
 
 __all__ = ["TERMINATING", "make_context", "reap_children", "run"]
 
@@ -83,14 +87,32 @@ def jail_first(options: Options) -> bool:
 
 
 def make_context(options: Options, log):
-    """3.22's order: the pem checked, the seed read, the TLS context; then STUNNEL_INFO."""
-    if not options.client or options.pem is not None:
-        tls.check_pem(options.pem or "stunnel.pem", log)
-    chroot.seed_random(options, log)
-    ctx = tls.make_context(options, log)
+    """3.22's order: the pem checked, the seed read, the TLS context; then STUNNEL_INFO.
+
+    None where a STARTTLS server mode goes on without TLS (tls_unavailable)."""
+    ctx = None
+    try:
+        if not options.client or options.pem is not None:
+            tls.check_pem(options.pem or "stunnel.pem", log)
+        chroot.seed_random(options, log)
+        ctx = tls.make_context(options, log)
+    except tls.PemError as error:
+        tls_unavailable(options, log, error)
     _check_mode(options)  # ours, after 3.22's own checks
     log.notice(stunnel_info())
     return ctx
+
+
+def tls_unavailable(options: Options, log, error: tls.PemError) -> None:
+    """A pem that cannot be used stops no mail (Postfix's rule): with -n smtp-, pop3-
+    or imap- the session goes on in plaintext and STARTTLS is not offered; where TLS
+    is required (-n smtp, pop3) the client hears why (the layer's `unavailable`
+    reply). Without -n, and in client mode, 3.22's fatal error (exit 1)."""
+    if options.client or options.protocol not in SERVER_PROTOCOLS:
+        raise error
+    for line in error.text.splitlines():
+        log.err(line)
+    log.err(NO_TLS)
 
 
 def _check_mode(options: Options) -> None:
