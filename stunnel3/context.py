@@ -6,6 +6,8 @@ context made from the pem (tls.make_context), then our own checks of the mode,
 and the STUNNEL_INFO line. With sg2's jail first (chroot.jail_first: inetd mode
 with -/ or -i, a daemon with -i), the whole jail comes before them: the pem and
 the seed are paths inside it, read as the unprivileged account (docs/jail.md).
+A pem that cannot be used stops no mail: a STARTTLS server mode goes on without
+TLS (tls_unavailable).
 """
 
 import socket
@@ -13,7 +15,11 @@ import socket
 from stunnel3 import chroot, tls
 from stunnel3.errors import SetupError
 from stunnel3.options import Options
+from stunnel3.session import SERVER_PROTOCOLS
 from stunnel3.usage import stunnel_info
+
+# Said once as the process starts (inetd mode: once a session), after the pem's own line.
+NO_TLS = "TLS is not available (the certificate above cannot be used): STARTTLS is not offered"
 
 
 def jail_then_context(options: Options, ids: chroot.Ids, log):
@@ -23,14 +29,32 @@ def jail_then_context(options: Options, ids: chroot.Ids, log):
 
 
 def make_context(options: Options, log):
-    """3.22's order: the pem checked, the seed read, the TLS context; then STUNNEL_INFO."""
-    if not options.client or options.pem is not None:
-        tls.check_pem(options.pem or "stunnel.pem", log)
-    chroot.seed_random(options, log)
-    ctx = tls.make_context(options, log)
+    """3.22's order: the pem checked, the seed read, the TLS context; then STUNNEL_INFO.
+
+    None where a STARTTLS server mode goes on without TLS (tls_unavailable)."""
+    ctx = None
+    try:
+        if not options.client or options.pem is not None:
+            tls.check_pem(options.pem or "stunnel.pem", log)
+        chroot.seed_random(options, log)
+        ctx = tls.make_context(options, log)
+    except tls.PemError as error:
+        tls_unavailable(options, log, error)
     _check_mode(options)  # ours, after 3.22's own checks
     log.notice(stunnel_info())
     return ctx
+
+
+def tls_unavailable(options: Options, log, error: tls.PemError) -> None:
+    """A pem that cannot be used stops no mail (Postfix's rule): with -n smtp-, pop3-
+    or imap- the session goes on in plaintext and STARTTLS is not offered; where TLS
+    is required (-n smtp, pop3) the client hears why (the layer's `unavailable`
+    reply). Without -n, and in client mode, 3.22's fatal error (exit 1)."""
+    if options.client or options.protocol not in SERVER_PROTOCOLS:
+        raise error
+    for line in error.text.splitlines():
+        log.err(line)
+    log.err(NO_TLS)
 
 
 def _check_mode(options: Options) -> None:

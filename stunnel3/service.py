@@ -10,7 +10,8 @@ stunnel.main as the front's own Python would have). As the real 3.22 runs it
     -> daemon: daemon.serve, 3.22's daemon order (the pem read as root before bind)
     -> inetd: [-s/-g without -i said to be ignored]
               [jail first, with -/ or -i: TCP wrappers' verdict, chroot, ids]
-              -> pem checked -> seed -> TLS context -> STUNNEL_INFO (context.py)
+              -> pem checked -> seed -> TLS context -> STUNNEL_INFO (context.py;
+                 a pem that cannot be used: a STARTTLS server mode goes on without TLS)
               -> the session on fds 0/1 (session.py)
 
 The jail comes first where sg2 needs it: the pem and the seed are paths

@@ -130,7 +130,7 @@ def session(
         relay = Relay(
             network,
             backend,
-            make_layer(options, log),
+            make_layer(options, log, tls_available=ctx is not None),
             lambda: TlsSession(ctx, server=not options.client),
             log,
             opener,

@@ -104,6 +104,11 @@ class ContextError(SetupError):
     """The pem, key or CA cannot be used; `text` is 3.22's log line, exit status 1."""
 
 
+class PemError(ContextError):
+    """The pem itself cannot be used (missing, unreadable, no key, another key,
+    encrypted): a STARTTLS server mode goes on without TLS (context.make_context)."""
+
+
 class TlsError(Exception):
     """The peer or the handshake failed; the session ends (status 0, 3.22's rule)."""
 
@@ -137,7 +142,7 @@ def check_pem(path: str, log) -> None:
             with open(path, "rb"):
                 pass
     except OSError as error:
-        raise ContextError(f"{path}: {error.strerror} ({error.errno})") from None
+        raise PemError(f"{path}: {error.strerror} ({error.errno})") from None
     if stat.S_IMODE(st.st_mode) & 0o007:
         log.warning(f"Wrong permissions on {path}")
 
@@ -178,7 +183,7 @@ def _load_pem(ctx: SSL.Context, path: str, log) -> None:
     try:
         ctx.use_certificate_chain_file(path)
     except SSL.Error as error:
-        raise ContextError(
+        raise PemError(
             f"Error reading certificate file: {path}\n"
             f"SSL_CTX_use_certificate_chain_file: {_ssl_reason(error)}"
         ) from None
@@ -186,24 +191,24 @@ def _load_pem(ctx: SSL.Context, path: str, log) -> None:
     try:
         with open(path, "rb") as pem:
             if any(mark in pem.read() for mark in _ENCRYPTED_MARKS):
-                raise ContextError(_encrypted(path))
+                raise PemError(_encrypted(path))
     except OSError:
         pass  # OpenSSL's own reading says it below
     try:
         ctx.use_privatekey_file(path)
     except SSL.Error as error:
         if passphrase.asked:
-            raise ContextError(_encrypted(path)) from None
+            raise PemError(_encrypted(path)) from None
         reason = _ssl_reason(error)
         if "mismatch" in reason:  # OpenSSL now checks the pair here already
-            raise ContextError("Private key does not match the certificate") from None
+            raise PemError("Private key does not match the certificate") from None
         if not _has_private_key(path):  # OpenSSL 3 says `unsupported; PEM lib`
             reason = f"no private key in {path} (it must hold the key and its certificate)"
-        raise ContextError(f"SSL_CTX_use_PrivateKey_file: {reason}") from None
+        raise PemError(f"SSL_CTX_use_PrivateKey_file: {reason}") from None
     try:
         ctx.check_privatekey()
     except SSL.Error:
-        raise ContextError("Private key does not match the certificate") from None
+        raise PemError("Private key does not match the certificate") from None
 
 
 def _has_private_key(path: str) -> bool:

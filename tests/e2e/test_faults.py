@@ -475,6 +475,10 @@ def test_1_an_encrypted_key_is_never_unlocked_by_the_client(service, account, pk
             client.end("fin")
         assert b"STARTTLS" not in said  # whatever else it was told, no TLS with that key
         assert "Negotiated ciphers" not in case.said
+        # -n smtp-: the session goes on in plaintext (item 2), the client's line is no passphrase
+        no_tls = "TLS is not available (the certificate above cannot be used): STARTTLS is not"
+        no_tls += " offered"
+        assert no_tls in case.log()
         assert "pass phrase" not in case.said
         assert (
             "encrypted.pem: the private key is encrypted and no passphrase is asked: decrypt "

@@ -144,7 +144,8 @@ def run_with_fd3(stunnel_bin, args, warm: bool):
         (["-x"], 1),  # parse error
         (["-f", "-D", "nine", "-F", "3"], 1),
         (["-V"], 0),
-        (["-f", "-F", "3", "-n", "imap-"], 1),  # not written yet: a setup error
+        # no pem stops no STARTTLS mode (issue #18 item 2): POP3's -ERR on stdout, status 0
+        (["-f", "-F", "3", "-n", "pop3", "-p", "/nonexistent/x.pem"], 0),
     ],
 )
 def test_statuses_and_texts_equal_the_direct_path(helper, stunnel_bin, args, status):
@@ -159,6 +160,11 @@ def test_statuses_and_texts_equal_the_direct_path(helper, stunnel_bin, args, sta
             assert (process.pid not in served) if warm else (served == {process.pid})
     assert results[True] == results[False]
     assert results[True][0] == status
+    if "pop3" in args:
+        assert (
+            results[True][1]
+            == b"-ERR [SYS/TEMP] TLS is required but not available here, closing connection\r\n"
+        )
 
 
 @pytest.mark.parametrize(

@@ -169,6 +169,7 @@ DIFFERENCES: dict[str, Difference] = {
     "pty EOF": Difference("A -L program that exits"),
     "ignored ids": Difference("-s and -g without -i in inetd mode", _ignored_ids),
     "encrypted key": Difference("An encrypted private key"),
+    "broken certificate": Difference("A certificate that cannot be used, with -n"),
 }
 
 

@@ -117,6 +117,15 @@ VECTORS: list[tuple[str, tuple | None]] = [
         f"{R} -p mismatch.pem",
         ("TLS library texts", 1, "Private key does not match the certificate"),
     ),
+    # a STARTTLS mode goes on without TLS (the client hears why: here -r is refused first)
+    (
+        f"{R} -n smtp -p missing.pem",
+        ("broken certificate", 0, "missing.pem: No such file or directory (2)"),
+    ),
+    (
+        f"{R} -n pop3 -p mismatch.pem",
+        ("broken certificate", 0, "Private key does not match the certificate"),
+    ),
     # -- the seed
     (f"{R} -R seed", None),
     (f"{R} -R seed -W", None),
