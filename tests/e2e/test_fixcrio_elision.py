@@ -67,7 +67,8 @@ def run_chain(bins, pem, prog2, record, tmp_path, **env):
             with tls_client().wrap_socket(raw) as conn:
                 greeting = b""
                 while greeting.count(b"\n") < 4:
-                    greeting += conn.recv(4096)
+                    assert (data := conn.recv(4096)), greeting  # EOF: no greeting, no loop
+                    greeting += data
                 ours = serving(server.process.pid, conn.getsockname()[1])
                 processes = tree(ours)
                 while "cat" not in processes:  # the backend's cat starts after its greeting

@@ -200,7 +200,9 @@ def test_start_tls_mid_stream_with_early_bytes(ctx):
     sock.sendall(b"GO\r\n" + client.outgoing())  # the ClientHello rides with GO
     reply = b""
     while not reply.startswith(b"OK\r\n"):
-        reply += sock.recv(65536)
+        data = sock.recv(65536)
+        assert data, reply  # EOF: fail, never spin
+        reply += data
     pending = reply[4:]
     while not client.established:
         if pending:
@@ -214,7 +216,9 @@ def test_start_tls_mid_stream_with_early_bytes(ctx):
     h.back_ours.settimeout(10)
     got = b""
     while not got.endswith(b"after\r\n"):
-        got += h.back_ours.recv(100)
+        data = h.back_ours.recv(100)
+        assert data, got  # EOF: fail, never spin
+        got += data
     assert got.startswith(b"tls TLSv1.") and got.endswith(b"\nafter\r\n")
     sock.shutdown(socket.SHUT_WR)
     h.back_ours.close()
@@ -291,7 +295,9 @@ def test_back_pressure_bounds_the_queues(ctx):
     h.back_ours.settimeout(10)
     got = 0
     while got < 8 * len(block):
-        got += len(h.back_ours.recv(1 << 20))
+        data = h.back_ours.recv(1 << 20)
+        assert data, got  # EOF: fail, never spin
+        got += len(data)
     sender.join(10)
     client.close()
     h.back_ours.close()
@@ -368,7 +374,9 @@ def test_a_paused_layer_is_not_fed(ctx):
     h.back_ours.sendall(b"go")  # the backend answers: the layer lets go and reads on
     got = 0
     while got < Holder.LIMIT:
-        got += len(h.back_ours.recv(1 << 20))
+        data = h.back_ours.recv(1 << 20)
+        assert data, got  # EOF: fail, never spin
+        got += len(data)
     h.net_ours.close()
     h.back_ours.close()
     h.finish()
@@ -405,7 +413,9 @@ def test_write_from_sends_several_chunks_in_one_call():
     ours.settimeout(5)
     got = b""
     while len(got) < 5000:
-        got += ours.recv(65536)
+        data = ours.recv(65536)
+        assert data, got  # EOF: fail, never spin
+        got += data
     assert got == b"".join(bytes([n]) * 1000 for n in range(5))
     end.close()
     ours.close()

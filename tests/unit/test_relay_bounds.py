@@ -180,7 +180,9 @@ def test_dialogue_lines_are_capped_per_session_and_the_rest_said_once(sent, logg
     h.client.shutdown(socket.SHUT_WR)
     received = b""
     while len(received) < sum(len(b"NOOP %d\n" % n) for n in range(sent)):
-        received += h.backend.recv(65536)
+        data = h.backend.recv(65536)
+        assert data, received  # EOF: fail, never spin
+        received += data
     h.backend.shutdown(socket.SHUT_WR)
     h.finish()
     dialogue = [text for level, text in h.log.lines if text.startswith("C: ")]
