@@ -14,9 +14,11 @@ import stunnel3
 PACKAGE = Path(stunnel3.__file__).parent
 MODULES = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__")
 
-# The programs: each a main(argv) -> int, where exceptions become messages.
+# The programs, each a main(argv) -> int where exceptions become messages, and
+# stunnel3-setup's parts (named one by one: a module of the engine may begin with
+# "setup" too).
 PROGRAMS = {"stunnel", "makesock", "fixcrio", "warm"}
-PROGRAMS |= {m for m in MODULES if m.startswith("setup_")}
+PROGRAMS |= {"setup_service", "setup_host", "setup_pem", "setup_scripts"}
 # The engine: the relay loop, TLS, the session, and every protocol layer.
 LAYERS = {"protocol", "layer", "lines", "runs", "client_negotiation", "imap", "pop3"}
 LAYERS |= {m for m in MODULES if m == "smtp" or m.startswith("smtp_")}
