@@ -1,5 +1,7 @@
 """The prose of docs/benchmarks.md around the tables: how to run, what is measured, the machine."""
 
+from pathlib import Path
+
 import targets
 
 
@@ -49,7 +51,7 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
 {servers}{missing}
 {tables}
 ![sessions per second, CPU, latency and memory per server](benchmarks.png)
-{targets.section(data)}
+{targets.section(data)}{obstacles_section()}
 ## What is measured, and how
 
 - **Servers.** Each listens under `tcpserver -R -H -l localhost -c 200 -b 128 127.0.0.1 PORT`
@@ -73,9 +75,10 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   `STUNNEL3_WARM=0`. Under load, stunnel4's and tlswrapper's per-connection processes are forked
   by tcpserver and exec C; stunnel3's chain starts Python once per connection (makesock, which
   runs stunnel in its own process and leaves fixcrio out of PROG2: stunnel adds fixcrio's CRs
-  itself, docs/makesock.md; PROG2 is started with posix_spawn, through prlimit(1) under
-  softlimit); with the helper, makesock's sh front hands its own process to a worker forked from
-  the helper, and no Python starts per connection.
+  itself, docs/makesock.md; makesock forks once, PROG2's keeper, which starts PROG2 with
+  posix_spawn, through prlimit(1) under softlimit); with the helper, makesock's sh front
+  hands its own process to a worker forked from the helper, and no Python starts per
+  connection.
 - **Session.** Greeting, EHLO, STARTTLS, handshake, EHLO, QUIT, with Python's `ssl` (no
   certificate verification: the same for all) on blocking sockets, one thread per client.
 - **sessions/s**: the clients start sessions for the load time and finish those in flight.
@@ -130,6 +133,13 @@ def install_line(install) -> str:
     return f"{kind}, `{install['package']}`, programs from `{install['scripts']}`; jail: {who}"
 
 
+def obstacles_section() -> str:
+    """bench/obstacles.md, written by hand with the run: what stands in the way of each
+    target the run did not meet, measured as it says."""
+    path = Path(__file__).with_name("obstacles.md")
+    return "\n" + path.read_text() if path.exists() else ""
+
+
 def profile_section(profile) -> str:
     if not profile:
         return ""
@@ -144,7 +154,8 @@ the CPU of the process and its children; these run before the load, on a quiet m
 Every connection of the users' chain starts Python once: makesock, which then runs stunnel in
 its own process and leaves fixcrio out of PROG2 (stunnel adds its CRs; the fixcrio row says
 what a fixcrio of its own would cost). The session's imports leave out what its options never
-use (cryptography.x509 and serialization: `stunnel._defer_unused`, `stunnel3/on_demand.py`).
+use (cryptography.x509 and serialization: `stunnel._defer_unused`, `stunnel3/on_demand.py`),
+and of typing_extensions all but the one decorator pyOpenSSL takes from it.
 
 | piece | wall ms | CPU ms |
 |---|---|---|

@@ -29,11 +29,14 @@ STUNNEL3_IDLE_TIMEOUT=abc (seconds above 0)`, and exit 1 (3.22's wording for
 its own `Illegal session timeout: %s`): a typo must not quietly become the
 default.
 
-Light on purpose (os and math only): makesock's process reads the backend's grace here.
+Light on purpose (os and math, and errors.py: os only): makesock's process reads the
+backend's grace here.
 """
 
 import math
 import os
+
+from stunnel3.errors import SetupError
 
 # name: (what it bounds, its unit, the default)
 SETTINGS = {
@@ -47,12 +50,8 @@ SETTINGS = {
 }
 
 
-class SettingError(Exception):
+class SettingError(SetupError):
     """A STUNNEL3_ setting that cannot be used; `text` is the log line, exit status 1."""
-
-    def __init__(self, text: str):
-        super().__init__(text)
-        self.text = text
 
 
 def value(name: str, environ=os.environ) -> float:

@@ -22,8 +22,8 @@ Rules of this file (SPEC §2, "Order of operations"; docs/jail.md):
   (`drop_ids`); then the result is verified (the root directory, getresuid,
   getresgid, getgroups, no way back to uid 0). A daemon without -i takes the
   two halves apart, with its pem read between them (daemon.py). Any failure is
-  a SetupError `<what>: <strerror> (<errno>)`; the caller exits 1 before it
-  serves a byte.
+  a SetupError `<what>: <strerror> (<errno>)` (errors.py); the caller exits 1
+  before it serves a byte.
 - Nothing is imported after the chroot: the jail holds no Python. Everything
   this module needs is imported here, at the top.
 - `seed_random` is 3.22's init_prng on OpenSSL 3: the -R file (else $RANDFILE
@@ -38,6 +38,7 @@ import os
 import pwd
 import stat
 
+from stunnel3.errors import SetupError, os_error
 from stunnel3.options import Options
 from stunnel3.record import record
 
@@ -54,29 +55,22 @@ SEED_WRITE = 1024
 SEED_READ_MAX = 1 << 20
 
 
-class SetupError(Exception):
-    """A setup step failed; `text` is the log line, the exit status is 1."""
-
-    def __init__(self, text: str):
-        super().__init__(text)
-        self.text = text
-
-
 @record(frozen=True)
 class Ids:
     uid: int | None  # -s, resolved to a number before the jail
     gid: int | None  # -g, or the primary group of the -s account
 
 
-def os_error(what: str, error: OSError) -> SetupError:
-    """3.22's ioerror(): `<what>: <strerror> (<errno>)`."""
-    code = error.errno if error.errno is not None else 0
-    return SetupError(f"{what}: {os.strerror(code)} ({code})")
-
-
 def ids_apply(options: Options) -> bool:
     """sg2: -s/-g are applied in daemon mode (after bind), in inetd mode only with -i."""
     return options.daemon is not None or options.switch_ids_now
+
+
+def jail_first(options: Options) -> bool:
+    """sg2: the jail comes before the pem and the seed (they are paths inside it)."""
+    if options.daemon is not None:
+        return options.switch_ids_now
+    return options.chroot_dir is not None or options.switch_ids_now
 
 
 def _number(text: str) -> int | None:
@@ -149,10 +143,7 @@ def enter_root(options: Options, log) -> None:
     jail = options.chroot_dir
     if jail is None:
         return
-    before = _root_identity(jail)
-    prepare = getattr(log, "prepare_for_jail", None)
-    if prepare is not None:
-        prepare()  # the time zone, while /etc/localtime is reachable
+    before = _root_identity(jail)  # the log has read the time zone already (log.Log)
     _step(f"chroot {jail}", os.chroot, jail)
     _step("chdir /", os.chdir, "/")
     if _root_identity("/") != before:

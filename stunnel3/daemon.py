@@ -2,7 +2,7 @@
 
 The order is the real 3.22's (tests/oracle compares), with sg2's jail:
 
-    TLS context (the pem and the seed read as root; service.make_context)
+    TLS context (the pem and the seed read as root; context.make_context)
     -> into the background unless -f (fork, setsid, chdir /, std fds on /dev/null)
     -> pid file (-P) -> `FD_SETSIZE=...` -> bind, listen (`bound to`, debug)
     -> [-/: chroot, then the context inside the jail, still as root]
@@ -40,10 +40,12 @@ import stat
 import time
 
 from stunnel3 import chroot, tls_warmup
+from stunnel3.context import jail_then_context, make_context
 from stunnel3.endpoints import apply_socket_options
+from stunnel3.errors import SetupError, os_error
 from stunnel3.options import DEFAULT_PID_DIR, Options, SocketOption, service_name
 from stunnel3.record import record, replace
-from stunnel3.relay import Terminated
+from stunnel3.signals import TERMINATING, Terminated, reap_children
 
 STOP_WAIT = 5.0  # seconds the workers get to finish after SIGTERM
 FD_SETSIZE = 1024  # 3.22 select()ed: its bound on descriptors, and so on clients
@@ -67,19 +69,16 @@ def max_clients() -> tuple[int, str]:
 
 def serve(options: Options, log, run_session) -> int:
     """run_session(ctx, fd, env) -> status serves one connection in a worker."""
-    from stunnel3.service import make_context
-
     devnull = os.open("/dev/null", os.O_RDWR)  # before any jail
     if options.chroot_dir is not None:  # the daemon's chdir("/") must not move the jail
         options = replace(options, chroot_dir=os.path.abspath(options.chroot_dir))
     pid_file = ctx = None
-    if options.switch_ids_now:  # sg2: the whole jail first, the pem inside it
+    if chroot.jail_first(options):  # sg2's -i: the whole jail first, the pem inside it
         pid_file = PidFile.create(options, log)
         ids = chroot.resolve_ids(options)
         if pid_file is not None:
             pid_file.chown(ids.uid, log)
-        chroot.enter_jail(options, ids, log)
-        ctx = make_context(options, log)
+        ctx = jail_then_context(options, ids, log)
     elif options.chroot_dir is None:
         ctx = make_context(options, log)  # 3.22: the pem read as root, before anything
     ready = None if options.foreground else _background(devnull)
@@ -99,8 +98,6 @@ def serve(options: Options, log, run_session) -> int:
         if pid_file is not None:
             pid_file.chown(ids.uid, log)
         chroot.drop_ids(options, ids, log)
-    from stunnel3.service import TERMINATING
-
     # once here, not in each worker; a signal meanwhile waits (warm_up makes any error a warning)
     signal.pthread_sigmask(signal.SIG_BLOCK, TERMINATING)
     tls_warmup.warm_up(log.warning, ctx, server=not options.client)
@@ -159,12 +156,12 @@ class PidFile:
             log.debug("No pid file being created")
             return None
         if "/" not in where:  # after chdir("/") a relative path would mean another file
-            raise chroot.SetupError(f"Argument to -P ({where}) must be full path name")
+            raise SetupError(f"Argument to -P ({where}) must be full path name")
         directory = where[:-1] if where.endswith("/") else where
         if _is_directory(directory):
             path = f"{directory}/stunnel.{service_name(options)}.pid"
         elif where.endswith("/"):
-            raise chroot.SetupError(f"Argument to -P ({directory}/) is not valid a directory name")
+            raise SetupError(f"Argument to -P ({directory}/) is not valid a directory name")
         else:
             path = directory
         try:
@@ -174,8 +171,8 @@ class PidFile:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o644)
         except OSError as error:
-            raise chroot.SetupError(
-                f"Cannot create pid file {path}\n{chroot.os_error('create', error).text}"
+            raise SetupError(
+                f"Cannot create pid file {path}\n{os_error('create', error).text}"
             ) from None
         return cls(path, fd)
 
@@ -200,7 +197,7 @@ class PidFile:
         try:
             os.unlink(self.path)
         except OSError as error:
-            log.err(chroot.os_error(self.path, error).text)  # not critical, as in 3.22
+            log.err(os_error(self.path, error).text)  # not critical, as in 3.22
 
 
 def _is_directory(path: str) -> bool:
@@ -224,15 +221,15 @@ def bind(options: Options, log) -> socket.socket:
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as error:
-        raise chroot.os_error("local socket", error) from None
+        raise os_error("local socket", error) from None
     if not apply_socket_options(sock.fileno(), (REUSE, *options.socket_options), "a", log):
-        raise chroot.SetupError("")
+        raise SetupError("")
     for step, call in (("bind", lambda: sock.bind(address)), ("listen", lambda: sock.listen(128))):
         try:
             call()
         except OSError as error:
             sock.close()
-            raise chroot.os_error(step, error) from None
+            raise os_error(step, error) from None
         if step == "bind":
             log.debug(f"{service_name(options)} bound to {address[0]}:{address[1]}")
     sock.setblocking(False)
@@ -310,8 +307,6 @@ def _accept(options, log, listener, workers: set[int], limit: int, serve_one, wa
     status = 1
     try:
         signal.set_wakeup_fd(-1)
-        from stunnel3.service import reap_children
-
         signal.signal(signal.SIGCHLD, reap_children)
         listener.close()
         for fd in wake:

@@ -121,12 +121,11 @@ class ByteQueue:
 class Endpoint:
     """One side of the relay: non-blocking reads and writes on its fds."""
 
-    def __init__(self, rfd: int, wfd: int, label: str, pty: bool = False, add_cr: bool = False):
+    def __init__(self, rfd: int, wfd: int, label: str, pty: bool = False):
         self.rfd = rfd
         self.wfd = wfd
         self.label = label
         self.pty = pty
-        self.add_cr = add_cr  # fixcrio's rule applies to this end's bytes (see Relay)
         self.program: tuple[int, int] | None = None  # (pid, pidfd): the -l program here
         self.socket = is_socket(wfd)
         for fd in {rfd, wfd}:

@@ -6,7 +6,9 @@ Byte-exact with ucspi-tcp 0.88's fixcrio (SPEC section 4):
   tcpserver or supervise sees, and its exit status is the one they get); the
   CHILD pumps bytes both ways and ignores SIGPIPE.
 - In both directions a CR goes in before each LF that does not follow a CR;
-  "the last byte was a CR" carries across reads. Nothing is removed.
+  "the last byte was a CR" carries across reads. Nothing is removed. The rule
+  is line_ends.add_cr: stunnel's relay applies the same one when makesock
+  leaves us out.
 - EOF (or an error) reading our stdin closes the program's stdin, and the pump
   goes on draining the program's output. EOF or an error reading the program's
   output, or any write error, ends the pump with exit 0. No idle timeout.
@@ -17,7 +19,7 @@ set is derived from those states on every pass, and the four steps of a pass
 run in the original's order (read stdin, write program, read program, write
 stdout), so a write error breaks out before the next read is looked at.
 
-This runs on every SMTP connection: it imports os, select and our two small
+This runs on every SMTP connection: it imports os, select and our three small
 modules only (`python3 -X importtime` in docs/fixcrio.md).
 """
 
@@ -26,6 +28,7 @@ import os
 import select
 
 from stunnel3 import unix
+from stunnel3.line_ends import add_cr
 
 PROG = "fixcrio"
 USAGE = "fixcrio program [ arg ... ]"
@@ -38,36 +41,6 @@ READ_SIZE = 65536
 STDOUT_WRITE_SIZE = select.PIPE_BUF
 
 READING, WRITING, FINISHED = 0, 1, -1
-_LF, _CR = 0x0A, 0x0D
-
-
-def add_cr(data: bytes, after_cr: bool) -> tuple[bytes, bool]:
-    """Insert CR before each LF not preceded by CR; return the bytes and the new state.
-
-    after_cr says whether the byte before `data` (from the previous read) was
-    a CR. Replacing CRLF by LF and then every LF by CRLF leaves exactly one CR
-    before each LF and every other byte as it was, in two passes of C code.
-    """
-    if not data:
-        return data, after_cr
-    fixed = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    if after_cr and data[0] == _LF:
-        fixed = fixed[1:]  # the previous read's last byte is this LF's CR
-    return fixed, data[-1] == _CR
-
-
-class CrAdder:
-    """One direction of fixcrio's rule with its state: stunnel's relay applies it on -F's
-    descriptor when makesock has left fixcrio out of PROG2 (makesock.without_fixcrio)."""
-
-    __slots__ = ("after_cr",)
-
-    def __init__(self) -> None:
-        self.after_cr = False
-
-    def __call__(self, data: bytes) -> bytes:
-        fixed, self.after_cr = add_cr(data, self.after_cr)
-        return fixed
 
 
 class Direction:

@@ -180,8 +180,9 @@ class Log:
         """Load the time zone now: after chroot /etc/localtime is out of reach.
 
         glibc reads the zone on the first localtime() and keeps it, so one call
-        before the chroot keeps later lines in local time. Called at creation;
-        calling it again right before chroot is harmless.
+        before the chroot keeps later lines in local time: called at creation,
+        which SPEC §2's order puts before the jail (stunnel.start), so nothing
+        else calls it.
         """
         time.localtime()
 

@@ -48,7 +48,6 @@ from stunnel3 import fronts, proctitle, unix
 
 PROG = "makesock"
 SEPARATOR = "-makesock_connect_to"
-FIXCRIO_ENV = "STUNNEL3_FIXCRIO_FD"  # see without_fixcrio
 USAGE = (
     "makesock [ -d fd ] [ -s separator ] [ -t stream|seqpacket|dgram ]"
     " prog1 [ arg ... ] -makesock_connect_to prog2 [ arg ... ]"
@@ -254,16 +253,21 @@ def without_fixcrio(invocation: Invocation) -> tuple[list[str], str] | None:
     and qmail-smtpd; it costs a Python start (~20 ms of CPU) and a pump
     process on every connection. When PROG1 is our stunnel running in this
     process (runs_our_stunnel) and serving the pair as -F FD, its relay adds
-    the same CRs to what it writes to FD and reads from it (fixcrio.CrAdder,
-    told by STUNNEL3_FIXCRIO_FD), and PROG2 runs as `setuidgid qmaild
-    qmail-smtpd`: each side gets the bytes it would have got through fixcrio.
+    the same CRs to what it writes to FD and reads from it, and PROG2 runs as
+    `setuidgid qmaild qmail-smtpd`: each side gets the bytes it would have got
+    through fixcrio. The contract, both ends of it declared: our fixcrio is the
+    file whose front says so (FRONT_MARK and `prog=fixcrio`, fronts.py);
+    stunnel says whether its arguments serve FD (stunnel.serves_plaintext_fd);
+    and FD goes to stunnel.main as an argument (its fixcrio_fd: the call is in
+    this process, so nothing passes through the environment), from which the
+    relay gets fixcrio's rule (line_ends.FixcrioRule).
     Only when all of this holds; else PROG2 runs as written:
     - a stream pair (on seqpacket or dgram, fixcrio would see messages);
     - PROG2 is `fixcrio PROG ...` or `setuidgid ACCOUNT fixcrio PROG ...`;
     - exec would find stunnel3's own fixcrio front (not some other program
       named fixcrio); after setuidgid, one that others may run, Python too;
     - PROG is an executable file (else fixcrio's own error line is kept);
-    - stunnel's options read (C getopt) with -F FD and without -d, -h, -V.
+    - stunnel serves FD (-F FD as C getopt reads it, without -d, -h, -V).
     """
     second = invocation.second
     at = 2 if os.path.basename(second[0]) == "setuidgid" else 0
@@ -275,13 +279,9 @@ def without_fixcrio(invocation: Invocation) -> tuple[list[str], str] | None:
         return None
     if at and not _others_may_start(front, python):
         return None
-    from stunnel3 import cgetopt
+    from stunnel3 import stunnel
 
-    try:
-        found = dict(cgetopt.getopt(invocation.first[1:])[0])  # the last -F wins, as in 3.22
-    except cgetopt.OptionError:
-        return None
-    if found.get("F") != str(invocation.fd) or {"d", "h", "V"} & found.keys():
+    if not stunnel.serves_plaintext_fd(invocation.first[1:], invocation.fd):
         return None
     return second[:at] + second[at + 1 :], second[0] if at else "fixcrio"
 
@@ -365,11 +365,9 @@ def main(argv: list[str]) -> int:
         argv = ["stunnel", *invocation.first[1:]]
         proctitle.set_title(argv)  # what ps shows after an exec of stunnel, before PROG2 runs
         os.close(gate_write)  # as a successful exec would: PROG2 may run
-        if elided:
-            os.environ[FIXCRIO_ENV] = str(invocation.fd)  # stunnel.run() takes it out again
         from stunnel3 import stunnel
 
-        status = stunnel.main(argv)
+        status = stunnel.main(argv, invocation.fd if elided else None)  # see without_fixcrio
         end_session(invocation.fd, lifeline[1], keeper)
         return status
     failure = unix.exec_program(invocation.first)

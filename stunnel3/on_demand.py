@@ -11,6 +11,12 @@ pyOpenSSL 26 and cryptography 50 from pip: ~40 ms of CPU on a small machine,
 a quarter of what the direct path imports on every connection), yet only a
 session that looks into a certificate uses it (see stunnel._defer_unused).
 
+pyOpenSSL 24 and later on Python before 3.13 import typing_extensions for one
+decorator, `deprecated`, on their deprecated API (which we never call); with the
+inspect, ast and dis it pulls in, that is 37 million instructions of every
+connection's start (callgrind). `provide` gives that one name at no cost: the
+stand-in holds it, and any other name imports the real module.
+
 The jail holds no Python: a stand-in first used inside it fails there. So a
 module is deferred only when the options can never reach it; the warm helper
 and daemon mode load everything before they fork.
@@ -24,6 +30,8 @@ class _StandIn(ModuleType):
     """Module `__name__` until its first use (see the top of this file)."""
 
     def __getattr__(self, attribute: str):
+        if attribute == "__path__" and vars(self).get("_plain_module"):
+            raise AttributeError(attribute)  # `from name import x` asks: no package (provide)
         import importlib
 
         name = self.__name__
@@ -45,6 +53,17 @@ def defer(name: str) -> None:
     stand_in = sys.modules[name] = _StandIn(name)
     if package:
         setattr(importlib.import_module(package), child, stand_in)
+
+
+def provide(name: str, **attributes) -> None:
+    """defer(name), with `attributes` ready on the stand-in: reading one of them, or
+    `from name import` one, costs nothing; any other attribute imports the real module
+    (whose own then replace them). For a module, not a package: `from` asks the stand-in
+    for a package's __path__, and it answers that it has none."""
+    if name in sys.modules:
+        return
+    defer(name)
+    vars(sys.modules[name]).update(attributes, _plain_module=True)
 
 
 def deferred(name: str) -> bool:

@@ -86,9 +86,6 @@ class Options:
     chroot_dir: str | None = None  # -/ (sg2)
     switch_ids_now: bool = False  # -i (sg2)
     plaintext_fd: int | None = None  # -F (sg2)
-    # No flag: makesock sets it (STUNNEL3_FIXCRIO_FD) when it left out the fixcrio
-    # behind -F; the relay then adds fixcrio's CRs both ways on -F itself.
-    plaintext_add_cr: bool = False
 
 
 # -> the host's addresses, or OptionError (stunnel's main passes resolve_host, below)

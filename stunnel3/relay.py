@@ -45,26 +45,21 @@ The layer's debug Log lines are the dialogue: a log.DialogueCap caps them.
 
 import select
 import time
+from typing import TYPE_CHECKING
 
 from stunnel3.bounds import Bounds, Exchanges
 from stunnel3.endpoints import ByteQueue, Endpoint, PeerError
-from stunnel3.fixcrio import CrAdder
 from stunnel3.log import LOG_DEBUG, DialogueCap
 from stunnel3.protocol import Action, Close, Log, StartTls, ToBackend, ToClient
 from stunnel3.tls import TlsError, TlsSession
+
+if TYPE_CHECKING:  # only makesock's hand-over loads it (stunnel._line_ends)
+    from stunnel3.line_ends import FixcrioRule
 
 BUFFER = 256 * 1024
 READ_SIZE = 128 * 1024
 CLOSE_WAIT = 10.0
 ALERT_WAIT = 2.0  # for the alert of a failed TLS session to leave
-
-
-class Terminated(Exception):
-    """SIGTERM, SIGQUIT, SIGINT or SIGHUP arrived: the service exits with status 3."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 class Relay:
@@ -79,7 +74,9 @@ class Relay:
         log,
         open_backend=None,
         bounds: Bounds | None = None,
+        line_ends: "FixcrioRule | None" = None,
     ):
+        """line_ends: what to do with the backend's line ends (line_ends.py); None: nothing."""
         self.client = client
         self.backend = backend
         self.open_backend = open_backend  # -l without -n: started after the handshake
@@ -108,9 +105,8 @@ class Relay:
         self._watched: dict[int, int] = {}
         # A backend whose fixcrio makesock left out: its rule, one state each way,
         # on the bytes that cross the backend's descriptor (what fixcrio would see).
-        fixing = backend is not None and backend.add_cr
-        self._cr_out = CrAdder() if fixing else None
-        self._cr_in = CrAdder() if fixing else None
+        self._cr_out = line_ends.outgoing if line_ends is not None else None
+        self._cr_in = line_ends.incoming if line_ends is not None else None
 
     # -- the layer's actions -------------------------------------------------
 

@@ -1,119 +1,77 @@
-"""The service: 3.22's main() after the log opened, up to the first session.
+"""The service: SPEC §2's order of operations after the log opened, up to the first session.
 
-Start-up, as the real 3.22 runs it (tests/oracle compares), with sg2's jail:
+`serve` is the one start-up of every path: the inetd path (the front, or makesock
+running stunnel in its own process), the daemon, and the warm worker (which runs
+stunnel.main as the front's own Python would have). As the real 3.22 runs it
+(tests/oracle compares), with sg2's jail:
 
-    the STUNNEL3_ bounds checked (bounds.py) -> inherited descriptors closed
-    -> [inetd mode: -s/-g without -i said to be ignored]
-    -> [jail first: inetd mode with -/ or -i, daemon mode with -i]
-    -> pem checked (stat, `Wrong permissions`) -> seed -> TLS context -> STUNNEL_INFO
-    -> inetd: the session on fds 0/1 (session.py)
-    -> daemon: see daemon.py (the pem is read as root before bind; -/ after it)
+    signals (signals.py) -> the STUNNEL3_ bounds checked (bounds.py)
+    -> inherited descriptors closed -> every module the session needs loaded
+    -> daemon: daemon.serve, 3.22's daemon order (the pem read as root before bind)
+    -> inetd: [-s/-g without -i said to be ignored]
+              [jail first, with -/ or -i: TCP wrappers' verdict, chroot, ids]
+              -> pem checked -> seed -> TLS context -> STUNNEL_INFO (context.py)
+              -> the session on fds 0/1 (session.py)
 
 The jail comes first where sg2 needs it: the pem and the seed are paths
 inside the jail, read as the unprivileged account (SPEC §2, docs/jail.md).
 Nothing is imported after the jail: it holds no Python. TCP wrappers judge
 fd 0 before the chroot in inetd mode (libwrap.py); the session says the
-verdict where 3.22 said it.
+verdict where 3.22 said it. Any setup error (errors.py) is its log lines and
+status 1; a terminating signal is `Received signal <n>; terminating`, status 3.
 """
 
-import os
-import signal
-import socket
+from typing import TYPE_CHECKING
 
-from stunnel3 import chroot, libwrap, limits, tls
-from stunnel3.bounds import Bounds, SettingError
+from stunnel3 import chroot, libwrap, signals, tls
+from stunnel3.bounds import Bounds
+from stunnel3.context import jail_then_context, make_context
 from stunnel3.endpoints import peer_address
+from stunnel3.errors import SetupError
 from stunnel3.options import Options, service_name
-from stunnel3.relay import Terminated
-from stunnel3.session import SERVER_PROTOCOLS, TERMINATING, session
-from stunnel3.tls import ContextError
-from stunnel3.usage import stunnel_info
+from stunnel3.session import SERVER_PROTOCOLS, session
+from stunnel3.signals import Terminated
 
-__all__ = ["TERMINATING", "make_context", "reap_children", "run"]
+if TYPE_CHECKING:  # only makesock's hand-over loads it (stunnel._line_ends)
+    from stunnel3.line_ends import FixcrioRule
 
 
-def run(options: Options, log) -> int:
-    """The whole service; the exit status (0 ended, 1 setup error, 3 signal)."""
-    _install_signals()
+def serve(options: Options, log, line_ends: "FixcrioRule | None" = None) -> int:
+    """The whole service; the exit status (0 ended, 1 setup error, 3 signal).
+
+    line_ends: what the relay does to the line ends of -F's descriptor (inetd
+    mode: makesock's hand-over, stunnel.main)."""
+    signals.install()
     try:
-        return _run(options, log)
+        bounds = Bounds()  # a bad STUNNEL3_ setting is one fatal line, before anything
+        chroot.close_inherited(options, log)
+        _load_modules(options)
+        if options.daemon is not None:
+            from stunnel3 import daemon
+
+            return daemon.serve(
+                options,
+                log,
+                lambda ctx, fd, env: session(options, log, ctx, fd, fd, env, bounds=bounds),
+            )
+        chroot.warn_ignored_ids(options, log)
+        if chroot.jail_first(options):
+            allowed = _wrappers_allow(options, 0)  # /etc/hosts.allow is outside the jail
+            ctx = jail_then_context(options, chroot.resolve_ids(options), log)
+        else:
+            allowed, ctx = None, make_context(options, log)
+        return session(options, log, ctx, 0, 1, {}, allowed, bounds, line_ends)
     except Terminated as stop:
         log.err(f"Received signal {stop.signum}; terminating")
         return 3
-    except (chroot.SetupError, ContextError, SettingError) as error:
+    except SetupError as error:
         for line in error.text.splitlines():
             log.err(line)
         return 1
     finally:
         # Past this point a SIGTERM must not raise into the interpreter's
         # shutdown (a traceback would reach the log): it ends us at once.
-        for number in TERMINATING:
-            signal.signal(number, _exit_by_signal)
-
-
-def _run(options: Options, log) -> int:
-    bounds = Bounds()  # a bad STUNNEL3_ setting is one fatal line, before anything
-    chroot.close_inherited(options, log)
-    _load_modules(options)
-    prepare = getattr(log, "prepare_for_jail", None)
-    if prepare is not None:
-        prepare()
-    if options.daemon is not None:
-        from stunnel3 import daemon
-
-        return daemon.serve(
-            options,
-            log,
-            lambda ctx, fd, env: session(options, log, ctx, fd, fd, env, bounds=bounds),
-        )
-    chroot.warn_ignored_ids(options, log)
-    allowed = None
-    if jail_first(options):
-        allowed = _wrappers_allow(options, 0)  # /etc/hosts.allow is outside the jail
-        chroot.enter_jail(options, chroot.resolve_ids(options), log)
-    ctx = make_context(options, log)
-    return session(options, log, ctx, 0, 1, {}, allowed, bounds)
-
-
-def jail_first(options: Options) -> bool:
-    """sg2: the jail comes before the pem and the seed (they are paths inside it)."""
-    if options.daemon is not None:
-        return options.switch_ids_now
-    return options.chroot_dir is not None or options.switch_ids_now
-
-
-def make_context(options: Options, log):
-    """3.22's order: the pem checked, the seed read, the TLS context; then STUNNEL_INFO."""
-    if not options.client or options.pem is not None:
-        tls.check_pem(options.pem or "stunnel.pem", log)
-    chroot.seed_random(options, log)
-    ctx = tls.make_context(options, log)
-    _check_mode(options)  # ours, after 3.22's own checks
-    log.notice(stunnel_info())
-    return ctx
-
-
-def _check_mode(options: Options) -> None:
-    if options.client and options.remote is None and options.local_program is None:
-        raise chroot.SetupError("Client mode (-c) needs -r or -l: the TLS side is the remote one")
-    if options.transparent:
-        _check_transparent(options)
-
-
-def _check_transparent(options: Options) -> None:
-    """-T: the -r connection leaves from the client's own address (Linux IP_TRANSPARENT)."""
-    if options.remote is None or options.client:
-        raise chroot.SetupError("Transparent proxy (-T) works only in server mode with -r")
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_IP, getattr(socket, "IP_TRANSPARENT", 19), 1)
-    except OSError as error:
-        raise chroot.SetupError(
-            f"Transparent proxy (-T) not supported here: setsockopt IP_TRANSPARENT: "
-            f"{error.strerror} ({error.errno})"
-        ) from None
-    finally:
-        probe.close()
+        signals.exit_at_once()
 
 
 def _load_modules(options: Options) -> None:
@@ -155,30 +113,3 @@ def _load_layer(protocol: str) -> None:
 
 def _wrappers_allow(options: Options, fd: int) -> bool:
     return peer_address(fd) is None or libwrap.allows(fd, service_name(options))
-
-
-# -- signals -------------------------------------------------------------------
-
-
-def _terminate(signum, frame) -> None:
-    # A second terminating signal (a process group's, and the warm front's relayed copy)
-    # must not raise again wherever the first one's unwinding is (a weakref callback: a
-    # traceback).
-    for number in TERMINATING:
-        signal.signal(number, _exit_by_signal)
-    raise Terminated(signum)
-
-
-def _exit_by_signal(signum, frame) -> None:
-    os._exit(3)
-
-
-def reap_children(signum=None, frame=None) -> None:
-    """makesock leaves PROG2 as our child, and -l programs are ours: no zombies."""
-    limits.reap_children()
-
-
-def _install_signals() -> None:
-    for number in TERMINATING:
-        signal.signal(number, _terminate)
-    signal.signal(signal.SIGCHLD, reap_children)

@@ -23,19 +23,22 @@ import errno
 import os
 import signal
 import socket
+from typing import TYPE_CHECKING
 
-from stunnel3 import children, chroot, libwrap, limits, policy
+from stunnel3 import children, libwrap, limits, policy
 from stunnel3.bounds import Bounds
 from stunnel3.endpoints import Endpoint, apply_socket_options, peer_address, set_nodelay
+from stunnel3.errors import SetupError
 from stunnel3.options import Options, program_argv, service_name
 from stunnel3.protocol import Passthrough
 from stunnel3.relay import Relay
+from stunnel3.signals import TERMINATING
 from stunnel3.tls import TlsSession
 
+if TYPE_CHECKING:  # only makesock's hand-over loads it (stunnel._line_ends)
+    from stunnel3.line_ends import FixcrioRule
+
 CONNECT_TIMEOUT = 60.0
-# 3.22's signal_handler: each of these is `Received signal <n>; terminating`, exit 3
-# (service.py installs it); a program we start gets them back as they were
-TERMINATING = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP)
 SERVER_PROTOCOLS = ("smtp", "smtp-", "pop3", "pop3-", "imap-")
 UNSUPPORTED_PROTOCOLS = ("smb", "telnet")  # 3.22 knew their names, and no more
 
@@ -106,10 +109,13 @@ def session(
     env: dict,
     allowed: bool | None = None,
     bounds: Bounds | None = None,
+    line_ends: "FixcrioRule | None" = None,
 ) -> int:
     """Serve one connection (fds rfd/wfd); the exit status of its process.
 
-    `allowed`: TCP wrappers' verdict, when it had to be taken before the jail."""
+    `allowed`: TCP wrappers' verdict, when it had to be taken before the jail;
+    `line_ends`: what the relay does to the line ends of -F's descriptor, when it
+    is the backend (makesock's hand-over: stunnel.main)."""
     name = service_name(options)
     bounds = bounds or Bounds()
     log.debug(f"{name} started")
@@ -120,6 +126,7 @@ def session(
             local = start_program(options, log, env, None)  # 3.22: -r with -l (pppd's idiom)
         _greet(options, log, local, allowed)
         network, backend, opener = _sides(options, log, ctx, local, env)
+        on_plaintext_fd = backend is not None and backend.rfd == options.plaintext_fd
         relay = Relay(
             network,
             backend,
@@ -128,6 +135,7 @@ def session(
             log,
             opener,
             bounds,
+            line_ends if on_plaintext_fd else None,
         )
         ok = relay.run()
     except SessionError as error:
@@ -247,7 +255,7 @@ def _plaintext_fd(options: Options) -> Endpoint:
         os.fstat(fd)
     except OSError as error:
         raise SessionError(f"-F {fd}: {error.strerror} ({error.errno})") from None
-    return Endpoint(fd, fd, f"fd {fd}", add_cr=options.plaintext_add_cr)
+    return Endpoint(fd, fd, f"fd {fd}")
 
 
 def resolve(host: str, port: int, resolved: tuple[str, ...] = ()) -> list[tuple]:
@@ -260,7 +268,7 @@ def resolve(host: str, port: int, resolved: tuple[str, ...] = ()) -> list[tuple]
             for entry in socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
         ]
     except (OSError, UnicodeError) as error:
-        raise chroot.SetupError(f"Error resolving '{host}': {error}") from None
+        raise SetupError(f"Error resolving '{host}': {error}") from None
     return [(family, address) for family, _, _, _, address in found]
 
 

@@ -1,12 +1,12 @@
 """stunnel's main: argv -> Options -> Log -> the service; exceptions become log lines.
 
 With the warm helper (docs/warm.md), the sh front hands its process over before
-any Python starts, and a worker forked from the helper runs `run()` below as
-this process would have; without it, `run()` runs here. This module imports
-nothing at its top but os and sys (loaded with the interpreter): makesock runs
+any Python starts, and a worker forked from the helper runs `main()` below as
+this process would have; without it, `main()` runs here. This module imports
+nothing at its top but sys (loaded with the interpreter): makesock runs
 it in its own process, and a usage error must stay cheap.
 
-The order of `run()` is 3.22's main(): options are parsed first (hosts of -r,
+The order of `start()` is 3.22's main(): options are parsed first (hosts of -r,
 -d and -I resolved as they are met), their errors on stderr (3.22 set
 foreground before parsing, and its -D level already filtered them); -h and -V
 print and exit 0; then the log opens as the options say and names the service
@@ -17,26 +17,23 @@ makes the TLS context and logs the STUNNEL_INFO line (service.py). This is the
 only place where an exception becomes a message and an exit status: no
 traceback ever reaches a user.
 
-Exit status: what service.run returns; 1 for a usage or setup error or an
+Exit status: what service.serve returns; 1 for a usage or setup error or an
 unexpected exception; 2 for a bad port (options); 3 on SIGINT.
 """
 
-import os
 import sys
 
 
-def main(argv: list[str]) -> int:
-    """argv[0] is the program name (as in sys.argv); the exit status is returned."""
-    return run(argv)
+def main(argv: list[str], fixcrio_fd: int | None = None) -> int:
+    """argv[0] is the program name (as in sys.argv); the exit status is returned.
 
-
-def run(argv: list[str]) -> int:
-    """The whole program: the direct path's, and the warm worker's."""
-    # makesock left fixcrio out and asks us to add its CRs on this descriptor
-    # (makesock.without_fixcrio); no program we start may inherit the request.
-    fixcrio_fd = os.environ.pop("STUNNEL3_FIXCRIO_FD", None)
+    The front's, makesock's (stunnel in its own process) and the warm worker's.
+    fixcrio_fd: makesock's hand-over (makesock.without_fixcrio): it left fixcrio
+    out of PROG2, whose end of the pair is this descriptor, because
+    serves_plaintext_fd said these arguments serve it as -F: the relay adds
+    fixcrio's CRs on it, both ways (line_ends.py)."""
     try:
-        return _run(argv[1:], fixcrio_fd)
+        return start(argv[1:], fixcrio_fd)
     except KeyboardInterrupt:
         return _interrupted()
     except SystemExit as done:
@@ -55,7 +52,8 @@ def _interrupted() -> int:
     return 3
 
 
-def _run(args: list[str], fixcrio_fd: str | None = None) -> int:
+def start(args: list[str], fixcrio_fd: int | None = None) -> int:
+    """SPEC §2's order up to the engine: options, -h/-V, the log, the library; then serve."""
     from stunnel3 import log as logging
     from stunnel3.options import USAGE_HINT, OptionError, parse, resolve_host
 
@@ -67,10 +65,6 @@ def _run(args: list[str], fixcrio_fd: str | None = None) -> int:
         if error.usage_hint:
             _say(f"\n{USAGE_HINT}\n\n")  # 3.22's print_info(), blank lines included
         return error.status
-    if fixcrio_fd is not None and fixcrio_fd == str(options.plaintext_fd):
-        from stunnel3.record import replace
-
-        options = replace(options, plaintext_add_cr=True)
     if options.show is not None:
         from stunnel3 import usage
 
@@ -78,7 +72,19 @@ def _run(args: list[str], fixcrio_fd: str | None = None) -> int:
         return 0
     log = logging.Log.from_options(options)
     try:
-        return _serve(options, log)
+        from stunnel3 import libwrap
+
+        log.log(*libwrap.startup_line(options.service_name))
+        _defer_unused(options)
+        from stunnel3.tls_library import problem
+
+        too_old = problem()  # before the engine: a library we cannot use fails every session
+        if too_old:
+            log.err(too_old)
+            return 1
+        from stunnel3 import service  # the engine: only now is the rest of it loaded
+
+        return service.serve(options, log, _line_ends(options, fixcrio_fd))
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:
@@ -88,20 +94,27 @@ def _run(args: list[str], fixcrio_fd: str | None = None) -> int:
         log.close()
 
 
-def _serve(options, log) -> int:
-    from stunnel3 import libwrap
+def serves_plaintext_fd(args: list[str], fd: int) -> bool:
+    """Whether these arguments make stunnel serve descriptor fd as -F's plaintext side,
+    one session in inetd mode: the last -F is fd (as 3.22 kept it), no -d, -h or -V,
+    and C getopt reads them without an error. makesock asks (without_fixcrio) before
+    it leaves fixcrio out; the rule is stunnel's, so it is stated here."""
+    from stunnel3 import cgetopt
 
-    log.log(*libwrap.startup_line(options.service_name))
-    _defer_unused(options)
-    from stunnel3.tls_library import problem
+    try:
+        found = dict(cgetopt.getopt(args)[0])
+    except cgetopt.OptionError:
+        return False
+    return found.get("F") == str(fd) and not {"d", "h", "V"} & found.keys()
 
-    too_old = problem()  # before the engine: a library we cannot use fails every session
-    if too_old:
-        log.err(too_old)
-        return 1
-    from stunnel3 import service  # the engine: only now is the rest of it loaded
 
-    return service.run(options, log)
+def _line_ends(options, fixcrio_fd: int | None):
+    """fixcrio's rule for -F's descriptor, when makesock handed fixcrio's job over for it."""
+    if fixcrio_fd is None or fixcrio_fd != options.plaintext_fd or options.daemon is not None:
+        return None
+    from stunnel3.line_ends import FixcrioRule
+
+    return FixcrioRule()
 
 
 # What only a session that looks into a certificate uses (on_demand.py): pyOpenSSL
@@ -112,13 +125,22 @@ CERTIFICATE_MODULES = ("cryptography.x509", "cryptography.hazmat.primitives.seri
 def _defer_unused(options) -> None:
     """Leave the certificate modules unloaded when these options never use them: no -v
     (nothing is verified), no -l (no peer names to pass on), no -c (the server's certificate
-    arrives, unasked, in every handshake), no -d (the daemon warms up inside its jail)."""
-    if options.verify_level or options.client or options.local_program or options.daemon:
-        return
+    arrives, unasked, in every handshake), no -d (the daemon warms up inside its jail).
+    typing_extensions: only its `deprecated`, as pyOpenSSL uses it (on_demand.py)."""
     from stunnel3 import on_demand
 
+    if sys.version_info < (3, 13):  # later, pyOpenSSL takes warnings.deprecated
+        on_demand.provide("typing_extensions", deprecated=_deprecated)
+    if options.verify_level or options.client or options.local_program or options.daemon:
+        return
     for name in CERTIFICATE_MODULES:
         on_demand.defer(name)
+
+
+def _deprecated(message: str, /, *, category=DeprecationWarning, stacklevel: int = 1):
+    """typing_extensions.deprecated, for pyOpenSSL's own deprecated functions and classes:
+    they are left as they are (we call none of them; the real one only adds a warning)."""
+    return lambda thing: thing
 
 
 def _describe(error: BaseException) -> str:

@@ -68,6 +68,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
+from stunnel3.errors import SetupError
 from stunnel3.options import Options
 from stunnel3.protocol import TlsInfo
 from stunnel3.tls_library import load_pem_certificates
@@ -99,12 +100,8 @@ _VERIFY_ERRORS = {
 }
 
 
-class ContextError(Exception):
+class ContextError(SetupError):
     """The pem, key or CA cannot be used; `text` is 3.22's log line, exit status 1."""
-
-    def __init__(self, text: str):
-        super().__init__(text)
-        self.text = text
 
 
 class TlsError(Exception):

@@ -453,7 +453,7 @@ def _run(front: warm_worker.Front) -> int:
             return makesock.main(argv)
         from stunnel3 import stunnel
 
-        return stunnel.run(argv)
+        return stunnel.main(argv)
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else 1
     finally:

@@ -138,10 +138,10 @@ def test_after_setuidgid_the_backend_runs_as_the_account(makesock_bin, stunnel_b
     prog2 = ["setuidgid", "nobody", fixcrio_bin, str(shared_dir / "backend")]
     python = makesock._front_python(os.fsencode(fixcrio_bin), b"fixcrio")
     assert python is not None
-    if not (makesock._others_may_run(os.fsencode(fixcrio_bin))
-            and makesock._others_may_run(os.fsencode(python))):  # fmt: skip
-        # A dev install under /root: nobody could not run our fixcrio, so makesock keeps it
-        # (and the chain fails as it always would). CI installs under /opt: the rest runs.
+    if not makesock._others_may_start(os.fsencode(fixcrio_bin), python):
+        # A dev install under /root (or a venv whose python links to one there): nobody
+        # could not run our fixcrio, so makesock keeps it (and the chain fails as it always
+        # would). CI installs under /opt: the rest runs.
         invocation = makesock.Invocation([stunnel_bin, "-F", "3"], prog2, 3, socket.SOCK_STREAM)
         assert makesock.without_fixcrio(invocation) is None
         return

@@ -83,8 +83,10 @@ def test_makesock_becomes_stunnel_and_so_does_the_worker(
             # PROG2's keeper (issue #18): a fork of makesock, named as makesock was
             (keeper,) = children(served)
             assert shown(keeper) == ("makesock", ["makesock", stunnel_bin, *args, SEP, "cat"])
-            (second,) = children(keeper)  # PROG2, exec'd: it ends with stunnel's end of the pair
-            assert shown(second) == ("cat", ["cat"])
+            # PROG2, exec'd (the keeper spawns it once stunnel runs): it ends with stunnel's
+            # end of the pair
+            (second,) = wait_until(lambda: children(keeper), "PROG2 under the keeper")
+            wait_until(lambda: shown(second) == ("cat", ["cat"]), "PROG2 named cat")
             if warm:  # the front waits as the sh it is: the kernel named it by its file
                 assert shown(process.pid)[0] == "makesock"
                 assert process.pid in pids("pidof", "-x", "makesock")

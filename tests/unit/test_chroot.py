@@ -18,7 +18,8 @@ import pytest
 from conftest import RecordingLog
 
 from stunnel3 import chroot
-from stunnel3.chroot import Ids, SetupError
+from stunnel3.chroot import Ids
+from stunnel3.errors import SetupError
 from stunnel3.options import Address, Options
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stunnel3 import fixcrio, limits, unix
-from stunnel3.fixcrio import add_cr
+from stunnel3.line_ends import add_cr
 
 
 def reference(data: bytes, after_cr: bool = False) -> bytes:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from stunnel3 import makesock
-from stunnel3.fixcrio import CrAdder, add_cr
+from stunnel3.line_ends import CrAdder, add_cr
 
 
 @pytest.fixture
@@ -140,3 +140,16 @@ def test_exec_always_keeps_everything(bindir, stunnel_bin, monkeypatch):
     assert makesock.runs_our_stunnel("stunnel")
     monkeypatch.setenv("STUNNEL3_MAKESOCK_EXEC", "1")
     assert not makesock.runs_our_stunnel("stunnel")  # and without_fixcrio is never asked
+
+
+def test_stunnel_takes_fixcrios_rule_only_for_its_plaintext_descriptor():
+    """The hand-over (stunnel.main's fixcrio_fd) gives the relay fixcrio's rule for -F's
+    descriptor in inetd mode, and for nothing else."""
+    from stunnel3 import stunnel
+    from stunnel3.line_ends import FixcrioRule
+    from stunnel3.options import parse
+
+    assert isinstance(stunnel._line_ends(parse(STUNNEL), 3), FixcrioRule)
+    assert stunnel._line_ends(parse(STUNNEL), None) is None
+    assert stunnel._line_ends(parse(STUNNEL), 4) is None
+    assert stunnel._line_ends(parse([*STUNNEL, "-d", "465"]), 3) is None

@@ -17,6 +17,12 @@ assert "xml.dom.minicompat" in sys.modules and document.documentElement.tagName 
 assert early.Document is sys.modules["xml.dom.minidom"].Document  # the stand-in has it all
 on_demand.defer("os")  # a module loaded already stays as it is
 assert not on_demand.deferred("os") and sys.modules["os"].getpid
+on_demand.provide("xml.dom.pulldom", START_ELEMENT="ready")
+from xml.dom.pulldom import START_ELEMENT  # provided: still nothing executed
+assert START_ELEMENT == "ready" and on_demand.deferred("xml.dom.pulldom")
+from xml.dom.pulldom import parseString  # any other name: the real module
+assert not on_demand.deferred("xml.dom.pulldom")
+assert sys.modules["xml.dom.pulldom"].START_ELEMENT == "START_ELEMENT" and parseString
 print("ok")
 """
 

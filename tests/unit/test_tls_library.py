@@ -64,7 +64,7 @@ def test_a_session_is_refused_at_start_up_with_that_line(monkeypatch, tmp_path, 
 
     monkeypatch.setattr(OpenSSL, "__version__", "22.0.0")
     monkeypatch.chdir(tmp_path)
-    status = stunnel.run(["stunnel", "-f", "-F", "3", "-p", "missing.pem"])
+    status = stunnel.main(["stunnel", "-f", "-F", "3", "-p", "missing.pem"])
     err = capfd.readouterr().err
     assert status == 1
     assert re.search(r" LOG3\[\d+:\d+\]: pyOpenSSL 22\.0\.0 \(.*\) is too old: .*23\.0", err)

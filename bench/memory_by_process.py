@@ -1,0 +1,86 @@
+"""Where a server's memory per open session goes, process by process.
+
+    python3 bench/memory_by_process.py SERVER [COUNTS]     # e.g. stunnel3-warm-jail 10,20
+
+Starts SERVER (a name of servers.SERVERS) as run.py does, in a throwaway directory, holds
+COUNTS sessions open in turn (after the second EHLO, as run.py's memory measurement), and
+prints per kind of process (its name and executable) how many there are and each one's PSS,
+private dirty memory (`/proc/PID/smaps_rollup`) and minor faults (`/proc/PID/stat`), then
+the PSS each session added between one count and the next. The listener and the backends
+are left out, as run.py leaves them out. Memory only: run it as root, no lock needed.
+"""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import certs
+import measure
+import servers
+from run import throwaway_account
+
+
+def by_process(leader: int, backends: tuple[str, ...]) -> dict[str, list[int]]:
+    kinds: dict[str, list[int]] = {}
+    for pid in servers.session_members(leader):
+        try:
+            words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if pid == leader or words[0].endswith(b"head"):
+                continue
+            if any(word.decode(errors="replace") in backends for word in words[:2]):
+                continue
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            exe = os.readlink(f"/proc/{pid}/exe").rsplit("/", 1)[-1]
+            faults = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+        except OSError:
+            continue
+        kind = kinds.setdefault(f"{name} ({exe})", [0, 0, 0, 0])
+        kind[0] += 1
+        kind[1] += servers.kib(rollup, "Pss:")
+        kind[2] += servers.kib(rollup, "Private_Dirty:")
+        kind[3] += faults
+    return kinds
+
+
+def main(argv: list[str]) -> int:
+    name = argv[1]
+    counts = [int(n) for n in (argv[2] if len(argv) > 2 else "10,20").split(",")]
+    server = next(s for s in servers.SERVERS if s.name == name)
+    with (
+        tempfile.TemporaryDirectory(prefix="stunnel3-memory-") as work,
+        throwaway_account() as account,
+    ):
+        workdir = Path(work)
+        workdir.chmod(0o755)
+        setup = servers.Setup(workdir, certs.write_pem(workdir, "rsa"), 1 << 20, account)
+        servers.write_backends(setup)
+        servers.make_jail(setup)
+        ctx = measure.Context(setup, servers.Reaper(), workdir)
+        port = ctx.port()
+        running = measure.start(ctx, server, "smtp", port)
+        backends = tuple(ctx.setup.backend(mode) for mode in ("smtp", "upload", "download"))
+        held: list = []
+        before = None
+        try:
+            for count in counts:
+                held += measure.hold_sessions(port, count - len(held))
+                kinds = by_process(running.pid, backends)
+                total = sum(kind[1] for kind in kinds.values())
+                slope = "" if before is None else f", {(total - before[1]) // (count - before[0])}"
+                print(f"{name}, {count} sessions: PSS {total} KiB, {total // count} per session"
+                      f"{slope and slope + ' per session added'}")  # fmt: skip
+                for what, (n, pss, dirty, faults) in sorted(kinds.items()):
+                    each = f"PSS {pss // n} KiB, private dirty {dirty // n} KiB"
+                    print(f"  {what:28} {n:4} processes; each: {each}, {faults // n} minor faults")
+                before = (count, total)
+        finally:
+            for tls in held:
+                tls.close()
+            running.stop(ctx.reaper)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
