@@ -149,7 +149,7 @@ def inproc(args) -> None:
         profile.disable()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    relay.network.close()
+    relay.client.close()
     relay.backend.close()
     for pid in peers:
         os.waitpid(pid, 0)

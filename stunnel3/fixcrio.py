@@ -118,15 +118,6 @@ def pump(to_program: int, from_program: int) -> None:
                 return
 
 
-def move_fd(source: int, target: int) -> None:
-    """Make source the inheritable descriptor target, like djb's fd_move."""
-    if source == target:
-        os.set_inheritable(target, True)
-        return
-    os.dup2(source, target)
-    os.close(source)
-
-
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         unix.usage(PROG, USAGE)
@@ -150,8 +141,8 @@ def main(argv: list[str]) -> int:
     os.close(to_program[1])
     os.close(from_program[0])
     try:
-        move_fd(to_program[0], 0)
-        move_fd(from_program[1], 1)
+        unix.move_fd(to_program[0], 0)
+        unix.move_fd(from_program[1], 1)
     except OSError as error:
         unix.fatal(PROG, "move descriptors", error)
     unix.fatal(PROG, "run " + argv[1], unix.exec_program(argv[1:]))

@@ -20,7 +20,7 @@ rules, each kept in one place (docs/imap-pop3.md has the reasons):
               answer; AUTHENTICATE and IDLE take one client line per `+` from the
               server (SASL data, DONE), and so does a command the proxy does not
               know (the server decides; that line is never logged). Words end at
-              any blank (layer.BLANKS): `a LOGIN<TAB>...` is a LOGIN.
+              any blank (lines.BLANKS): `a LOGIN<TAB>...` is a LOGIN.
   CAPABILITY  in `* CAPABILITY` responses and `[CAPABILITY ...]` response codes:
               + STARTTLS before TLS (once, if offered), none after it; COMPRESS=*
               dropped (the stream could not be followed), and the COMPRESS command

@@ -128,15 +128,6 @@ def parse(argv: list[str]) -> Invocation:
     return Invocation(first, second, int(fd), SOCKET_TYPES[kind])
 
 
-def move_fd(source: int, target: int) -> None:
-    """Make source the inheritable descriptor target (dup2 keeps no flags of source)."""
-    if source == target:
-        os.set_inheritable(target, True)
-        return
-    os.dup2(source, target)
-    os.close(source)
-
-
 def make_pair(invocation: Invocation) -> int:
     """Make the pair, PROG1's end already on its descriptor; return PROG2's end."""
     first, second = _socket.socketpair(_socket.AF_UNIX, invocation.kind)
@@ -144,7 +135,7 @@ def make_pair(invocation: Invocation) -> int:
     if second_fd == invocation.fd:  # FD was free and the kernel chose it
         second_fd, old = os.dup(second_fd), second_fd
         os.close(old)
-    move_fd(first_fd, invocation.fd)
+    unix.move_fd(first_fd, invocation.fd)
     return second_fd
 
 

@@ -88,7 +88,7 @@ class Options:
     plaintext_fd: int | None = None  # -F (sg2)
 
 
-# -> the host's addresses, or OptionError (stunnel's main: service.resolve_host)
+# -> the host's addresses, or OptionError (stunnel's main passes resolve_host, below)
 Resolver = Callable[[str], tuple[str, ...]]
 
 PROTOCOLS = ("smtp", "pop3", "nntp", "smtp-", "pop3-", "imap-")  # 3.22's, then sg2's

@@ -19,7 +19,7 @@ each kept in one place (docs/imap-pop3.md has the reasons):
               the proxy does not know, nothing is parsed until the answer; a `+ `
               to such a command makes the next line a SASL line too (the backend
               decides), and its +OK counts as a login. Verbs end at any blank
-              (layer.BLANKS): `PASS<TAB>x` is a PASS.
+              (lines.BLANKS): `PASS<TAB>x` is a PASS.
   logins      before TLS, unless plaintext_auth (and not require_tls): USER, PASS,
               APOP, AUTH -> -ERR [AUTH], never forwarded, nor lines pipelined behind
               AUTH that are not commands; the line a `+ ` to an unknown command asks
@@ -173,7 +173,7 @@ def split_command(line: bytes) -> tuple[bytes, bytes]:
 
 def shown(verb: bytes, argument: bytes, line: bytes) -> str:
     """The command as the debug log may show it: no user name, password or SASL data,
-    and only the size of a line the proxy does not know (layer.loggable)."""
+    and only the size of a line the proxy does not know (lines.loggable)."""
     return loggable(verb, argument, line, KNOWN, SECRET_ARGUMENTS, {b"AUTH"})
 
 

@@ -1,11 +1,13 @@
 """The one relay loop of every mode: two endpoints, a protocol layer, TLS.
 
-    network (TLS side)  <->  [TlsSession]  <->  protocol layer  <->  backend (plaintext)
+    client (TLS side)  <->  [TlsSession]  <->  protocol layer  <->  backend (plaintext)
 
-"network" is the side TLS faces (fds 0/1 or an accepted socket in server mode,
-the -r connection with -c); "backend" the plaintext side (-F, -l, -L, -r, or
-fds 0/1 with -c). Before the layer asks for TLS (StartTls) network bytes reach
-it raw; after, they pass through the TlsSession first. The layer sees every
+The two sides have the layers' names (protocol.py): "client" is the side TLS
+faces (fds 0/1 or an accepted socket in server mode, the -r connection or the
+-l program with -c, where the "client" is the remote server); "backend" the
+plaintext side (-F, -l, -L, -r, or fds 0/1 with -c). Before the layer asks for
+TLS (StartTls) the client's bytes reach it raw; after, they pass through the
+TlsSession first. The layer sees every
 plaintext byte and decides what goes where (see protocol.py).
 
 Each pass of the loop first settles: it moves everything that can move without
@@ -20,7 +22,7 @@ from the state; then the loop waits, reads and writes.
 Three byte queues (ByteQueue: chunks as they came, never copied together)
 hold what waits for a writable fd or for TLS:
 
-    net_out    ciphertext (or raw bytes before TLS) for the network
+    client_out ciphertext (or raw bytes before TLS) for the client
     plain_out  plaintext for TLS: held during the handshake, or back-pressured
     back_out   bytes for the backend
 
@@ -65,7 +67,7 @@ class Relay:
 
     def __init__(
         self,
-        network: Endpoint,
+        client: Endpoint,
         backend: Endpoint | None,
         layer,
         new_tls,
@@ -75,19 +77,19 @@ class Relay:
         line_ends: "FixcrioRule | None" = None,
     ):
         """line_ends: what to do with the backend's line ends (line_ends.py); None: nothing."""
-        self.network = network
+        self.client = client
         self.backend = backend
         self.open_backend = open_backend  # -l without -n: started after the handshake
         self.layer = layer
         self.new_tls = new_tls  # () -> TlsSession
         self.log = log
         self.tls: TlsSession | None = None
-        self.net_out = ByteQueue()
+        self.client_out = ByteQueue()
         self.plain_out = ByteQueue()
         self.back_out = ByteQueue()
-        self.net_reading = self.back_reading = True
-        self.net_writing = self.back_writing = True
-        self.net_eof_queued = self.back_eof_queued = False  # ToClient(b"") / ToBackend(b"")
+        self.client_reading = self.back_reading = True
+        self.client_writing = self.back_writing = True
+        self.client_eof_queued = self.back_eof_queued = False  # ToClient(b"") / ToBackend(b"")
         self.closing = False
         self.ssl_bytes = self.sock_bytes = 0
         self.bounds = bounds or Bounds()
@@ -111,14 +113,14 @@ class Relay:
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, ToClient):
-                if self.net_eof_queued:
+                if self.client_eof_queued:
                     continue  # nothing goes out after our EOF
                 if not action.data:
-                    self.net_eof_queued = True
+                    self.client_eof_queued = True
                 elif self.tls is not None:
                     self.plain_out += action.data
                 else:
-                    self.net_out += action.data
+                    self.client_out += action.data
                     self.ssl_bytes += len(action.data)
             elif isinstance(action, ToBackend):
                 if self.back_eof_queued:
@@ -138,7 +140,7 @@ class Relay:
                 # queued has been written; the session then ends.
                 self.log.debug(f"Closing: {action.reason}")
                 self.closing = True
-                self.net_eof_queued = self.back_eof_queued = True
+                self.client_eof_queued = self.back_eof_queued = True
             elif isinstance(action, Log):
                 if action.level >= LOG_DEBUG:
                     self.dialogue.line(action.text)
@@ -162,7 +164,7 @@ class Relay:
             return False
         if not tls.established:
             done = tls.handshake()
-            self.net_out += tls.outgoing()
+            self.client_out += tls.outgoing()
             if not done:
                 return False
             self.handshake_deadline = None
@@ -173,28 +175,28 @@ class Relay:
             self._apply(self.layer.tls_started(info))
             return True
         moved = False
-        while self.plain_out and len(self.net_out) < BUFFER and self.net_writing:
+        while self.plain_out and len(self.client_out) < BUFFER and self.client_writing:
             self.ssl_bytes += self._encrypt(tls)
             moved = True
-        # Rule: EOF from the layer towards the network becomes close_notify once
+        # Rule: EOF from the layer towards the client becomes close_notify once
         # every queued plaintext byte is encrypted.
-        if self.net_eof_queued and not self.plain_out and self.net_writing:
+        if self.client_eof_queued and not self.plain_out and self.client_writing:
             tls.close()
-            self.net_out += tls.outgoing()
-            self.net_writing = False
+            self.client_out += tls.outgoing()
+            self.client_writing = False
             moved = True
-        while self.net_reading and len(self.back_out) < BUFFER and not self._layer_paused():
+        while self.client_reading and len(self.back_out) < BUFFER and not self._layer_paused():
             plain = tls.read_many(READ_SIZE)
             if plain is None:
                 break
             if not plain:
-                self.net_reading = False
+                self.client_reading = False
                 self.log.debug("SSL closed on SSL_read")
             self._apply(self.layer.feed_client(plain))
             moved = True
         # Reading may have produced records of its own (a key update's answer, or
         # the refusal of a renegotiation).
-        self.net_out += tls.outgoing()
+        self.client_out += tls.outgoing()
         self._note_renegotiation(tls)
         return moved
 
@@ -206,28 +208,28 @@ class Relay:
     _renegotiation_logged = False
 
     def _encrypt(self, tls: TlsSession) -> int:
-        """Move about BUFFER bytes of plain_out through TLS into net_out."""
+        """Move about BUFFER bytes of plain_out through TLS into client_out."""
         chunks = self.plain_out.front(BUFFER)
         moved = 0
         for chunk in chunks:
             tls.write(chunk)
             moved += len(chunk)
         self.plain_out.consume(moved)
-        self.net_out += tls.outgoing()
+        self.client_out += tls.outgoing()
         return moved
 
     def _flush_closes(self) -> bool:
         """The half-close rules; True if a side was closed just now."""
         moved = False
-        # Rule: once the network's EOF is queued and nothing is left to send,
+        # Rule: once the client's EOF is queued and nothing is left to send,
         # our write side closes (after close_notify if TLS is on; a pipe closes).
-        if self.net_eof_queued and not self.net_out and not self.plain_out:
-            if self.net_writing and self.tls is None:
-                self.net_writing = False
-            if not self.net_writing and self.network.wfd >= 0 and not self._net_shut:
-                self.network.shut_write()
-                self._net_shut = moved = True
-        # Rule: EOF towards the backend (close_notify or TCP EOF from the network)
+        if self.client_eof_queued and not self.client_out and not self.plain_out:
+            if self.client_writing and self.tls is None:
+                self.client_writing = False
+            if not self.client_writing and self.client.wfd >= 0 and not self._client_shut:
+                self.client.shut_write()
+                self._client_shut = moved = True
+        # Rule: EOF towards the backend (close_notify or TCP EOF from the client)
         # becomes shutdown(SHUT_WR) on it, or close for a pipe, once back_out is empty.
         if self.back_eof_queued and not self.back_out and self.back_writing:
             self.back_writing = False
@@ -236,15 +238,15 @@ class Relay:
                 self.backend.shut_write()
         return moved
 
-    _net_shut = False
+    _client_shut = False
 
     def _finished(self) -> bool:
-        queues_empty = not (self.net_out or self.plain_out or self.back_out)
+        queues_empty = not (self.client_out or self.plain_out or self.back_out)
         if self.closing and queues_empty:
             return True
-        if not self.net_writing and not self.back_writing and queues_empty:
+        if not self.client_writing and not self.back_writing and queues_empty:
             return True
-        return not self.net_reading and not self.back_reading and queues_empty
+        return not self.client_reading and not self.back_reading and queues_empty
 
     def _layer_paused(self) -> bool:
         return getattr(self.layer, "client_paused", False)
@@ -257,21 +259,21 @@ class Relay:
         def want(fd: int, event: int) -> None:
             wanted[fd] = wanted.get(fd, 0) | event
 
-        net, back = self.network, self.backend
-        # The network is read even while net_out is full (a client may send without
+        client, back = self.client, self.backend
+        # The client is read even while client_out is full (a client may send without
         # reading), but not without limit: TLS answers some records by itself.
         if (
-            self.net_reading
+            self.client_reading
             and len(self.back_out) < BUFFER
-            and len(self.net_out) < 4 * BUFFER
+            and len(self.client_out) < 4 * BUFFER
             and not self._layer_paused()
         ):
-            want(net.rfd, select.POLLIN)
-        if self.net_out:
-            want(net.wfd, select.POLLOUT)
+            want(client.rfd, select.POLLIN)
+        if self.client_out:
+            want(client.wfd, select.POLLOUT)
         if back is not None:
-            toward_net = len(self.plain_out) + len(self.net_out)
-            if self.back_reading and toward_net < BUFFER and not self.closing:
+            toward_client = len(self.plain_out) + len(self.client_out)
+            if self.back_reading and toward_client < BUFFER and not self.closing:
                 want(back.rfd, select.POLLIN)
             if self.back_out:
                 want(back.wfd, select.POLLOUT)
@@ -290,13 +292,13 @@ class Relay:
     def _client_done(self) -> bool:
         """The client has ended and is owed nothing: what the backend still says is
         awaited as long as 3.22 awaited a closing peer (a layer with exchanges)."""
-        return self.exchanges is not None and not self.net_reading and not self.layer.awaiting
+        return self.exchanges is not None and not self.client_reading and not self.layer.awaiting
 
     # -- reading and writing ---------------------------------------------------
 
-    def _read_network(self) -> None:
+    def _read_client(self) -> None:
         try:
-            data = self.network.read(READ_SIZE)
+            data = self.client.read(READ_SIZE)
         except PeerError:
             if self.tls is None or self.tls.established:
                 raise
@@ -309,7 +311,7 @@ class Relay:
             self.tls.receive(data)
             return
         if not data:
-            self.net_reading = False
+            self.client_reading = False
             self.log.debug("Socket closed on read (network)")
         self._apply(self.layer.feed_client(data))
 
@@ -375,18 +377,18 @@ class Relay:
         self._watched = wanted
 
     def _serve(self, ready: dict[int, int]) -> None:
-        net, back = self.network, self.backend
+        client, back = self.client, self.backend
         readable = select.POLLIN | select.POLLHUP | select.POLLERR
-        if self.net_out and ready.get(net.wfd, 0) & (select.POLLOUT | select.POLLERR):
-            self._write(net, self.net_out)
+        if self.client_out and ready.get(client.wfd, 0) & (select.POLLOUT | select.POLLERR):
+            self._write(client, self.client_out)
         if (
             back is not None
             and self.back_out
             and ready.get(back.wfd, 0) & (select.POLLOUT | select.POLLERR)
         ):
             self.sock_bytes += self._write(back, self.back_out)
-        if self.net_reading and ready.get(net.rfd, 0) & readable:
-            self._read_network()
+        if self.client_reading and ready.get(client.rfd, 0) & readable:
+            self._read_client()
         if back is not None and self.back_reading and ready.get(back.rfd, 0) & readable:
             self._read_backend()
 
@@ -404,7 +406,7 @@ class Relay:
         except TlsError as error:
             self.log.err(str(error))
             self._send_alert()
-            self._reset(network=False)
+            self._reset(client=False)
             return False
         except PeerError as error:
             self.log.err(str(error))
@@ -416,20 +418,20 @@ class Relay:
         """After a TLS failure: the alert OpenSSL wrote (and what was queued before
         it) goes out within ALERT_WAIT, then our side of the connection closes."""
         if self.tls is not None:
-            self.net_out += self.tls.outgoing()
+            self.client_out += self.tls.outgoing()
         poller = select.poll()
-        poller.register(self.network.wfd, select.POLLOUT)
+        poller.register(self.client.wfd, select.POLLOUT)
         deadline = time.monotonic() + ALERT_WAIT
         try:
-            while self.net_out and time.monotonic() < deadline:
-                if not self._write(self.network, self.net_out):
+            while self.client_out and time.monotonic() < deadline:
+                if not self._write(self.client, self.client_out):
                     poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
         except PeerError:
             return  # the peer is gone: nothing more to tell it
-        self.network.shut_write()
+        self.client.shut_write()
 
-    def _reset(self, network: bool = True) -> None:
-        if network:
-            self.network.reset()
+    def _reset(self, client: bool = True) -> None:
+        if client:
+            self.client.reset()
         if self.backend is not None:
             self.backend.reset()

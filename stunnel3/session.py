@@ -9,11 +9,11 @@ handshake after; `Connection closed` (or `reset`) unless the session failed
 before it was set up; `<service> finished (0 left)` (daemon mode: the parent
 says it, daemon.py).
 
-Who is who: the relay's "network" is the TLS side, its "backend" the plaintext
-side. Server mode: network = the local side (fds 0/1, the accepted connection,
-or the -l program beside -r), backend = -F, -l/-L or -r. Client mode (-c):
-network = the -r connection or the -l program, backend = -F, the -l program
-beside -r, or the local side.
+Who is who: the relay's "client" is the TLS side, its "backend" the plaintext
+side (the layers' words, protocol.py). Server mode: client = the local side
+(fds 0/1, the accepted connection, or the -l program beside -r), backend = -F,
+-l/-L or -r. Client mode (-c): client = the -r connection or the -l program,
+backend = -F, the -l program beside -r, or the local side.
 
 The -l program gets a TCP connection over 127.0.0.1, as 3.22's make_sockets
 made it (exim says `[127.0.0.1]`, not a local submission); -L a pty.
@@ -148,7 +148,7 @@ def session(
             f"Connection {'closed' if ok else 'reset'}: {relay.ssl_bytes} bytes sent to SSL, "
             f"{relay.sock_bytes} bytes sent to socket"
         )
-    ends = [local] if relay is None else [local, relay.network, relay.backend]
+    ends = [local] if relay is None else [local, relay.client, relay.backend]
     end_programs([end for end in ends if end is not None], bounds.backend_exit, log)
     if options.daemon is None:
         log.debug(f"{name} finished (0 left)")
@@ -218,11 +218,11 @@ def _local_peer(fd: int, transparent: bool) -> tuple[str, int] | None:
 
 
 def _sides(options, log, ctx, local: Endpoint, env):
-    """(network, backend, open_backend): who plays which part (see the module doc)."""
+    """(client, backend, open_backend): who plays which part (see the module doc)."""
     if options.client:
-        network = _remote_side(options, log, env, None)
+        client = _remote_side(options, log, env, None)
         backend = _plaintext_fd(options) if options.plaintext_fd is not None else local
-        return network, backend, None
+        return client, backend, None
     if options.remote is None and options.local_program is not None and not options.protocol:
         # 3.22's order: the handshake first, then the program (it learns the
         # peer's certificate names, and a failed handshake costs no fork).

@@ -20,7 +20,7 @@ No sockets, no TLS, no clock but the one passed in. The rules, each kept in one 
   the backend decides  a 354 to any client command starts the DATA phase, a 334 makes
               the next line a SASL line, a 235 means authenticated, whatever the
               proxy made of the command; verbs end at any blank a backend ends them
-              at (layer.BLANKS: `DATA<TAB>` is DATA).
+              at (lines.BLANKS: `DATA<TAB>` is DATA).
   EHLO reply  rewritten (smtp_reply.rewrite_ehlo): + STARTTLS before TLS and AUTH
               (if offered), only extensions the FIFO can follow are kept; AUTH only
               where it may be used (after TLS, or with plaintext_auth).

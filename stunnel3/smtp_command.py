@@ -31,14 +31,14 @@ SASL_COMMANDS = frozenset({b"AUTH"})
 
 def split_command(line: bytes) -> tuple[bytes, bytes]:
     """`mail FROM:<a>\\r\\n` -> (b"MAIL", b"FROM:<a>"); the verb ends at any blank a
-    backend ends it at (layer.BLANKS: `DATA<TAB>` is DATA); a line may end in LF alone."""
+    backend ends it at (lines.BLANKS: `DATA<TAB>` is DATA); a line may end in LF alone."""
     verb, argument = first_word(line)
     return verb.upper(), argument
 
 
 def shown(verb: bytes, argument: bytes, line: bytes) -> bytes:
     """The command as the debug log may show it: never an AUTH initial response,
-    never a line the proxy does not know (layer.loggable)."""
+    never a line the proxy does not know (lines.loggable)."""
     return loggable(verb, argument, line, KNOWN, frozenset(), SASL_COMMANDS).encode("latin-1")
 
 

@@ -28,7 +28,7 @@ CRLF = b"\r\n"
 
 class MessageData(Scan):
     """Client bytes of one message in; bytes for the backend out, up to end-of-data
-    (a layer.Run: the DATA state's)."""
+    (a runs.Run: the DATA state's)."""
 
     def __init__(self) -> None:
         # The start of the data is the start of a line, as after CRLF: a first

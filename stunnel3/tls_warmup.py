@@ -72,7 +72,7 @@ def _throwaway_context(key_type: str | None) -> SSL.Context:
 def _throwaway_pem(key_type: str) -> bytes:
     """A key and a self-signed certificate no one will ever see.
 
-    Not setup_service.self_signed: the daemon warms up inside its jail, where
+    Not setup_pem.self_signed: the daemon warms up inside its jail, where
     nothing may be imported; every module used here is loaded with x509 already."""
     import datetime
 

@@ -160,6 +160,16 @@ def fatal(prog: str, what: str, error: OSError, forked: bool = False) -> "NoRetu
     die(prog, FATAL, fatal_text(what, error), forked=forked)
 
 
+def move_fd(source: int, target: int) -> None:
+    """Make source the inheritable descriptor target, like djb's fd_move (dup2 keeps
+    no flags of source: the copy is inheritable, even when source was close-on-exec)."""
+    if source == target:
+        os.set_inheritable(target, True)
+        return
+    os.dup2(source, target)
+    os.close(source)
+
+
 def candidates(file: str, environ) -> list[bytes]:
     """Where djb's pathexec_run looks for file, in order.
 

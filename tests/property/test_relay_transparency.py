@@ -119,5 +119,5 @@ def test_bytes_cross_unchanged_both_ways(ctx, up, down):
     client.close()
     worker.join(20)
     assert not worker.is_alive()
-    relay.network.close()
+    relay.client.close()
     relay.backend.close()

@@ -76,7 +76,7 @@ class Harness:
     def finish(self):
         self.thread.join(15)
         assert not self.thread.is_alive()
-        self.relay.network.close()
+        self.relay.client.close()
         self.relay.backend.close()
         return self.result
 

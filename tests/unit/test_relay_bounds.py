@@ -89,7 +89,7 @@ class Harness:
     def finish(self) -> bool | None:
         self.thread.join(15)
         assert not self.thread.is_alive()
-        for end in (self.relay.network, self.relay.backend):
+        for end in (self.relay.client, self.relay.backend):
             end.close()
         self.client.close()
         self.backend.close()

@@ -397,7 +397,7 @@ def through_relay(contexts, layer, backend, writes, segments) -> None:
         for thread in threads:
             thread.join(10)
         back_ours.close()
-        relay.network.close()
+        relay.client.close()
         relay.backend.close()
     assert not failures, failures
     assert not any(thread.is_alive() for thread in threads)
