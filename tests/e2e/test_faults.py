@@ -598,7 +598,9 @@ def test_4_a_hung_backend_is_terminated_then_killed_and_counted_until_then(hung,
 
 
 def test_4_the_same_through_the_warm_helper(service, account, pki, tmp_path, stunnel_bin):
-    """The warm helper's worker runs makesock's main: PROG2 is its child, and its keeper's."""
+    """The warm helper's worker runs makesock's main and PROG2 is its child, with no keeper:
+    the helper keeps it (TERM, then KILL, said on the chain's stderr) and the front's status
+    waits until it has gone, so tcpserver counts the connection until then."""
     from test_warm import Helper
 
     directory = tmp_path / "warm"
@@ -615,6 +617,10 @@ def test_4_the_same_through_the_warm_helper(service, account, pki, tmp_path, stu
                 client = Client(chain.port, pki["ca"])
                 assert client.reply().startswith(b"220 ")
                 served_by = helper.workers()
+                (worker,) = served_by
+                (second,) = children(worker)  # PROG2 itself (nobody's), no root keeper between
+                status = Path(f"/proc/{second}/status").read_text()
+                assert f"\nUid:\t{pwd.getpwnam('nobody').pw_uid}\t" in status
                 client.send(b"QUIT\r\n")
                 client.until_end()
                 client.end("fin")
@@ -624,6 +630,8 @@ def test_4_the_same_through_the_warm_helper(service, account, pki, tmp_path, stu
         said = case.said
         term = said.index("did not exit 1 s after its session ended: sent SIGTERM")
         assert term < said.index("sent SIGKILL") < said.index("tcpserver: end ")
+        assert said.index("tcpserver: end ") < said.rindex("tcpserver: status: 0/")
+        assert helper.process.poll() is None
     finally:
         helper.stop()
         SERVERS.discard(helper.process.pid)
