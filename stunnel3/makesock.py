@@ -31,7 +31,8 @@ Processes and descriptors:
   SIGKILL (children.py). This process closes PROG2's descriptors and the
   lifeline after stunnel returns, then waits for the keeper. The keeper
   starts PROG2 with posix_spawn (spawn_second: a second fork of a Python
-  process costs its page faults), else by a fork (run_second).
+  process costs its page faults), else by a fork (run_second). In the warm
+  helper's worker no keeper is forked: the helper keeps PROG2 (hand_over).
 
 The original invocation (no options) is parsed by hand, and docopt-ng is
 imported only when options are given: `python3 -X importtime` puts docopt

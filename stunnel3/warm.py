@@ -28,9 +28,16 @@ session's status survives the helper), and which we write again, or
 
 - We poll the announcements, each worker's pidfd and each front's: a front's
   end (SIGKILL) is SIGTERM to its worker (3.22's end on SIGTERM).
+- We keep each makesock worker's PROG2, as makesock's keeper does on the direct
+  path (children.py), with no process forked for it: the worker sends PROG2's
+  pidfd and the front's stderr on a socket pair made before its fork
+  (makesock.hand_over) and closes its end when the session ends; then PROG2
+  has STUNNEL3_BACKEND_EXIT_TIMEOUT to exit, SIGTERM, as long again, SIGKILL,
+  timed by our poll. The worker writes its X once PROG2 has gone; so do we.
 - SIGTERM (or SIGINT): the rendezvous goes at once (fronts waiting get EOF on
   the lifeline and run the direct path; new ones find nothing), and we leave
-  when the last worker has ended, still watching their fronts.
+  when the last worker and the last PROG2 we keep have ended, still watching
+  their fronts.
 - Where pidfd_getfd(2) is not permitted (Yama ptrace_scope 3, seccomp), one
   warning line at start, no rendezvous, and every front runs the direct path.
 """
