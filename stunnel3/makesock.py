@@ -31,7 +31,8 @@ Processes and descriptors:
   SIGKILL (children.py). This process closes PROG2's descriptors and the
   lifeline after stunnel returns, then waits for the keeper. The keeper
   starts PROG2 with posix_spawn (spawn_second: a second fork of a Python
-  process costs its page faults), else by a fork (run_second).
+  process costs its page faults), else by a fork (run_second). In the warm
+  helper's worker no keeper is forked: the helper keeps PROG2 (hand_over).
 
 The original invocation (no options) is parsed by hand, and docopt-ng is
 imported only when options are given: `python3 -X importtime` puts docopt
@@ -43,6 +44,7 @@ import _signal  # the C module, as for _socket
 import _socket  # the C module: `socket` imports enum and selectors, ~10 ms more
 import os
 import sys
+from _collections_abc import Callable  # loaded by os already: collections.abc is not
 
 from stunnel3 import fronts, proctitle, unix
 
@@ -165,15 +167,76 @@ def spawn_second(argv: list[str], name: str, fd: int, end: int, gate: int) -> in
         return None
     if os.read(gate, 1):
         os._exit(0)  # PROG1 could not run and said so: PROG2 must not run alone
-    actions = [(os.POSIX_SPAWN_DUP2, end, 0), (os.POSIX_SPAWN_DUP2, end, 1),
-               (os.POSIX_SPAWN_CLOSE, end), (os.POSIX_SPAWN_CLOSE, fd)]  # fmt: skip
-    started = unix.spawn_program(argv, actions)
+    started = unix.spawn_program(argv, _second_actions(fd, end))
     if isinstance(started, OSError):
         unix.say(name, unix.fatal_text("run " + argv[0], started))
         os._exit(111)
     if started is not None:
         os.close(gate)
     return started
+
+
+def hand_second_over(invocation: Invocation, argv: list[str], name: str, end: int,
+                     elided: bool) -> int:  # fmt: skip
+    """The warm path (hand_over set): stunnel runs in this process, which the helper
+    forked, and the helper keeps PROG2 (root, outside every jail, and it outlives its
+    sessions): no keeper is forked. PROG2 is started from here at once (nothing waits
+    for an exec), its pidfd goes to hand_over while it is surely unreaped (our child;
+    we never wait for it), and after stunnel returns end_session closes PROG2's
+    descriptors and the lifeline hand_over returned (the helper's signal: grace, TERM,
+    KILL, as the keeper's), then waits until PROG2 has gone, the status after it."""
+    assert hand_over is not None
+    pid = _start_second(argv, name, invocation.fd, end)
+    os.close(end)
+    lifeline, pidfd = -1, None
+    if pid is not None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            pass  # our caller ignores SIGCHLD: PROG2 has gone already
+        else:
+            lifeline = hand_over(pid, pidfd, argv[0])
+    stunnel_argv = ["stunnel", *invocation.first[1:]]
+    proctitle.set_title(stunnel_argv)
+    from stunnel3 import stunnel
+
+    status = stunnel.main(stunnel_argv, invocation.fd if elided else None)
+    end_session(invocation.fd, lifeline, pidfd)
+    return status
+
+
+def _start_second(argv: list[str], name: str, fd: int, end: int) -> int | None:
+    """PROG2 started from this process (spawned; forked where it cannot be): its pid, or
+    None when it cannot run (said on fd 2 as run_second says it: stunnel reads EOF)."""
+    if end > 1:
+        started = unix.spawn_program(argv, _second_actions(fd, end))
+        if isinstance(started, OSError):
+            unix.say(name, unix.fatal_text("run " + argv[0], started))
+            return None
+        if started is not None:
+            return started
+    gate, opened = os.pipe()
+    os.close(opened)  # PROG1 runs here: the gate is open
+    pid = os.fork()
+    if pid == 0:
+        try:
+            run_second(argv, name, fd, end, gate)
+        finally:
+            os._exit(111)
+    os.close(gate)
+    return pid
+
+
+def _second_actions(fd: int, end: int) -> list:
+    return [(os.POSIX_SPAWN_DUP2, end, 0), (os.POSIX_SPAWN_DUP2, end, 1),
+            (os.POSIX_SPAWN_CLOSE, end), (os.POSIX_SPAWN_CLOSE, fd)]  # fmt: skip
+
+
+def warning(name: str, pid: int, grace: float, signal_name: str) -> bytes:
+    """The line said when PROG2 has not exited in time, before signal_name is sent."""
+    after = "its session ended" if signal_name == "SIGTERM" else "SIGTERM"
+    line = f"{PROG}: warning: {name} (pid {pid}) did not exit {grace:g} s after {after}: "
+    return (line + f"sent {signal_name}\n").encode(errors="replace")
 
 
 def keep_second(argv: list[str], name: str, fd: int, end: int, gate: int, lifeline: int) -> None:
@@ -194,13 +257,10 @@ def keep_second(argv: list[str], name: str, fd: int, end: int, gate: int, lifeli
         _signal.signal(number, _signal.SIG_IGN)  # a process group's signal: PROG2 got it too
     _close_all_but(2, lifeline, pidfd)  # the client's socket, the pair: theirs, not ours
     grace = bounds.backend_exit()
-    said = [f"{grace:g} s after its session ended"]
 
     def say(signal_name: str) -> None:
-        line = f"{PROG}: warning: {argv[0]} (pid {pid}) did not exit {said[0]}: sent {signal_name}"
-        said[0] = f"{grace:g} s after SIGTERM"
         try:
-            os.write(2, line.encode(errors="replace") + b"\n")
+            os.write(2, warning(argv[0], pid, grace, signal_name))
         except OSError:
             pass
 
@@ -229,6 +289,11 @@ def end_session(fd: int, lifeline: int, keeper: int | None) -> None:
             pass
     if keeper is not None:
         children.exited(keeper, 2 * bounds.backend_exit() + 5)
+
+
+# Set by the warm helper's worker (warm.py): PROG2's pid, pidfd and name go to the
+# helper, which keeps PROG2; the lifeline to close when the session ends comes back.
+hand_over: "Callable[[int, int, str], int] | None" = None
 
 
 def runs_our_stunnel(name: str) -> bool:
@@ -338,6 +403,8 @@ def main(argv: list[str]) -> int:
         second_end = make_pair(invocation)
     except OSError as error:
         unix.fatal(PROG, "create socket pair", error)
+    if ours and hand_over is not None:
+        return hand_second_over(invocation, second, name, second_end, elided is not None)
     try:
         gate_read, gate_write = os.pipe()
         lifeline = os.pipe() if ours else None  # see keep_second

@@ -28,23 +28,32 @@ session's status survives the helper), and which we write again, or
 
 - We poll the announcements, each worker's pidfd and each front's: a front's
   end (SIGKILL) is SIGTERM to its worker (3.22's end on SIGTERM).
+- We keep each makesock worker's PROG2, as makesock's keeper does on the direct
+  path (children.py), with no process forked for it: the worker sends PROG2's
+  pidfd and the front's stderr on a socket pair made before its fork
+  (makesock.hand_over) and closes its end when the session ends; then PROG2
+  has STUNNEL3_BACKEND_EXIT_TIMEOUT to exit, SIGTERM, as long again, SIGKILL,
+  timed by our poll. The worker writes its X once PROG2 has gone; so do we.
 - SIGTERM (or SIGINT): the rendezvous goes at once (fronts waiting get EOF on
   the lifeline and run the direct path; new ones find nothing), and we leave
-  when the last worker has ended, still watching their fronts.
+  when the last worker and the last PROG2 we keep have ended, still watching
+  their fronts.
 - Where pidfd_getfd(2) is not permitted (Yama ptrace_scope 3, seccomp), one
   warning line at start, no rendezvous, and every front runs the direct path.
 """
 
 import _signal  # pthread_sigmask without enums: twice per connection
+import _socket
 import gc
 import os
 import select
 import signal
+import socket
 import stat
 import sys
 import time
 
-from stunnel3 import proctitle, unix, warm_worker
+from stunnel3 import children, makesock, proctitle, unix, warm_worker
 
 PROG = "stunnel3-warm"
 USAGE = "stunnel3-warm [ -d directory ] [ -c limit ]"
@@ -92,7 +101,7 @@ def main(argv: list[str]) -> int:
         rendezvous.remove()
     if helper.workers:
         say(f"info: stopping once {len(helper.workers)} sessions have ended")
-    while helper.workers:
+    while helper.workers or helper.kept:
         helper.turn()
     say("info: stopped")
     return 0
@@ -258,10 +267,26 @@ class Rendezvous:
 
 
 class Session:
-    """A live worker: its pid, its pidfd, its front's pidfd and reply pipe."""
+    """A live worker: its pid, its pidfd, its front's pidfd and reply pipe; the channel on
+    which it hands PROG2 over (makesock.hand_over), PROG2 once it has, and the reply
+    that waits for PROG2's end."""
 
-    def __init__(self, pid: int, pidfd: int, front: int, reply: int):
+    def __init__(self, pid: int, pidfd: int, front: int, reply: int, channel: int):
         self.pid, self.pidfd, self.front, self.reply = pid, pidfd, front, reply
+        self.channel = channel
+        self.kept: Kept | None = None
+        self.answer: bytes | None = None  # the worker's status, written when PROG2 has gone
+
+
+class Kept:
+    """PROG2 of a makesock session, kept here as makesock's keeper kept it (children.py):
+    its pid, pidfd, name, grace and the front's stderr for the warnings; `step` counts the
+    signals sent since the session ended, `deadline` is when the next one is due."""
+
+    def __init__(self, pid: int, pidfd: int, stderr: int, name: str, grace: float):
+        self.pid, self.pidfd, self.stderr, self.name, self.grace = pid, pidfd, stderr, name, grace
+        self.step = -1  # the session runs: nothing is due
+        self.deadline = 0.0
 
 
 class Helper:
@@ -276,6 +301,8 @@ class Helper:
         self.python = sys.executable
         self.workers: dict[int, Session] = {}  # a worker's pidfd: its session
         self.fronts: dict[int, Session] = {}  # a front's pidfd: its session
+        self.channels: dict[int, Session] = {}  # a worker's hand-over channel: its session
+        self.kept: dict[int, Session] = {}  # a kept PROG2's pidfd: its session
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)  # a signal makes poll return: the pipe is in it
         for signum in _STOP_SIGNALS:
@@ -298,7 +325,10 @@ class Helper:
 
     def turn(self) -> None:
         self.closed = set()  # this turn's: a stale event must not reach a new owner of its fd
-        for fd, _ in self.poller.poll():
+        due = [session.kept.deadline for session in self.kept.values()
+               if session.kept is not None and session.kept.step >= 0]  # fmt: skip
+        timeout = max(0.0, min(due) - time.monotonic()) * 1000 + 1 if due else None
+        for fd, _ in self.poller.poll(timeout):
             if fd in self.closed:
                 continue
             if fd == self.wake_r:
@@ -309,6 +339,19 @@ class Helper:
                 self._ended(self.workers[fd])
             elif fd in self.fronts:
                 self._front_ended(self.fronts[fd])
+            elif fd in self.channels:
+                self._handed_over(self.channels[fd])
+            elif fd in self.kept:
+                self._kept_ended(self.kept[fd])
+        if due:
+            now = time.monotonic()
+            for session in list(self.kept.values()):
+                if (
+                    session.kept is not None
+                    and 0 <= session.kept.step
+                    and session.kept.deadline <= now
+                ):
+                    self._next_step(session)
 
     def _signals(self) -> None:
         try:
@@ -361,6 +404,8 @@ class Helper:
             tls.prepare_context(renew=True)  # a new session-ticket key for the next workers
             self.ticket_key_made = time.monotonic()
         reply = _open_reply(front)
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        channel, worker_channel = ours.detach(), theirs.detach()  # close-on-exec, both
         try:
             if warm_worker.exited(front.watcher):
                 # It no longer waits: it read its reply pipe before we held it (EOF).
@@ -371,25 +416,31 @@ class Helper:
                 _flush()
                 worker = os.fork()
                 if worker == 0:
-                    self._become_worker(front, reply)
+                    self._become_worker(front, reply, worker_channel)
             finally:
                 _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _STOP_SIGNALS)
         except BaseException:
             os.close(reply)
+            os.close(channel)
             raise
+        finally:
+            os.close(worker_channel)
         try:
             pidfd = os.pidfd_open(worker)
         except OSError:
             os.kill(worker, signal.SIGKILL)  # untracked, it could not be reported: never run it
             os.waitpid(worker, 0)
             os.close(reply)
+            os.close(channel)
             raise
         _kill_watcher(front)  # the front reads its reply pipe: T, once the worker is it
-        session = Session(worker, pidfd, os.dup(front.pidfd), reply)
+        session = Session(worker, pidfd, os.dup(front.pidfd), reply, channel)
         self.workers[pidfd] = session
         self.fronts[session.front] = session
+        self.channels[channel] = session
         self.poller.register(pidfd, select.POLLIN)
         self.poller.register(session.front, select.POLLIN)
+        self.poller.register(channel, select.POLLIN)
 
     def _ended(self, session: Session) -> None:
         """A worker ended: its status to its front (the worker may have said it already)."""
@@ -397,11 +448,77 @@ class Helper:
         self._forget(session.pidfd)
         _, status = os.waitpid(session.pid, 0)
         code = os.waitstatus_to_exitcode(status)
-        _write(session.reply, b"X%d\n" % code if code >= 0 else b"K%d\n" % -code)
-        os.close(session.reply)
+        session.answer = b"X%d\n" % code if code >= 0 else b"K%d\n" % -code
         if session.front in self.fronts:
             del self.fronts[session.front]
             self._forget(session.front)
+        if session.channel in self.channels:
+            self._handed_over(session)  # its end, if it is not read yet: the session's end
+        if session.kept is None:
+            self._answer(session)
+
+    def _answer(self, session: Session) -> None:
+        """The worker's status to its front, once PROG2 (if we keep one) has gone."""
+        if session.answer is not None and session.kept is None:
+            _write(session.reply, session.answer)
+            os.close(session.reply)
+            session.answer = None
+
+    def _handed_over(self, session: Session) -> None:
+        """The worker's channel: PROG2 handed over (pid, grace, name; pidfd and stderr), or
+        its end, which is the session's (makesock.end_session closed it, or the worker is
+        gone): PROG2 has had its EOF, and its grace starts."""
+        channel = socket.socket(fileno=session.channel)
+        try:
+            data, fds, _, _ = socket.recv_fds(channel, 4096, 2)
+        except OSError:
+            data, fds = b"", []
+        finally:
+            channel.detach()
+        words = data.split(b" ", 2)
+        if len(fds) == 2 and len(words) == 3 and session.kept is None:
+            pidfd, stderr = fds
+            name = os.fsdecode(words[2])
+            session.kept = Kept(int(words[0]), pidfd, stderr, name, float(words[1]))
+            self.kept[pidfd] = session
+            self.poller.register(pidfd, select.POLLIN)
+            return
+        for fd in fds:
+            os.close(fd)
+        del self.channels[session.channel]
+        self._forget(session.channel)
+        kept = session.kept
+        if kept is not None and kept.step < 0:
+            kept.step, kept.deadline = 0, time.monotonic() + kept.grace
+
+    def _next_step(self, session: Session) -> None:
+        """PROG2 did not exit in time: SIGTERM, then SIGKILL, each said on the front's
+        stderr as makesock's keeper says it; after SIGKILL's grace, it is the kernel's."""
+        kept = session.kept
+        assert kept is not None
+        if kept.step >= 2:
+            self._kept_ended(session)  # stuck in the kernel: not ours to wait for any more
+            return
+        signum, name = children.SIGNALS[kept.step]
+        try:
+            os.write(kept.stderr, makesock.warning(kept.name, kept.pid, kept.grace, name))
+        except OSError:
+            pass
+        try:
+            signal.pidfd_send_signal(kept.pidfd, signum)
+        except ProcessLookupError:
+            pass
+        kept.step, kept.deadline = kept.step + 1, time.monotonic() + kept.grace
+
+    def _kept_ended(self, session: Session) -> None:
+        """PROG2 has gone: the front may have its status now."""
+        kept = session.kept
+        assert kept is not None
+        del self.kept[kept.pidfd]
+        self._forget(kept.pidfd)
+        os.close(kept.stderr)
+        session.kept = None
+        self._answer(session)
 
     def _front_ended(self, session: Session) -> None:
         """The front is gone (SIGKILL): so is its session, as 3.22 ends on SIGTERM."""
@@ -417,7 +534,7 @@ class Helper:
         os.close(fd)
         self.closed.add(fd)
 
-    def _become_worker(self, front: warm_worker.Front, reply: int) -> None:
+    def _become_worker(self, front: warm_worker.Front, reply: int, channel: int) -> None:
         """In the forked child: drop the helper's part, become the front, run; never returns."""
         global _log_fd
         status = 1
@@ -426,11 +543,11 @@ class Helper:
             for signum in _STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
             _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _STOP_SIGNALS)
-            reply, _log_fd = warm_worker.become(front, [reply, os.dup(2)])
+            reply, _log_fd, channel = warm_worker.become(front, [reply, os.dup(2), channel])
             os.write(reply, b"T %d\n" % os.getpid())  # from here the session is ours
             os.close(_log_fd)
             _log_fd = None  # from here, stderr is the front's and the log is stunnel's
-            status = _run(front)
+            status = _run(front, channel)
             os.write(reply, b"X%d\n" % (status & 0xFF))
         except BaseException as error:  # noqa: BLE001 - a front must never see us crash
             say(f"warning: worker for pid {front.pid}: {type(error).__name__}: {error}")
@@ -439,8 +556,9 @@ class Helper:
             os._exit(status & 0xFF)
 
 
-def _run(front: warm_worker.Front) -> int:
-    """The front's program, as its Python would have run it; its exit status."""
+def _run(front: warm_worker.Front, channel: int) -> int:
+    """The front's program, as its Python would have run it; its exit status. makesock
+    hands its PROG2 over to us on channel (the helper keeps it: no keeper is forked)."""
     from stunnel3 import log
 
     log.show_pid(front.pid)  # administrators match log lines to tcpserver's "pid N"
@@ -448,9 +566,9 @@ def _run(front: warm_worker.Front) -> int:
     proctitle.set_title(argv)  # ps, pidof, pgrep -x: the front's program, not the helper
     try:
         if front.prog == b"makesock":
-            from stunnel3 import makesock
-
+            makesock.hand_over = lambda pid, pidfd, name: _hand_over(channel, pid, pidfd, name)
             return makesock.main(argv)
+        os.close(channel)  # stunnel's own programs are its own to end (children.py)
         from stunnel3 import stunnel
 
         return stunnel.main(argv)
@@ -458,6 +576,22 @@ def _run(front: warm_worker.Front) -> int:
         return done.code if isinstance(done.code, int) else 1
     finally:
         _flush()
+
+
+def _hand_over(channel: int, pid: int, pidfd: int, name: str) -> int:
+    """In the worker: PROG2's pidfd and our stderr (the front's) to the helper, with its
+    pid, its grace and its name; the channel is the lifeline makesock closes at the end."""
+    from stunnel3 import bounds
+
+    words = b"%d %r " % (pid, bounds.backend_exit()) + os.fsencode(name)
+    sock = socket.socket(fileno=channel)
+    try:
+        socket.send_fds(sock, [words], [pidfd, 2])
+    except OSError:
+        pass  # the helper is gone: PROG2 is left alone after the session (docs/warm.md)
+    finally:
+        sock.detach()
+    return channel
 
 
 def _open_reply(front: warm_worker.Front) -> int:

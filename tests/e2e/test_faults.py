@@ -602,7 +602,9 @@ def test_4_a_hung_backend_is_terminated_then_killed_and_counted_until_then(hung,
 
 
 def test_4_the_same_through_the_warm_helper(service, account, pki, tmp_path, stunnel_bin):
-    """The warm helper's worker runs makesock's main: PROG2 is its child, and its keeper's."""
+    """The warm helper's worker runs makesock's main and PROG2 is its child, with no keeper:
+    the helper keeps it (TERM, then KILL, said on the chain's stderr) and the front's status
+    waits until it has gone, so tcpserver counts the connection until then."""
     from test_warm import Helper
 
     directory = tmp_path / "warm"
@@ -619,6 +621,10 @@ def test_4_the_same_through_the_warm_helper(service, account, pki, tmp_path, stu
                 client = Client(chain.port, pki["ca"])
                 assert client.reply().startswith(b"220 ")
                 served_by = helper.workers()
+                (worker,) = served_by
+                (second,) = children(worker)  # PROG2 itself (nobody's), no root keeper between
+                status = Path(f"/proc/{second}/status").read_text()
+                assert f"\nUid:\t{pwd.getpwnam('nobody').pw_uid}\t" in status
                 client.send(b"QUIT\r\n")
                 client.until_end()
                 client.end("fin")
@@ -628,9 +634,57 @@ def test_4_the_same_through_the_warm_helper(service, account, pki, tmp_path, stu
         said = case.said
         term = said.index("did not exit 1 s after its session ended: sent SIGTERM")
         assert term < said.index("sent SIGKILL") < said.index("tcpserver: end ")
+        assert said.index("tcpserver: end ") < said.rindex("tcpserver: status: 0/")
+        assert helper.process.poll() is None
     finally:
         helper.stop()
         SERVERS.discard(helper.process.pid)
+
+
+def test_4_without_the_helper_a_hung_backend_is_left_alone(service, account, pki, tmp_path,
+                                                           stunnel_bin):  # fmt: skip
+    """The helper killed mid-session (svc -k): nobody outside the jail keeps PROG2 any
+    more. It gets its EOF but no signal; the worker waits for it (2 x 1 s + 5 s), then
+    writes the session's own status, and PROG2 is left alone (docs/warm.md)."""
+    from test_warm import Helper
+
+    directory = tmp_path / "warm"
+    directory.mkdir(mode=0o700)
+    helper = Helper(directory, str(Path(stunnel_bin).with_name("stunnel3-warm")))
+    helper.wait_serving()
+    env = {"STUNNEL3_WARM_DIR": str(directory), "STUNNEL3_EXCHANGE_TIMEOUT": "2",
+           "STUNNEL3_BACKEND_EXIT_TIMEOUT": "1"}  # fmt: skip
+    chain = Chain(service, account, HUNG, env)
+    left: list[int] = []
+    try:
+        start = len(chain.text())
+        client = Client(chain.port, pki["ca"])
+        assert client.reply().startswith(b"220 ")
+        (worker,) = helper.workers()
+        (second,) = children(worker)
+        left = [second, *children(second)]
+        helper.process.kill()
+        helper.process.wait(TIMEOUT)
+        client.send(b"QUIT\r\n")
+        client.until_end()
+        ended = time.monotonic()
+        client.end("fin")
+        deadline = ended + TIMEOUT
+        while "tcpserver: end " not in (said := chain.text()[start:]):
+            assert time.monotonic() < deadline, said
+            time.sleep(0.05)
+        assert time.monotonic() - ended > 5  # the worker waited for PROG2 first
+        assert "without a status" not in said and "status 256" not in said
+        assert "sent SIGTERM" not in said
+        os.kill(second, 0)  # still there: nobody may signal it but root
+    finally:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        chain.stop()
+        with contextlib.suppress(ProcessLookupError):
+            helper.process.kill()
+        helper.process.wait(TIMEOUT)
 
 
 def test_4_a_hung_local_program_is_terminated_then_killed(service, pki):
