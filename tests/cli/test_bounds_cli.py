@@ -1,12 +1,11 @@
 """A bad STUNNEL3_ bound is one fatal line at start-up, exit 1, in every mode (issue #18
 item 6): before anything is read or bound, in 3.22's line style."""
 
-import os
 import re
 import socket
-import subprocess
 
 import pytest
+from test_stunnel_cli import run
 
 PREFIX = re.compile(r"^\d{4}\.\d\d\.\d\d \d\d:\d\d:\d\d LOG(\d)\[\d+:\d+\]: (.*)$")
 
@@ -21,14 +20,7 @@ def lines(stderr: str) -> list[tuple[int, str]]:
 
 
 def stunnel(stunnel_bin, args, **env):
-    return subprocess.run(
-        [stunnel_bin, *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, **env},
-    )
+    return run(stunnel_bin, *args, env=env)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,8 @@ HINT = "\nTry 'stunnel -h' for more information.\n\n"
 MISSING = "/nonexistent-stunnel3-dir/stunnel.pem"
 
 
-def run(stunnel_bin, *args, cwd=None):
+def run(stunnel_bin, *args, cwd=None, env=None):
+    """stunnel with args, no input; env: variables added to ours."""
     return subprocess.run(
         [stunnel_bin, *args],
         stdin=subprocess.DEVNULL,
@@ -32,6 +33,7 @@ def run(stunnel_bin, *args, cwd=None):
         text=True,
         timeout=30,
         cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
