@@ -176,16 +176,20 @@ def spawn_second(argv: list[str], name: str, fd: int, end: int, gate: int) -> in
     return started
 
 
+# The warm helper's worker (warm.py) gives main one: PROG2's pid, pidfd and name go to
+# the helper, which keeps PROG2; the lifeline to close when the session ends comes back.
+HandOver = Callable[[int, int, str], int]
+
+
 def hand_second_over(invocation: Invocation, argv: list[str], name: str, end: int,
-                     elided: bool) -> int:  # fmt: skip
-    """The warm path (hand_over set): stunnel runs in this process, which the helper
+                     elided: bool, hand_over: HandOver) -> int:  # fmt: skip
+    """The warm path (main's hand_over): stunnel runs in this process, which the helper
     forked, and the helper keeps PROG2 (root, outside every jail, and it outlives its
     sessions): no keeper is forked. PROG2 is started from here at once (nothing waits
     for an exec), its pidfd goes to hand_over while it is surely unreaped (our child;
     we never wait for it), and after stunnel returns end_session closes PROG2's
     descriptors and the lifeline hand_over returned (the helper's signal: grace, TERM,
     KILL, as the keeper's), then waits until PROG2 has gone, the status after it."""
-    assert hand_over is not None
     pid = _start_second(argv, name, invocation.fd, end)
     os.close(end)
     lifeline, pidfd = -1, None
@@ -291,11 +295,6 @@ def end_session(fd: int, lifeline: int, keeper: int | None) -> None:
         children.exited(keeper, 2 * bounds.backend_exit() + 5)
 
 
-# Set by the warm helper's worker (warm.py): PROG2's pid, pidfd and name go to the
-# helper, which keeps PROG2; the lifeline to close when the session ends comes back.
-hand_over: "Callable[[int, int, str], int] | None" = None
-
-
 def runs_our_stunnel(name: str) -> bool:
     """Would exec'ing name start our own stunnel front with this very Python?
 
@@ -394,7 +393,7 @@ def _front_python(path: bytes | None, prog: bytes) -> str | None:
     return os.fsdecode(python)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], hand_over: HandOver | None = None) -> int:
     invocation = parse(argv)
     ours = runs_our_stunnel(invocation.first[0])
     elided = without_fixcrio(invocation) if ours else None
@@ -404,7 +403,8 @@ def main(argv: list[str]) -> int:
     except OSError as error:
         unix.fatal(PROG, "create socket pair", error)
     if ours and hand_over is not None:
-        return hand_second_over(invocation, second, name, second_end, elided is not None)
+        return hand_second_over(invocation, second, name, second_end, elided is not None,
+                                hand_over)  # fmt: skip
     try:
         gate_read, gate_write = os.pipe()
         lifeline = os.pipe() if ours else None  # see keep_second

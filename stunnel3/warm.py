@@ -31,7 +31,7 @@ session's status survives the helper), and which we write again, or
 - We keep each makesock worker's PROG2, as makesock's keeper does on the direct
   path (children.py), with no process forked for it: the worker sends PROG2's
   pidfd and the front's stderr on a socket pair made before its fork
-  (makesock.hand_over) and closes its end when the session ends; then PROG2
+  (makesock.main's hand_over) and closes its end when the session ends; then PROG2
   has STUNNEL3_BACKEND_EXIT_TIMEOUT to exit, SIGTERM, as long again, SIGKILL,
   timed by our poll. The worker writes its X once PROG2 has gone; so do we.
 - SIGTERM (or SIGINT): the rendezvous goes at once (fronts waiting get EOF on
@@ -268,7 +268,7 @@ class Rendezvous:
 
 class Session:
     """A live worker: its pid, its pidfd, its front's pidfd and reply pipe; the channel on
-    which it hands PROG2 over (makesock.hand_over), PROG2 once it has, and the reply
+    which it hands PROG2 over (makesock.main's hand_over), PROG2 once it has, and the reply
     that waits for PROG2's end."""
 
     def __init__(self, pid: int, pidfd: int, front: int, reply: int, channel: int):
@@ -566,8 +566,9 @@ def _run(front: warm_worker.Front, channel: int) -> int:
     proctitle.set_title(argv)  # ps, pidof, pgrep -x: the front's program, not the helper
     try:
         if front.prog == b"makesock":
-            makesock.hand_over = lambda pid, pidfd, name: _hand_over(channel, pid, pidfd, name)
-            return makesock.main(argv)
+            return makesock.main(
+                argv, lambda pid, pidfd, name: _hand_over(channel, pid, pidfd, name)
+            )
         os.close(channel)  # stunnel's own programs are its own to end (children.py)
         from stunnel3 import stunnel
 
