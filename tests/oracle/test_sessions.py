@@ -280,30 +280,56 @@ def test_verify_level_2_with_and_without_a_client_certificate(pair, tmp_path):
         assert_same(oracle, ours)
 
 
-def test_client_mode_to_a_tls_server(pair, tmp_path):
-    """-c -r: the remote side speaks TLS (openssl s_server, reversing each line)."""
-    server_pem = pair.workdir.template / "stunnel.pem"
-    tls_port = free_port()
-    s_server = subprocess.Popen(
-        ["openssl", "s_server", "-quiet", "-rev", "-accept", f"127.0.0.1:{tls_port}",
-         "-cert", str(server_pem), "-naccept", "2"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
+class ReversingServer:
+    """openssl s_server -rev (each line reversed) on a loopback port, for -c -r."""
+
+    def __init__(self, pem: Path, *options: str):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            ["openssl", "s_server", "-quiet", "-rev", "-accept", f"127.0.0.1:{self.port}",
+             "-cert", str(pem), *options],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
         deadline = time.monotonic() + TIMEOUT
-        while not listening(tls_port):
+        while not listening(self.port):
             assert time.monotonic() < deadline
             time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(TIMEOUT)
+
+
+def test_client_mode_to_a_tls_server(pair):
+    """-c -r: the remote side speaks TLS. The server sends its TLS 1.3 session
+    tickets with the handshake (-num_tickets 0 turns off the two it would send
+    after it): 3.22 reads the client's line and then the TLS side with a blocking
+    SSL_read, which waits for application data behind tickets that arrive late,
+    a deadlock the next test shows ours does not share."""
+    server = ReversingServer(pair.workdir.template / "stunnel.pem", "-num_tickets", "0")
+    try:
         outcomes = {}
         for which in ("oracle", "ours"):
-            args = ["-f", "-D", "6", "-c", "-r", f"127.0.0.1:{tls_port}"]
+            args = ["-f", "-D", "6", "-c", "-r", f"127.0.0.1:{server.port}"]
             outcomes[which] = pair.run(which, args, stdin=b"plain text\n", timeout=TIMEOUT)
     finally:
-        s_server.kill()
-        s_server.wait(TIMEOUT)
+        server.stop()
     oracle, ours = outcomes["oracle"], outcomes["ours"]
     assert oracle.stdout == ours.stdout == b"txet nialp\n"
     assert_same(oracle, ours)
+
+
+def test_client_mode_reads_past_late_session_tickets(pair):
+    """OpenSSL's s_server sends two tickets after the handshake: ours takes them
+    and the reply whenever they come, and ends with the session (3.22 can hang here)."""
+    server = ReversingServer(pair.workdir.template / "stunnel.pem")
+    try:
+        for _ in range(5):
+            args = ["-f", "-D", "6", "-c", "-r", f"127.0.0.1:{server.port}"]
+            ours = pair.run("ours", args, stdin=b"plain text\n", timeout=TIMEOUT)
+            assert (ours.status, ours.stdout) == (0, b"txet nialp\n")
+    finally:
+        server.stop()
 
 
 def test_each_terminating_signal_is_said_and_exits_3(pair):
