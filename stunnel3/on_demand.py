@@ -18,12 +18,17 @@ connection's start (callgrind). `provide` gives that one name at no cost: the
 stand-in holds it, and any other name imports the real module.
 
 The jail holds no Python: a stand-in first used inside it fails there. So a
-module is deferred only when the options can never reach it; the warm helper
-and daemon mode load everything before they fork.
+module is deferred only when the options can never reach it; daemon mode loads
+everything before it forks. The warm helper defers what the README's chain never
+uses, and a worker whose options will use it loads it before its jail (`load`).
 """
 
 import sys
 from types import ModuleType
+
+# What only a session that looks into a certificate uses: pyOpenSSL imports the
+# first at its top, tls.py the second (-v 3 compares certificates).
+CERTIFICATE_MODULES = ("cryptography.x509", "cryptography.hazmat.primitives.serialization")
 
 
 class _StandIn(ModuleType):
@@ -69,3 +74,19 @@ def provide(name: str, **attributes) -> None:
 def deferred(name: str) -> bool:
     """Whether `name` is a stand-in not yet used."""
     return isinstance(sys.modules.get(name), _StandIn)
+
+
+def load(name: str) -> None:
+    """Import a deferred `name` now (before a jail: the warm helper's stand-ins, for a
+    session whose options will use them)."""
+    module = sys.modules.get(name)
+    if isinstance(module, _StandIn):
+        getattr(module, "__file__", None)  # any attribute of its own imports the module
+
+
+def uses_certificates(options) -> bool:
+    """Whether a session of these options may look into a certificate: -v (verification),
+    -l (peer names to pass on), -c (the server's certificate arrives, unasked, in every
+    handshake), -d (the daemon warms up inside its jail)."""
+    return bool(options.verify_level or options.client or options.local_program or (
+        options.daemon))  # fmt: skip

@@ -87,8 +87,11 @@ def _load_modules(options: Options) -> None:
         from stunnel3 import ident  # noqa: F401
     if options.local_program is not None and not options.local_pty:
         import subprocess  # noqa: F401  -l: started by it (session._spawn_program)
-    from stunnel3 import tls_library
+    from stunnel3 import on_demand, tls_library
 
+    if on_demand.uses_certificates(options):  # the warm helper may have left them deferred
+        for name in on_demand.CERTIFICATE_MODULES:
+            on_demand.load(name)
     tls_library.openssl_text()  # whose OpenSSL, from /proc: the jail has none (STUNNEL_INFO)
 
     if options.client:

@@ -75,7 +75,7 @@ def start(args: list[str], fixcrio_fd: int | None = None) -> int:
         from stunnel3 import libwrap
 
         log.log(*libwrap.startup_line(options.service_name))
-        _defer_unused(options)
+        defer_unused(options)
         from stunnel3.tls_library import problem
 
         too_old = problem()  # before the engine: a library we cannot use fails every session
@@ -117,23 +117,16 @@ def _line_ends(options, fixcrio_fd: int | None):
     return FixcrioRule()
 
 
-# What only a session that looks into a certificate uses (on_demand.py): pyOpenSSL
-# imports the first at its top, tls.py the second (-v 3 compares certificates).
-CERTIFICATE_MODULES = ("cryptography.x509", "cryptography.hazmat.primitives.serialization")
-
-
-def _defer_unused(options) -> None:
-    """Leave the certificate modules unloaded when these options never use them: no -v
-    (nothing is verified), no -l (no peer names to pass on), no -c (the server's certificate
-    arrives, unasked, in every handshake), no -d (the daemon warms up inside its jail).
+def defer_unused(options) -> None:
+    """Leave the certificate modules unloaded when these options never use them.
     typing_extensions: only its `deprecated`, as pyOpenSSL uses it (on_demand.py)."""
     from stunnel3 import on_demand
 
     if sys.version_info < (3, 13):  # later, pyOpenSSL takes warnings.deprecated
         on_demand.provide("typing_extensions", deprecated=_deprecated)
-    if options.verify_level or options.client or options.local_program or options.daemon:
+    if on_demand.uses_certificates(options):
         return
-    for name in CERTIFICATE_MODULES:
+    for name in on_demand.CERTIFICATE_MODULES:
         on_demand.defer(name)
 
 

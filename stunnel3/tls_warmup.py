@@ -10,6 +10,8 @@ child forked after it shares the result, copy-on-write. The daemon's parent
 (daemon.py) and the warm helper (warm.py) call warm_up() before they fork.
 """
 
+import os
+
 # cryptography before 40 (Debian 12: 38) loads its backend only when a key is
 # made or loaded, and the daemon warms up in its jail, where no import works.
 import cryptography.hazmat.backends.openssl.backend  # noqa: F401
@@ -17,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
+from stunnel3 import on_demand
 from stunnel3.options import Options
 from stunnel3.tls import RECORD, TlsError, make_context
 
@@ -54,7 +57,9 @@ def warm_up(warn, ctx: SSL.Context | None = None, server: bool = True) -> None:
 def _throwaway_context(key_type: str | None) -> SSL.Context:
     """make_context's own work; with key_type, a server's: a pem made here, loaded from PEM."""
     ctx = make_context(Options(client=True), _Quiet())  # no pem read from a file
-    if key_type is not None:
+    if key_type is not None and on_demand.deferred("cryptography.x509"):
+        _load_throwaway(ctx, _pem_from_a_child(key_type))  # the warm helper
+    elif key_type is not None:
         pem = _throwaway_pem(key_type)
         cert = x509.load_pem_x509_certificate(pem)
         key = serialization.load_pem_private_key(pem, None)
@@ -67,6 +72,39 @@ def _throwaway_context(key_type: str | None) -> SSL.Context:
         ctx.check_privatekey()
         ctx.set_verify(SSL.VERIFY_NONE)
     return ctx
+
+
+def _pem_from_a_child(key_type: str) -> bytes:
+    """_throwaway_pem, made in a child: the warm helper leaves x509 unloaded (warm.py)."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(read_end)
+            os.write(write_end, _throwaway_pem(key_type))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    pem = b""
+    while chunk := os.read(read_end, 65536):
+        pem += chunk
+    os.close(read_end)
+    os.waitpid(child, 0)
+    return pem
+
+
+def _load_throwaway(ctx: SSL.Context, pem: bytes) -> None:
+    """The pem loaded as make_context loads one, from a file: an anonymous one (memfd)."""
+    fd = os.memfd_create("warm-up.pem")
+    try:
+        os.write(fd, pem)
+        path = f"/proc/self/fd/{fd}"
+        ctx.use_certificate_chain_file(path)
+        ctx.use_privatekey_file(path)
+    finally:
+        os.close(fd)
+    ctx.check_privatekey()
+    ctx.set_verify(SSL.VERIFY_NONE)
 
 
 def _throwaway_pem(key_type: str) -> bytes:

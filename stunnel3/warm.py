@@ -53,7 +53,7 @@ import stat
 import sys
 import time
 
-from stunnel3 import children, makesock, proctitle, unix, warm_worker
+from stunnel3 import children, chroot, makesock, proctitle, unix, warm_worker
 
 PROG = "stunnel3-warm"
 USAGE = "stunnel3-warm [ -d directory ] [ -c limit ]"
@@ -132,28 +132,45 @@ def _preload() -> None:
     service._load_modules names, and every module of ours (new protocols included)."""
     import encodings.idna  # noqa: F401
     import importlib
-    import pkgutil
     import subprocess  # noqa: F401  -l programs start with it
     import syslog  # noqa: F401
     import termios  # noqa: F401
 
-    from cryptography import x509  # noqa: F401
+    import stunnel3
+    from stunnel3 import stunnel
+    from stunnel3.options import Options
+
+    # What the README's chain never uses stays unloaded (on_demand.py): each worker
+    # shares fewer pages, and one whose options use them loads them before its jail
+    # (service._load_modules).
+    stunnel.defer_unused(Options())
     from OpenSSL import SSL  # noqa: F401
 
-    import stunnel3
-
-    for module in pkgutil.iter_modules(stunnel3.__path__):
-        if module.name != "setup_service":  # an administrator's tool, not a session's
+    for name in _our_modules(stunnel3.__path__[0]):
+        if not name.startswith("stunnel3.setup"):  # stunnel3-setup's: no session's
             try:
-                importlib.import_module(f"stunnel3.{module.name}")
+                importlib.import_module(name)
             except Exception as error:  # noqa: BLE001 - the worker meets it as stunnel would
-                say(f"warning: unable to load stunnel3.{module.name}: {error}")
+                say(f"warning: unable to load {name}: {error}")
     from stunnel3 import tls, tls_library, tls_warmup
 
     tls_warmup.warm_up(lambda text: say(f"warning: {text}"))  # OpenSSL's first-use work, shared
     tls.prepare_context()  # each worker's: one session-ticket key for all of them
     tls_library.openssl_text()  # each session logs it: found once, here
     _load_name_services()
+
+
+def _our_modules(directory: str, package: str = "stunnel3") -> list[str]:
+    """Every module of the package, sub-packages included (pkgutil would import inspect,
+    which no session needs: ~1 MB the helper would map and every worker share)."""
+    names = []
+    for entry in sorted(os.listdir(directory)):
+        path = os.path.join(directory, entry)
+        if entry.endswith(".py") and entry != "__init__.py":
+            names.append(f"{package}.{entry[:-3]}")
+        elif os.path.isfile(os.path.join(path, "__init__.py")):
+            names += [f"{package}.{entry}", *_our_modules(path, f"{package}.{entry}")]
+    return names
 
 
 def _load_name_services() -> None:
@@ -402,7 +419,9 @@ class Helper:
             from stunnel3 import tls
 
             tls.prepare_context(renew=True)  # a new session-ticket key for the next workers
+            tls.forget_contexts()
             self.ticket_key_made = time.monotonic()
+        _keep_context(front)
         reply = _open_reply(front)
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         channel, worker_channel = ours.detach(), theirs.detach()  # close-on-exec, both
@@ -554,6 +573,41 @@ class Helper:
         finally:
             _flush()
             os._exit(status & 0xFF)
+
+
+def _keep_context(front: warm_worker.Front) -> None:
+    """The TLS context the front's stunnel will make, configured here first, where every
+    later worker shares it (tls.keep_context): its pem at the path the jail will show it."""
+    args = _stunnel_args(front)
+    if args is None:
+        return
+    from stunnel3 import tls
+    from stunnel3.options import OptionError, parse
+
+    try:
+        options = parse(args)
+    except OptionError:
+        return  # the worker says it
+    if options.daemon is not None:
+        return  # the daemon's context is its own, made once
+    where = f"/proc/self/fd/{front.cwd}"  # the front's working directory
+    pem = options.pem or "stunnel.pem"
+    if chroot.jail_first(options) and options.chroot_dir is not None:
+        where = os.path.join(where, options.chroot_dir)
+        pem = pem.lstrip("/")  # inside the jail, from its / (chroot.enter_jail: chdir /)
+    tls.keep_context(options, os.path.join(where, pem))
+
+
+def _stunnel_args(front: warm_worker.Front) -> list[str] | None:
+    """The arguments of the stunnel this front will run: its own, or makesock's PROG1's."""
+    argv = [os.fsdecode(arg) for arg in front.argv]
+    if front.prog == b"stunnel":
+        return argv[1:]
+    words = argv[1:]  # makesock's plain form (its options and errors are the worker's)
+    if not words or words[0].startswith("-") or makesock.SEPARATOR not in words[1:]:
+        return None
+    first = words[: words.index(makesock.SEPARATOR, 1)]
+    return first[1:] if os.path.basename(first[0]) == "stunnel" else None
 
 
 def _run(front: warm_worker.Front, channel: int) -> int:

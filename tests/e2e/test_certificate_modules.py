@@ -25,6 +25,7 @@ from test_jail import (
     wait_for,
     wait_gone,
 )
+from test_warm import helper  # noqa: F401  (a fixture, asked for by name)
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -32,9 +33,9 @@ LOADED = """
 import sys
 from stunnel3 import on_demand, stunnel
 from stunnel3.options import parse
-stunnel._defer_unused(parse(sys.argv[1:]))
+stunnel.defer_unused(parse(sys.argv[1:]))
 from stunnel3 import service  # what the session imports
-print(*(on_demand.deferred(name) for name in stunnel.CERTIFICATE_MODULES))
+print(*(on_demand.deferred(name) for name in on_demand.CERTIFICATE_MODULES))
 print(on_demand.deferred("typing_extensions"), "inspect" in sys.modules)
 """
 
@@ -60,8 +61,15 @@ def test_only_a_session_that_may_inspect_a_certificate_loads_them(args, deferred
     assert lines[1].split() == ["True", str(not deferred)], done.stderr
 
 
-def test_a_jailed_session_verifies_its_client(request, tmp_path, pki, stunnel_bin, makesock_bin):
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_jailed_session_verifies_its_client(
+    request, tmp_path, pki, stunnel_bin, makesock_bin, monkeypatch, warm
+):
+    """Directly, and through the warm helper, which leaves the certificate modules unloaded:
+    its worker loads them before the jail (service._load_modules)."""
     user, _uid, gid = request.getfixturevalue("account")
+    warm_helper = request.getfixturevalue("helper") if warm else None
+    monkeypatch.setenv("STUNNEL3_WARM", "1" if warm else "0")
     jail = make_jail(tmp_path, pki, gid)
     trusted = jail / "trusted.pem"  # -v 3: the client's own certificate must be in -A
     trusted.write_bytes(
@@ -78,6 +86,7 @@ def test_a_jailed_session_verifies_its_client(request, tmp_path, pki, stunnel_bi
             with context.wrap_socket(raw, server_hostname="localhost") as tls:
                 tls.sendall(b"verified\n")
                 assert tls.recv(100) == b"verified\n"
+                assert warm_helper is None or len(warm_helper.workers()) == 1
         log = wait_for(errors, "Connection closed")
         assert wait_gone(user) == []
     assert "VERIFY OK: depth=0, /O=trustme" in log, log

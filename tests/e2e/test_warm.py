@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -653,3 +654,40 @@ def test_where_pidfd_getfd_is_forbidden_every_front_runs_directly(
     finally:
         blocked.process.terminate()
         assert blocked.process.wait(TIMEOUT) == 0
+
+
+def served_certificate(port: int, helper: Helper) -> str:
+    """The subject of the certificate a worker of the helper sends (-F 3: TLS at once)."""
+    from cryptography import x509
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), TIMEOUT) as raw:
+        with context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+            tls.sendall(b"x\n")
+            assert tls.recv(10) == b"x\n"
+            assert len(helper.workers()) == 1  # served by a worker, not directly
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
+def test_a_new_pem_is_served_at_once_through_the_helper(
+    helper, tmp_path, request, monkeypatch, pki, stunnel_bin, makesock_bin
+):
+    """The helper keeps a context configured for the jail's pem (tls.keep_context); a
+    worker takes it only for the very bytes it reads in its jail: a pem replaced between
+    two connections is the one the second client gets, as on the direct path."""
+    user, _uid, gid = request.getfixturevalue("account")
+    monkeypatch.setenv("STUNNEL3_WARM", "1")
+    jail = make_jail(tmp_path, pki, gid)
+    subjects = []
+    with chain(tmp_path, stunnel_bin, makesock_bin, args_for(jail, user, user)) as chained:
+        port, _server, errors = chained
+        for pem in ("server", "server", "client", "client", "server"):
+            (jail / "stunnel.pem").write_bytes(pki[pem].read_bytes())
+            subjects.append(served_certificate(port, helper))
+        wait_for(errors, "Connection closed")
+    assert "refused" not in helper.log()
+    first, _, renewed, _, back = subjects
+    assert subjects == [first, first, renewed, renewed, first]
+    assert renewed != first

@@ -324,3 +324,71 @@ def test_a_failed_warm_up_is_one_warning_never_an_exception():
     tls_warmup.warm_up(warned.append, keyless, server=True)
     assert len(warned) == 1
     assert warned[0].startswith("TLS warm-up failed: ")
+
+
+def test_warm_up_without_x509_makes_its_pems_in_a_child(monkeypatch):
+    """The warm helper leaves cryptography.x509 unloaded: the throwaway pems come from a
+    forked child, and nothing here uses x509."""
+    from stunnel3 import on_demand, tls_warmup
+
+    monkeypatch.setattr(on_demand, "deferred", lambda name: name == "cryptography.x509")
+
+    def refused(*args):
+        raise AssertionError("x509 used in the helper")
+
+    monkeypatch.setattr(tls_warmup.x509, "load_pem_x509_certificate", refused)
+    monkeypatch.setattr(tls_warmup.serialization, "load_pem_private_key", refused)
+    warned: list[str] = []
+    tls_warmup.warm_up(warned.append)
+    assert warned == []
+
+
+# -- kept contexts: the warm helper's, for the pem its workers will read --------------
+
+
+@pytest.fixture
+def kept(monkeypatch):
+    from stunnel3 import tls
+
+    monkeypatch.setattr(tls, "_kept", {})
+    return tls._kept
+
+
+def test_a_kept_context_serves_a_pem_of_the_same_bytes(certs, kept, tmp_path):
+    from stunnel3 import tls
+
+    seen_by_the_helper = tmp_path / "outside.pem"
+    seen_by_the_helper.write_bytes(open(certs["server"], "rb").read())
+    options = Options(pem=certs["server"], cipher_list="HIGH")
+    tls.keep_context(options, str(seen_by_the_helper))
+    (ctx,) = kept.values()
+    log = RecordingLog()
+    assert make_context(options, log) is ctx
+    assert log.lines == [(7, f"Certificate: {certs['server']}")]  # as a pem loaded says it
+    other_ciphers = Options(pem=certs["server"])
+    assert make_context(other_ciphers, RecordingLog()) is not ctx
+    client, server, _ = handshake(options, Options(client=True))
+    assert server.info().cipher
+
+
+def test_no_kept_context_for_other_bytes_verification_or_a_broken_pem(certs, kept, tmp_path):
+    from stunnel3 import tls
+
+    outside = tmp_path / "outside.pem"
+    outside.write_bytes(open(certs["server"], "rb").read())
+    tls.keep_context(Options(pem=certs["server"]), str(outside))
+    assert len(kept) == 1
+    assert make_context(Options(pem=certs["stranger"]), RecordingLog()) not in kept.values()
+    verifying = Options(pem=certs["server"], verify_level=1, ca_file=certs["ca"])
+    tls.keep_context(verifying, str(outside))
+    assert len(kept) == 1  # -v reads more than the pem: never kept
+    assert make_context(verifying, RecordingLog()) not in kept.values()
+    keyless = tmp_path / "keyless.pem"
+    keyless.write_bytes(open(certs["client_cert"], "rb").read())
+    tls.keep_context(Options(pem=str(keyless)), str(keyless))
+    tls.keep_context(Options(pem="missing.pem"), str(tmp_path / "missing.pem"))
+    assert len(kept) == 1  # what fails is left for the worker to meet and say
+    with pytest.raises(ContextError):
+        make_context(Options(pem=str(keyless)), RecordingLog())
+    tls.forget_contexts()
+    assert kept == {}
