@@ -85,10 +85,8 @@ def _pem_from_a_child(key_type: str) -> bytes:
         finally:
             os._exit(0)
     os.close(write_end)
-    pem = b""
-    while chunk := os.read(read_end, 65536):
-        pem += chunk
-    os.close(read_end)
+    with open(read_end, "rb") as pipe:
+        pem = pipe.read()
     os.waitpid(child, 0)
     return pem
 
