@@ -219,7 +219,7 @@ def installed() -> dict:
             "editable": "site-packages" not in home.parts}  # fmt: skip
 
 
-def warm_stats(log: Path) -> dict[str, int]:
+def warm_stats(log: Path) -> dict[str, int | str]:
     """Who served the warm variant's sessions, from stunnel's log lines `LOGn[pid:tid]`: the
     thin stunnel's pid with a worker's tid when the helper served, the same number when the
     direct path did (see docs/warm.md)."""
@@ -230,6 +230,7 @@ def warm_stats(log: Path) -> dict[str, int]:
         "handed_over": sum(pid != tid for pid, tid in ids),
         "direct": sum(pid == tid for pid, tid in ids),
         "tracebacks": text.count("Traceback"),
+        "first_traceback": text[text.find("Traceback") :][:3000] if "Traceback" in text else "",
     }
 
 
