@@ -2,7 +2,7 @@
 
 Bytes from the client and from the backend go in; actions come out (protocol.py).
 The relay's calls, both buffers, the FIFO of replies, local answers, the STARTTLS
-decision and EOF are layer.LineProxy's; this file is SMTP's tables and rules.
+decision and EOF are line_proxy.LineProxy's; this file is SMTP's tables and rules.
 No sockets, no TLS, no clock but the one passed in. The rules, each kept in one place:
 
   greeting    the backend's greeting passes unchanged; if client bytes are already
@@ -54,8 +54,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
-from stunnel3 import smtp_text as text
-from stunnel3.layer import (
+from stunnel3.layers import smtp_text as text
+from stunnel3.layers.line_proxy import (
     Command,
     Event,
     Limits,
@@ -66,10 +66,10 @@ from stunnel3.layer import (
     StartTlsReplies,
     State,
 )
-from stunnel3.lines import first_word
-from stunnel3.protocol import ToBackend, ToClient
-from stunnel3.runs import Count
-from stunnel3.smtp_command import (
+from stunnel3.layers.lines import first_word
+from stunnel3.layers.protocol import ToBackend, ToClient
+from stunnel3.layers.runs import Count
+from stunnel3.layers.smtp_command import (
     ALLOWED_BEFORE_HELO,
     ALLOWED_BEFORE_TLS,
     FOLLOWED,
@@ -80,9 +80,9 @@ from stunnel3.smtp_command import (
     shown,
     split_command,
 )
-from stunnel3.smtp_data import MessageData
-from stunnel3.smtp_reply import Reply, ReplyReader, rewrite_ehlo
-from stunnel3.smtp_text import BackendError, ClientError, SmtpError
+from stunnel3.layers.smtp_data import MessageData
+from stunnel3.layers.smtp_reply import Reply, ReplyReader, rewrite_ehlo
+from stunnel3.layers.smtp_text import BackendError, ClientError, SmtpError
 
 __all__ = ["BackendError", "ClientError", "Expect", "Phase", "SmtpError", "SmtpProxy", "State"]
 
@@ -178,7 +178,7 @@ AFTER_2XX = {
 
 class SmtpProxy(LineProxy):
     """require_tls: -n smtp (530 until STARTTLS); False for -n smtp- (plaintext fallback).
-    offer_tls, plaintext_auth: the client's policy (layer.LineProxy).
+    offer_tls, plaintext_auth: the client's policy (line_proxy.LineProxy).
 
     log_dialogue: Log(7, ...) for every line (the relay sets it at -D 7).
     received_header: after TLS, start each message with a Received: line naming

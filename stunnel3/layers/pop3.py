@@ -2,7 +2,7 @@
 
 Bytes from the client and from the backend go in; actions come out (protocol.py).
 The relay's calls, both buffers, the FIFO of responses, local answers, the STLS
-decision and EOF are layer.LineProxy's; this file is POP3's tables and rules,
+decision and EOF are line_proxy.LineProxy's; this file is POP3's tables and rules,
 each kept in one place (docs/imap-pop3.md has the reasons):
 
   greeting    the backend's greeting passes unchanged; no command is parsed before it.
@@ -42,7 +42,7 @@ import enum
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
-from stunnel3.layer import (
+from stunnel3.layers.line_proxy import (
     Command,
     Event,
     Limits,
@@ -54,9 +54,9 @@ from stunnel3.layer import (
     StartTlsReplies,
     State,
 )
-from stunnel3.lines import first_word, log_text, loggable
-from stunnel3.protocol import ToBackend, ToClient
-from stunnel3.runs import Scan
+from stunnel3.layers.lines import first_word, log_text, loggable
+from stunnel3.layers.protocol import ToBackend, ToClient
+from stunnel3.layers.runs import Scan
 
 # RFC 2595 section 4: the positive answer to STLS; refusals as its examples word them.
 BEGIN_TLS = b"+OK Begin TLS negotiation\r\n"
@@ -140,7 +140,7 @@ KEPT_CAPABILITIES = frozenset(
 
 
 class Pop3Error(ProxyError):
-    """The POP3 layer's error family (layer.ProxyError): the reply ends the session."""
+    """The POP3 layer's error family (line_proxy.ProxyError): the reply ends the session."""
 
 
 class Phase(enum.Enum):
@@ -236,7 +236,7 @@ class Body(Scan):
 
 class Pop3Proxy(LineProxy):
     """require_tls: -n pop3 (STLS first); False for -n pop3- (plaintext fallback).
-    offer_tls, plaintext_auth, log_dialogue: layer.LineProxy's (the client's policy)."""
+    offer_tls, plaintext_auth, log_dialogue: line_proxy.LineProxy's (the client's policy)."""
 
     ClientError = BackendError = Pop3Error
     LIMITS, STARTTLS_REPLIES, POLICY_REPLIES = LIMITS, STARTTLS_REPLIES, POLICY_REPLIES

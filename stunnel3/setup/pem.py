@@ -8,7 +8,7 @@ refused here, before the service is made, rather than at the first client.
 import socket
 from pathlib import Path
 
-from stunnel3 import tls_library
+from stunnel3.engine import tls_library
 
 
 class Unusable(Exception):

@@ -7,7 +7,7 @@ handshake. A child forked before that pays it again on every connection (about
 3 ms of CPU here: a fork of a loaded process that makes a context from an RSA
 pem and does one handshake, 8 ms cold, 5 ms after a warm-up in its parent); a
 child forked after it shares the result, copy-on-write. The daemon's parent
-(daemon.py) and the warm helper (warm.py) call warm_up() before they fork.
+(daemon.py) and the warm helper (warm/helper.py) call warm_up() before they fork.
 """
 
 import os
@@ -19,8 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
-from stunnel3 import on_demand
 from stunnel3.options import Options
+from stunnel3.support import on_demand
 from stunnel3.tls import RECORD, TlsError, make_context
 
 _DRAIN = 65536  # a handshake flight fits in one read
@@ -108,7 +108,7 @@ def _load_throwaway(ctx: SSL.Context, pem: bytes) -> None:
 def _throwaway_pem(key_type: str) -> bytes:
     """A key and a self-signed certificate no one will ever see.
 
-    Not setup_pem.self_signed: the daemon warms up inside its jail, where
+    Not setup/pem.py's self_signed: the daemon warms up inside its jail, where
     nothing may be imported; every module used here is loaded with x509 already."""
     import datetime
 

@@ -2,7 +2,7 @@
 
 Bytes from the client and from the backend go in; actions come out (protocol.py).
 The relay's calls, both buffers, the list of pending commands, local answers, the
-STARTTLS decision and EOF are layer.LineProxy's; this file is IMAP's tables and
+STARTTLS decision and EOF are line_proxy.LineProxy's; this file is IMAP's tables and
 rules, each kept in one place (docs/imap-pop3.md has the reasons):
 
   framing     a line ends at LF. A line ending in `{n}` or `{n+}` (also `~{n}`,
@@ -10,7 +10,7 @@ rules, each kept in one place (docs/imap-pop3.md has the reasons):
               interpreted, then the line goes on. That holds both ways, so a mail
               that reads `a1 OK` or `* CAPABILITY` is data. A synchronising `{n}`
               from the client waits for the server's `+` (or the command's end).
-  commands    each tagged command forwarded goes on the list (layer.Pending, by
+  commands    each tagged command forwarded goes on the list (line_proxy.Pending, by
               tag); its tagged completion takes it off (REPLIES: what it does then).
               The greeting comes first: nothing is parsed before it.
   Phase       NOT_AUTHENTICATED -> AUTHENTICATED (RFC 9051 section 3): a PREAUTH
@@ -55,7 +55,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
-from stunnel3.layer import (
+from stunnel3.layers.line_proxy import (
     Command,
     Event,
     Limits,
@@ -67,9 +67,9 @@ from stunnel3.layer import (
     StartTlsReplies,
     State,
 )
-from stunnel3.lines import first_word, log_text, loggable
-from stunnel3.protocol import ToBackend, ToClient
-from stunnel3.runs import Count
+from stunnel3.layers.lines import first_word, log_text, loggable
+from stunnel3.layers.protocol import ToBackend, ToClient
+from stunnel3.layers.runs import Count
 
 # RFC 2595 section 3.1 and RFC 9051 section 6.2.1 wording.
 BEGIN_TLS = b"OK Begin TLS negotiation now\r\n"
@@ -134,7 +134,7 @@ CAPABILITY_CODE = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 
 
 class ImapError(ProxyError):
-    """The IMAP layer's error family (layer.ProxyError): the reply ends the session."""
+    """The IMAP layer's error family (line_proxy.ProxyError): the reply ends the session."""
 
 
 class Phase(enum.Enum):
@@ -220,7 +220,7 @@ class ImapProxy(LineProxy):
     LIMITS, STARTTLS_REPLIES, POLICY_REPLIES = LIMITS, STARTTLS_REPLIES, POLICY_REPLIES
     STOP_POINTS = STOP_POINTS
 
-    """require_tls, offer_tls, plaintext_auth, log_dialogue: layer.LineProxy's (the
+    """require_tls, offer_tls, plaintext_auth, log_dialogue: line_proxy.LineProxy's (the
     client's policy; sg2 had no -n imap, so TLS is required only by a policy)."""
 
     def __init__(self, **options: bool):
