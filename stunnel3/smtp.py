@@ -54,18 +54,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
+from stunnel3.layers import line_proxy
 from stunnel3.layers import smtp_text as text
-from stunnel3.layers.line_proxy import (
-    Command,
-    Event,
-    Limits,
-    LineProxy,
-    Local,
-    Pending,
-    PolicyReplies,
-    StartTlsReplies,
-    State,
-)
+from stunnel3.layers.line_proxy import State  # the client's, smtp.State to its users
 from stunnel3.layers.lines import first_word
 from stunnel3.layers.protocol import ToBackend, ToClient
 from stunnel3.layers.runs import Count
@@ -106,7 +97,7 @@ class Expect(enum.Enum):
 
 
 STOP_POINTS = frozenset({Expect.GREETING, Expect.DATA, Expect.AUTH, Expect.UNKNOWN})
-LIMITS = Limits(
+LIMITS = line_proxy.Limits(
     text.MAX_LINE,
     text.MAX_PENDING,
     text.MAX_HELD,
@@ -114,7 +105,7 @@ LIMITS = Limits(
     text.TOO_MUCH_PIPELINING,
     text.BACKEND_LINE_TOO_LONG,
 )
-STARTTLS_REPLIES = StartTlsReplies(
+STARTTLS_REPLIES = line_proxy.StartTlsReplies(
     text.READY_TO_START_TLS,
     not_offered=text.TLS_NOT_AVAILABLE,
     twice=text.STARTTLS_TWICE,
@@ -122,7 +113,7 @@ STARTTLS_REPLIES = StartTlsReplies(
     authenticated=text.STARTTLS_AFTER_AUTH,
     injection=text.STARTTLS_INJECTION,
 )
-POLICY_REPLIES = PolicyReplies(
+POLICY_REPLIES = line_proxy.PolicyReplies(
     ALLOWED_BEFORE_TLS,
     text.MUST_STARTTLS,
     unavailable=text.TLS_REQUIRED_UNAVAILABLE,
@@ -176,7 +167,7 @@ AFTER_2XX = {
 }
 
 
-class SmtpProxy(LineProxy):
+class SmtpProxy(line_proxy.LineProxy):
     """require_tls: -n smtp (530 until STARTTLS); False for -n smtp- (plaintext fallback).
     offer_tls, plaintext_auth: the client's policy (line_proxy.LineProxy).
 
@@ -211,7 +202,7 @@ class SmtpProxy(LineProxy):
         self.phase = Phase.HELLO
         self.authenticated = False  # a 235 (RFC 4954): for the rest of the session
         self._replies = ReplyReader()
-        self._pending.append(Pending(Expect.GREETING))
+        self._pending.append(line_proxy.Pending(Expect.GREETING))
 
     @property
     def client_paused(self) -> bool:
@@ -249,9 +240,9 @@ class SmtpProxy(LineProxy):
     def _command_line(self, line: bytes) -> None:
         verb, argument = split_command(line)
         self._log_lines("C: ", shown(verb, argument, line))
-        self._command(Command(verb, argument, line))
+        self._command(line_proxy.Command(verb, argument, line))
 
-    def _is_command(self, command: Command) -> bool:
+    def _is_command(self, command: line_proxy.Command) -> bool:
         return command.verb in KNOWN or command.verb in SASL_COMMANDS
 
     def _refused_here(self, verb: bytes) -> bytes | None:
@@ -259,24 +250,26 @@ class SmtpProxy(LineProxy):
             return text.HELO_AFTER_TLS
         return None
 
-    def _forward(self, command: Command) -> None:
+    def _forward(self, command: line_proxy.Command) -> None:
         verb = command.verb
         self._emit(ToBackend(command.line))
         self._queue(
-            Pending(FORWARDED.get(verb, Expect.OTHER if verb in FOLLOWED else Expect.UNKNOWN))
+            line_proxy.Pending(
+                FORWARDED.get(verb, Expect.OTHER if verb in FOLLOWED else Expect.UNKNOWN)
+            )
         )
 
     def _continuation_line(self, line: bytes) -> None:
         super()._continuation_line(line)
-        self._queue(Pending(Expect.AUTH))
+        self._queue(line_proxy.Pending(Expect.AUTH))
 
-    def _starttls_command(self, command: Command) -> None:
-        self._queue(Pending(Local.STARTTLS, argument=command.argument))
+    def _starttls_command(self, command: line_proxy.Command) -> None:
+        self._queue(line_proxy.Pending(line_proxy.Local.STARTTLS, argument=command.argument))
 
-    def _not_followable(self, command: Command) -> None:
+    def _not_followable(self, command: line_proxy.Command) -> None:
         self._local(text.NOT_IMPLEMENTED)
 
-    def _bdat(self, command: Command) -> None:
+    def _bdat(self, command: line_proxy.Command) -> None:
         size, _ = first_word(command.argument)
         if not size.isdigit() or len(size) > 18:
             raise ClientError(text.BDAT_BAD_SIZE)
@@ -286,8 +279,8 @@ class SmtpProxy(LineProxy):
 
     def _message_end(self, message) -> None:
         self._log(f"C: ({message.size} bytes of message data)")
-        self._move(Event.MESSAGE_END)
-        self._queue(Pending(Expect.MESSAGE))
+        self._move(line_proxy.Event.MESSAGE_END)
+        self._queue(line_proxy.Pending(Expect.MESSAGE))
 
     # -- STARTTLS (decided by LineProxy._starttls when it reaches the head) -------
 
@@ -305,7 +298,7 @@ class SmtpProxy(LineProxy):
         # client; RSET ends any state the backend keeps beyond a transaction.
         self._log("P: RSET (to the server; its reply is checked, not passed on)")
         self._emit(ToBackend(b"RSET\r\n"))
-        self._pending.append(Pending(Expect.RESET_AFTER_TLS))
+        self._pending.append(line_proxy.Pending(Expect.RESET_AFTER_TLS))
         self._moment(Moment.STARTTLS)
 
     # -- replies, in FIFO order ---------------------------------------------------
@@ -357,7 +350,7 @@ class SmtpProxy(LineProxy):
     def _data(self, reply: Reply) -> None:
         self._emit(ToClient(reply.raw))
         if reply.code == b"354":
-            self._move(Event.MESSAGE)
+            self._move(line_proxy.Event.MESSAGE)
             self._client_run.start(MessageData(), self._message_end)
             if self.tls is not None and self.received_header:
                 self._emit(ToBackend(received_line(self.tls, self.authenticated, self.clock())))
@@ -368,7 +361,7 @@ class SmtpProxy(LineProxy):
 
     def _auth(self, reply: Reply) -> None:
         if reply.code == b"334":
-            self._move(Event.CHALLENGE)
+            self._move(line_proxy.Event.CHALLENGE)
         self.authenticated = self.authenticated or reply.positive
         self._emit(ToClient(reply.raw))
 
@@ -379,7 +372,7 @@ class SmtpProxy(LineProxy):
     # -- the tables -------------------------------------------------------------
 
     # The verbs the proxy handles itself, whatever the state (the rest: LineProxy._command).
-    COMMANDS: ClassVar[Mapping[bytes, Callable[["SmtpProxy", Command], None]]] = {
+    COMMANDS: ClassVar[Mapping[bytes, Callable[["SmtpProxy", line_proxy.Command], None]]] = {
         b"STARTTLS": _starttls_command,
         b"BDAT": _bdat,
         **dict.fromkeys(NOT_FOLLOWABLE, _not_followable),
