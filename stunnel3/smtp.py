@@ -140,31 +140,20 @@ class Phase(enum.Enum):
     MAIL = "mail"  # a mail transaction (a 2xx to MAIL): STARTTLS 503
 
 
-class Moment(enum.Enum):
-    GREETED = "a 2xx to EHLO or HELO"
-    MAIL_ACCEPTED = "a 2xx to MAIL"
-    RESET = "a 2xx to RSET"
-    MESSAGE_ANSWERED = "a reply to the end of the data"
-    STARTTLS = "STARTTLS accepted"
-
-
-# Every move of Phase; a phase a row does not name stays as it is (a 2xx to MAIL
-# before EHLO opens nothing STARTTLS could see: it is refused there already).
-PHASE_MOVES: Mapping[Moment, Mapping[Phase, Phase]] = {
-    Moment.GREETED: {phase: Phase.GREETED for phase in Phase},
-    Moment.MAIL_ACCEPTED: {Phase.GREETED: Phase.MAIL},
-    Moment.RESET: {Phase.MAIL: Phase.GREETED},
-    Moment.MESSAGE_ANSWERED: {Phase.MAIL: Phase.GREETED},
-    Moment.STARTTLS: {Phase.GREETED: Phase.RESET},
+# Every move of Phase, by what makes it: a 2xx to EHLO, HELO, MAIL or RSET (AFTER_2XX:
+# the Expect it answers), any reply to the end of the data (Expect.MESSAGE), STARTTLS
+# accepted (the client's Event.STARTTLS). A phase a row does not name stays as it is (a
+# 2xx to MAIL before EHLO opens nothing STARTTLS could see: it is refused there already).
+PHASE_MOVES: Mapping[Expect | line_proxy.Event, Mapping[Phase, Phase]] = {
+    Expect.EHLO: {phase: Phase.GREETED for phase in Phase},
+    Expect.HELO: {phase: Phase.GREETED for phase in Phase},
+    Expect.MAIL: {Phase.GREETED: Phase.MAIL},
+    Expect.RSET: {Phase.MAIL: Phase.GREETED},
+    Expect.MESSAGE: {Phase.MAIL: Phase.GREETED},
+    line_proxy.Event.STARTTLS: {Phase.GREETED: Phase.RESET},
 }
-# The replies that move it: a 2xx to these commands (any reply to the end of the
-# data; STARTTLS is the proxy's own).
-AFTER_2XX = {
-    Expect.EHLO: Moment.GREETED,
-    Expect.HELO: Moment.GREETED,
-    Expect.MAIL: Moment.MAIL_ACCEPTED,
-    Expect.RSET: Moment.RESET,
-}
+# The replies that move it only when positive (STARTTLS is the proxy's own).
+AFTER_2XX = frozenset({Expect.EHLO, Expect.HELO, Expect.MAIL, Expect.RSET})
 
 
 class SmtpProxy(line_proxy.LineProxy):
@@ -181,22 +170,8 @@ class SmtpProxy(line_proxy.LineProxy):
     ClientError, BackendError, STOP_POINTS = ClientError, BackendError, STOP_POINTS
     LIMITS, STARTTLS_REPLIES, POLICY_REPLIES = LIMITS, STARTTLS_REPLIES, POLICY_REPLIES
 
-    def __init__(
-        self,
-        *,
-        require_tls: bool = False,
-        offer_tls: bool = True,
-        plaintext_auth: bool = False,
-        log_dialogue: bool = False,
-        received_header: bool = True,
-        clock=time.time,
-    ):
-        super().__init__(
-            require_tls=require_tls,
-            offer_tls=offer_tls,
-            plaintext_auth=plaintext_auth,
-            log_dialogue=log_dialogue,
-        )
+    def __init__(self, *, received_header: bool = True, clock=time.time, **options: bool):
+        super().__init__(**options)  # the client's policy: line_proxy.LineProxy's
         self.received_header = received_header
         self.clock = clock
         self.phase = Phase.HELLO
@@ -210,8 +185,8 @@ class SmtpProxy(line_proxy.LineProxy):
         stop reading the client until a later call makes it False again."""
         return len(self._client) > text.PAUSE_HELD
 
-    def _moment(self, moment: Moment) -> None:
-        self.phase = PHASE_MOVES[moment].get(self.phase, self.phase)
+    def _phase_move(self, cause: Expect | line_proxy.Event) -> None:
+        self.phase = PHASE_MOVES[cause].get(self.phase, self.phase)
 
     @property
     def awaiting(self) -> bool:
@@ -299,7 +274,7 @@ class SmtpProxy(line_proxy.LineProxy):
         self._log("P: RSET (to the server; its reply is checked, not passed on)")
         self._emit(ToBackend(b"RSET\r\n"))
         self._pending.append(line_proxy.Pending(Expect.RESET_AFTER_TLS))
-        self._moment(Moment.STARTTLS)
+        self._phase_move(line_proxy.Event.STARTTLS)
 
     # -- replies, in FIFO order ---------------------------------------------------
 
@@ -326,7 +301,7 @@ class SmtpProxy(line_proxy.LineProxy):
                     raise BackendError(text.BACKEND_OUT_OF_STEP)
             self.authenticated = self.authenticated or reply.code == b"235"  # RFC 4954
         if reply.positive and expect in AFTER_2XX:
-            self._moment(AFTER_2XX[expect])
+            self._phase_move(expect)
         self.REPLIES.get(expect, SmtpProxy._pass)(self, reply)
         self._answer_local()
 
@@ -356,7 +331,7 @@ class SmtpProxy(line_proxy.LineProxy):
                 self._emit(ToBackend(received_line(self.tls, self.authenticated, self.clock())))
 
     def _message(self, reply: Reply) -> None:
-        self._moment(Moment.MESSAGE_ANSWERED)
+        self._phase_move(Expect.MESSAGE)
         self._emit(ToClient(reply.raw))
 
     def _auth(self, reply: Reply) -> None:
