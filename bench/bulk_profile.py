@@ -100,9 +100,9 @@ def _head(sock: socket.socket, direction: str, nbytes: int) -> None:
 
 
 def inproc(args) -> None:
-    from stunnel3.endpoints import Endpoint
+    from stunnel3.engine.endpoints import Endpoint
+    from stunnel3.layers.protocol import Passthrough
     from stunnel3.options import Options
-    from stunnel3.protocol import Passthrough
     from stunnel3.relay import Relay
     from stunnel3.tls import TlsSession, make_context
 

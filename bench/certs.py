@@ -3,7 +3,7 @@ stunnel 3.22's `-p` pem has), made by the same code as stunnel3-setup's."""
 
 from pathlib import Path
 
-from stunnel3.setup_service import self_signed
+from stunnel3.setup.service import self_signed
 
 KEY_TYPES = {"rsa": "rsa", "ecdsa": "ec"}  # the bench's names -> stunnel3-setup's
 

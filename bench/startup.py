@@ -20,7 +20,7 @@ from pathlib import Path
 SCRIPTS = Path(sysconfig.get_path("scripts"))
 # What a session of `stunnel -n smtp- -F 3` loads (those that exist yet), after what its
 # options let it leave unloaded (stunnel._defer_unused: cryptography.x509 and the like).
-SESSION_MODULES = ["stunnel3.stunnel", "stunnel3.service", "stunnel3.relay", "stunnel3.smtp",
+SESSION_MODULES = ["stunnel3.stunnel", "stunnel3.engine.service", "stunnel3.relay", "stunnel3.smtp",
                    "stunnel3.tls", "OpenSSL.SSL"]  # fmt: skip
 SESSION_ARGS = ["-p", "stunnel.pem", "-n", "smtp-", "-f", "-F", "3"]
 DEFERRAL = f"""try:

@@ -38,9 +38,9 @@ import os
 import pwd
 import stat
 
-from stunnel3.errors import SetupError, os_error
+from stunnel3.engine.errors import SetupError, os_error
 from stunnel3.options import Options
-from stunnel3.record import record
+from stunnel3.support.record import record
 
 try:  # the libcrypto pyOpenSSL runs on; its generator is the one that must get the seed
     from cryptography.hazmat.bindings.openssl.binding import Binding

@@ -28,7 +28,7 @@ import os
 import select
 
 from stunnel3 import unix
-from stunnel3.line_ends import add_cr
+from stunnel3.engine.line_ends import add_cr
 
 PROG = "fixcrio"
 USAGE = "fixcrio program [ arg ... ]"

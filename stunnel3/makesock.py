@@ -46,7 +46,8 @@ import os
 import sys
 from _collections_abc import Callable  # loaded by os already: collections.abc is not
 
-from stunnel3 import fronts, proctitle, unix
+from stunnel3 import unix
+from stunnel3.support import fronts, proctitle
 
 PROG = "makesock"
 SEPARATOR = "-makesock_connect_to"
@@ -176,7 +177,7 @@ def spawn_second(argv: list[str], name: str, fd: int, end: int, gate: int) -> in
     return started
 
 
-# The warm helper's worker (warm.py) gives main one: PROG2's pid, pidfd and name go to
+# The warm helper's worker (warm/helper.py) gives main one: PROG2's pid, pidfd and name go to
 # the helper, which keeps PROG2; the lifeline to close when the session ends comes back.
 HandOver = Callable[[int, int, str], int]
 
@@ -245,7 +246,7 @@ def warning(name: str, pid: int, grace: float, signal_name: str) -> bytes:
 
 def keep_second(argv: list[str], name: str, fd: int, end: int, gate: int, lifeline: int) -> None:
     """The child, when PROG1 is our stunnel here: start PROG2, then keep it (children.py)."""
-    from stunnel3 import bounds, children
+    from stunnel3.engine import bounds, children
 
     pid = spawn_second(argv, name, fd, end, gate)
     if pid is None:
@@ -284,7 +285,7 @@ def end_session(fd: int, lifeline: int, keeper: int | None) -> None:
     """After our stunnel returned: EOF for PROG2 (and the client), the lifeline closed
     (the keeper's signal), then the keeper's end, so that tcpserver, which waits for
     this process, counts the connection until PROG2 has gone (children.py)."""
-    from stunnel3 import bounds, children
+    from stunnel3.engine import bounds, children
 
     for number in (0, 1, fd, lifeline):
         try:

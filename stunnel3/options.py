@@ -30,9 +30,9 @@ Only light modules are imported: a process starts for every connection.
 
 from collections.abc import Callable
 
-from stunnel3.cgetopt import OPTSTRING, OptionError, getopt, scan  # noqa: F401  (re-exported)
 from stunnel3.log import FACILITIES, LEVEL_NAMES
-from stunnel3.record import record
+from stunnel3.support.cgetopt import OPTSTRING, OptionError, getopt, scan  # noqa: F401  (re-exported)
+from stunnel3.support.record import record
 
 
 @record(frozen=True)

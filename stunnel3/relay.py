@@ -47,14 +47,14 @@ import select
 import time
 from typing import TYPE_CHECKING
 
-from stunnel3.bounds import Bounds, Exchanges
-from stunnel3.endpoints import ByteQueue, Endpoint, PeerError
+from stunnel3.engine.bounds import Bounds, Exchanges
+from stunnel3.engine.endpoints import ByteQueue, Endpoint, PeerError
+from stunnel3.layers.protocol import Action, Close, Log, StartTls, ToBackend, ToClient
 from stunnel3.log import LOG_DEBUG, DialogueCap
-from stunnel3.protocol import Action, Close, Log, StartTls, ToBackend, ToClient
 from stunnel3.tls import TlsError, TlsSession
 
 if TYPE_CHECKING:  # only makesock's hand-over loads it (stunnel._line_ends)
-    from stunnel3.line_ends import FixcrioRule
+    from stunnel3.engine.line_ends import FixcrioRule
 
 BUFFER = 256 * 1024
 READ_SIZE = 128 * 1024

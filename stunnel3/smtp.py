@@ -2,7 +2,7 @@
 
 Bytes from the client and from the backend go in; actions come out (protocol.py).
 The relay's calls, both buffers, the FIFO of replies, local answers, the STARTTLS
-decision and EOF are layer.LineProxy's; this file is SMTP's tables and rules.
+decision and EOF are line_proxy.LineProxy's; this file is SMTP's tables and rules.
 No sockets, no TLS, no clock but the one passed in. The rules, each kept in one place:
 
   greeting    the backend's greeting passes unchanged; if client bytes are already
@@ -54,22 +54,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
-from stunnel3 import smtp_text as text
-from stunnel3.layer import (
-    Command,
-    Event,
-    Limits,
-    LineProxy,
-    Local,
-    Pending,
-    PolicyReplies,
-    StartTlsReplies,
-    State,
-)
-from stunnel3.lines import first_word
-from stunnel3.protocol import ToBackend, ToClient
-from stunnel3.runs import Count
-from stunnel3.smtp_command import (
+from stunnel3.layers import line_proxy
+from stunnel3.layers import smtp_text as text
+from stunnel3.layers.line_proxy import State  # the client's, smtp.State to its users
+from stunnel3.layers.lines import first_word
+from stunnel3.layers.protocol import ToBackend, ToClient
+from stunnel3.layers.runs import Count
+from stunnel3.layers.smtp_command import (
     ALLOWED_BEFORE_HELO,
     ALLOWED_BEFORE_TLS,
     FOLLOWED,
@@ -80,9 +71,9 @@ from stunnel3.smtp_command import (
     shown,
     split_command,
 )
-from stunnel3.smtp_data import MessageData
-from stunnel3.smtp_reply import Reply, ReplyReader, rewrite_ehlo
-from stunnel3.smtp_text import BackendError, ClientError, SmtpError
+from stunnel3.layers.smtp_data import MessageData
+from stunnel3.layers.smtp_reply import Reply, ReplyReader, rewrite_ehlo
+from stunnel3.layers.smtp_text import BackendError, ClientError, SmtpError
 
 __all__ = ["BackendError", "ClientError", "Expect", "Phase", "SmtpError", "SmtpProxy", "State"]
 
@@ -106,7 +97,7 @@ class Expect(enum.Enum):
 
 
 STOP_POINTS = frozenset({Expect.GREETING, Expect.DATA, Expect.AUTH, Expect.UNKNOWN})
-LIMITS = Limits(
+LIMITS = line_proxy.Limits(
     text.MAX_LINE,
     text.MAX_PENDING,
     text.MAX_HELD,
@@ -114,7 +105,7 @@ LIMITS = Limits(
     text.TOO_MUCH_PIPELINING,
     text.BACKEND_LINE_TOO_LONG,
 )
-STARTTLS_REPLIES = StartTlsReplies(
+STARTTLS_REPLIES = line_proxy.StartTlsReplies(
     text.READY_TO_START_TLS,
     not_offered=text.TLS_NOT_AVAILABLE,
     twice=text.STARTTLS_TWICE,
@@ -122,7 +113,7 @@ STARTTLS_REPLIES = StartTlsReplies(
     authenticated=text.STARTTLS_AFTER_AUTH,
     injection=text.STARTTLS_INJECTION,
 )
-POLICY_REPLIES = PolicyReplies(
+POLICY_REPLIES = line_proxy.PolicyReplies(
     ALLOWED_BEFORE_TLS,
     text.MUST_STARTTLS,
     unavailable=text.TLS_REQUIRED_UNAVAILABLE,
@@ -149,36 +140,25 @@ class Phase(enum.Enum):
     MAIL = "mail"  # a mail transaction (a 2xx to MAIL): STARTTLS 503
 
 
-class Moment(enum.Enum):
-    GREETED = "a 2xx to EHLO or HELO"
-    MAIL_ACCEPTED = "a 2xx to MAIL"
-    RESET = "a 2xx to RSET"
-    MESSAGE_ANSWERED = "a reply to the end of the data"
-    STARTTLS = "STARTTLS accepted"
-
-
-# Every move of Phase; a phase a row does not name stays as it is (a 2xx to MAIL
-# before EHLO opens nothing STARTTLS could see: it is refused there already).
-PHASE_MOVES: Mapping[Moment, Mapping[Phase, Phase]] = {
-    Moment.GREETED: {phase: Phase.GREETED for phase in Phase},
-    Moment.MAIL_ACCEPTED: {Phase.GREETED: Phase.MAIL},
-    Moment.RESET: {Phase.MAIL: Phase.GREETED},
-    Moment.MESSAGE_ANSWERED: {Phase.MAIL: Phase.GREETED},
-    Moment.STARTTLS: {Phase.GREETED: Phase.RESET},
+# Every move of Phase, by what makes it: a 2xx to EHLO, HELO, MAIL or RSET (AFTER_2XX:
+# the Expect it answers), any reply to the end of the data (Expect.MESSAGE), STARTTLS
+# accepted (the client's Event.STARTTLS). A phase a row does not name stays as it is (a
+# 2xx to MAIL before EHLO opens nothing STARTTLS could see: it is refused there already).
+PHASE_MOVES: Mapping[Expect | line_proxy.Event, Mapping[Phase, Phase]] = {
+    Expect.EHLO: {phase: Phase.GREETED for phase in Phase},
+    Expect.HELO: {phase: Phase.GREETED for phase in Phase},
+    Expect.MAIL: {Phase.GREETED: Phase.MAIL},
+    Expect.RSET: {Phase.MAIL: Phase.GREETED},
+    Expect.MESSAGE: {Phase.MAIL: Phase.GREETED},
+    line_proxy.Event.STARTTLS: {Phase.GREETED: Phase.RESET},
 }
-# The replies that move it: a 2xx to these commands (any reply to the end of the
-# data; STARTTLS is the proxy's own).
-AFTER_2XX = {
-    Expect.EHLO: Moment.GREETED,
-    Expect.HELO: Moment.GREETED,
-    Expect.MAIL: Moment.MAIL_ACCEPTED,
-    Expect.RSET: Moment.RESET,
-}
+# The replies that move it only when positive (STARTTLS is the proxy's own).
+AFTER_2XX = frozenset({Expect.EHLO, Expect.HELO, Expect.MAIL, Expect.RSET})
 
 
-class SmtpProxy(LineProxy):
+class SmtpProxy(line_proxy.LineProxy):
     """require_tls: -n smtp (530 until STARTTLS); False for -n smtp- (plaintext fallback).
-    offer_tls, plaintext_auth: the client's policy (layer.LineProxy).
+    offer_tls, plaintext_auth: the client's policy (line_proxy.LineProxy).
 
     log_dialogue: Log(7, ...) for every line (the relay sets it at -D 7).
     received_header: after TLS, start each message with a Received: line naming
@@ -190,28 +170,14 @@ class SmtpProxy(LineProxy):
     ClientError, BackendError, STOP_POINTS = ClientError, BackendError, STOP_POINTS
     LIMITS, STARTTLS_REPLIES, POLICY_REPLIES = LIMITS, STARTTLS_REPLIES, POLICY_REPLIES
 
-    def __init__(
-        self,
-        *,
-        require_tls: bool = False,
-        offer_tls: bool = True,
-        plaintext_auth: bool = False,
-        log_dialogue: bool = False,
-        received_header: bool = True,
-        clock=time.time,
-    ):
-        super().__init__(
-            require_tls=require_tls,
-            offer_tls=offer_tls,
-            plaintext_auth=plaintext_auth,
-            log_dialogue=log_dialogue,
-        )
+    def __init__(self, *, received_header: bool = True, clock=time.time, **options: bool):
+        super().__init__(**options)  # the client's policy: line_proxy.LineProxy's
         self.received_header = received_header
         self.clock = clock
         self.phase = Phase.HELLO
         self.authenticated = False  # a 235 (RFC 4954): for the rest of the session
         self._replies = ReplyReader()
-        self._pending.append(Pending(Expect.GREETING))
+        self._pending.append(line_proxy.Pending(Expect.GREETING))
 
     @property
     def client_paused(self) -> bool:
@@ -219,8 +185,8 @@ class SmtpProxy(LineProxy):
         stop reading the client until a later call makes it False again."""
         return len(self._client) > text.PAUSE_HELD
 
-    def _moment(self, moment: Moment) -> None:
-        self.phase = PHASE_MOVES[moment].get(self.phase, self.phase)
+    def _phase_move(self, cause: Expect | line_proxy.Event) -> None:
+        self.phase = PHASE_MOVES[cause].get(self.phase, self.phase)
 
     @property
     def awaiting(self) -> bool:
@@ -249,9 +215,9 @@ class SmtpProxy(LineProxy):
     def _command_line(self, line: bytes) -> None:
         verb, argument = split_command(line)
         self._log_lines("C: ", shown(verb, argument, line))
-        self._command(Command(verb, argument, line))
+        self._command(line_proxy.Command(verb, argument, line))
 
-    def _is_command(self, command: Command) -> bool:
+    def _is_command(self, command: line_proxy.Command) -> bool:
         return command.verb in KNOWN or command.verb in SASL_COMMANDS
 
     def _refused_here(self, verb: bytes) -> bytes | None:
@@ -259,24 +225,26 @@ class SmtpProxy(LineProxy):
             return text.HELO_AFTER_TLS
         return None
 
-    def _forward(self, command: Command) -> None:
+    def _forward(self, command: line_proxy.Command) -> None:
         verb = command.verb
         self._emit(ToBackend(command.line))
         self._queue(
-            Pending(FORWARDED.get(verb, Expect.OTHER if verb in FOLLOWED else Expect.UNKNOWN))
+            line_proxy.Pending(
+                FORWARDED.get(verb, Expect.OTHER if verb in FOLLOWED else Expect.UNKNOWN)
+            )
         )
 
     def _continuation_line(self, line: bytes) -> None:
         super()._continuation_line(line)
-        self._queue(Pending(Expect.AUTH))
+        self._queue(line_proxy.Pending(Expect.AUTH))
 
-    def _starttls_command(self, command: Command) -> None:
-        self._queue(Pending(Local.STARTTLS, argument=command.argument))
+    def _starttls_command(self, command: line_proxy.Command) -> None:
+        self._queue(line_proxy.Pending(line_proxy.Local.STARTTLS, argument=command.argument))
 
-    def _not_followable(self, command: Command) -> None:
+    def _not_followable(self, command: line_proxy.Command) -> None:
         self._local(text.NOT_IMPLEMENTED)
 
-    def _bdat(self, command: Command) -> None:
+    def _bdat(self, command: line_proxy.Command) -> None:
         size, _ = first_word(command.argument)
         if not size.isdigit() or len(size) > 18:
             raise ClientError(text.BDAT_BAD_SIZE)
@@ -286,8 +254,8 @@ class SmtpProxy(LineProxy):
 
     def _message_end(self, message) -> None:
         self._log(f"C: ({message.size} bytes of message data)")
-        self._move(Event.MESSAGE_END)
-        self._queue(Pending(Expect.MESSAGE))
+        self._move(line_proxy.Event.MESSAGE_END)
+        self._queue(line_proxy.Pending(Expect.MESSAGE))
 
     # -- STARTTLS (decided by LineProxy._starttls when it reaches the head) -------
 
@@ -305,8 +273,8 @@ class SmtpProxy(LineProxy):
         # client; RSET ends any state the backend keeps beyond a transaction.
         self._log("P: RSET (to the server; its reply is checked, not passed on)")
         self._emit(ToBackend(b"RSET\r\n"))
-        self._pending.append(Pending(Expect.RESET_AFTER_TLS))
-        self._moment(Moment.STARTTLS)
+        self._pending.append(line_proxy.Pending(Expect.RESET_AFTER_TLS))
+        self._phase_move(line_proxy.Event.STARTTLS)
 
     # -- replies, in FIFO order ---------------------------------------------------
 
@@ -333,7 +301,7 @@ class SmtpProxy(LineProxy):
                     raise BackendError(text.BACKEND_OUT_OF_STEP)
             self.authenticated = self.authenticated or reply.code == b"235"  # RFC 4954
         if reply.positive and expect in AFTER_2XX:
-            self._moment(AFTER_2XX[expect])
+            self._phase_move(expect)
         self.REPLIES.get(expect, SmtpProxy._pass)(self, reply)
         self._answer_local()
 
@@ -357,18 +325,18 @@ class SmtpProxy(LineProxy):
     def _data(self, reply: Reply) -> None:
         self._emit(ToClient(reply.raw))
         if reply.code == b"354":
-            self._move(Event.MESSAGE)
+            self._move(line_proxy.Event.MESSAGE)
             self._client_run.start(MessageData(), self._message_end)
             if self.tls is not None and self.received_header:
                 self._emit(ToBackend(received_line(self.tls, self.authenticated, self.clock())))
 
     def _message(self, reply: Reply) -> None:
-        self._moment(Moment.MESSAGE_ANSWERED)
+        self._phase_move(Expect.MESSAGE)
         self._emit(ToClient(reply.raw))
 
     def _auth(self, reply: Reply) -> None:
         if reply.code == b"334":
-            self._move(Event.CHALLENGE)
+            self._move(line_proxy.Event.CHALLENGE)
         self.authenticated = self.authenticated or reply.positive
         self._emit(ToClient(reply.raw))
 
@@ -379,7 +347,7 @@ class SmtpProxy(LineProxy):
     # -- the tables -------------------------------------------------------------
 
     # The verbs the proxy handles itself, whatever the state (the rest: LineProxy._command).
-    COMMANDS: ClassVar[Mapping[bytes, Callable[["SmtpProxy", Command], None]]] = {
+    COMMANDS: ClassVar[Mapping[bytes, Callable[["SmtpProxy", line_proxy.Command], None]]] = {
         b"STARTTLS": _starttls_command,
         b"BDAT": _bdat,
         **dict.fromkeys(NOT_FOLLOWABLE, _not_followable),

@@ -66,23 +66,23 @@ def start(args: list[str], fixcrio_fd: int | None = None) -> int:
             _say(f"\n{USAGE_HINT}\n\n")  # 3.22's print_info(), blank lines included
         return error.status
     if options.show is not None:
-        from stunnel3 import usage
+        from stunnel3.engine import usage
 
         _say(usage.help_text() if options.show == "help" else usage.version_text(options))
         return 0
     log = logging.Log.from_options(options)
     try:
-        from stunnel3 import libwrap
+        from stunnel3.engine import libwrap
 
         log.log(*libwrap.startup_line(options.service_name))
         defer_unused(options)
-        from stunnel3.tls_library import problem
+        from stunnel3.engine.tls_library import problem
 
         too_old = problem()  # before the engine: a library we cannot use fails every session
         if too_old:
             log.err(too_old)
             return 1
-        from stunnel3 import service  # the engine: only now is the rest of it loaded
+        from stunnel3.engine import service  # the engine: only now is the rest of it loaded
 
         return service.serve(options, log, _line_ends(options, fixcrio_fd))
     except (KeyboardInterrupt, SystemExit):
@@ -99,7 +99,7 @@ def serves_plaintext_fd(args: list[str], fd: int) -> bool:
     one session in inetd mode: the last -F is fd (as 3.22 kept it), no -d, -h or -V,
     and C getopt reads them without an error. makesock asks (without_fixcrio) before
     it leaves fixcrio out; the rule is stunnel's, so it is stated here."""
-    from stunnel3 import cgetopt
+    from stunnel3.support import cgetopt
 
     try:
         found = dict(cgetopt.getopt(args)[0])
@@ -112,7 +112,7 @@ def _line_ends(options, fixcrio_fd: int | None):
     """fixcrio's rule for -F's descriptor, when makesock handed fixcrio's job over for it."""
     if fixcrio_fd is None or fixcrio_fd != options.plaintext_fd or options.daemon is not None:
         return None
-    from stunnel3.line_ends import FixcrioRule
+    from stunnel3.engine.line_ends import FixcrioRule
 
     return FixcrioRule()
 
@@ -120,7 +120,7 @@ def _line_ends(options, fixcrio_fd: int | None):
 def defer_unused(options) -> None:
     """Leave the certificate modules unloaded when these options never use them.
     typing_extensions: only its `deprecated`, as pyOpenSSL uses it (on_demand.py)."""
-    from stunnel3 import on_demand
+    from stunnel3.support import on_demand
 
     if sys.version_info < (3, 13):  # later, pyOpenSSL takes warnings.deprecated
         on_demand.provide("typing_extensions", deprecated=_deprecated)

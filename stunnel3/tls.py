@@ -68,11 +68,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
-from stunnel3.errors import SetupError
+from stunnel3.engine.errors import SetupError
+from stunnel3.engine.tls_library import load_pem_certificates
+from stunnel3.layers.protocol import TlsInfo
 from stunnel3.options import Options
-from stunnel3.protocol import TlsInfo
-from stunnel3.record import replace
-from stunnel3.tls_library import load_pem_certificates
+from stunnel3.support.record import replace
 
 # Forward-secret key exchange only for TLS 1.2 (TLS 1.3 suites always are);
 # CBC suites are kept for old mail servers that opportunistic TLS must still reach.

@@ -13,7 +13,7 @@ import errno
 import os
 import resource
 
-from stunnel3 import limits
+from stunnel3.support import limits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing itself costs ~5 ms per connection

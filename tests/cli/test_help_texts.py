@@ -10,7 +10,8 @@ import subprocess
 import pytest
 from conftest import installed
 
-from stunnel3 import setup_service, warm
+from stunnel3.setup import service as setup_service
+from stunnel3.warm import helper as warm
 
 
 def run(program: str, *args: str) -> subprocess.CompletedProcess:

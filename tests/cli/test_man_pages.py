@@ -52,7 +52,9 @@ def test_stunnel_page_documents_every_option():
 
 def accepted_options(page: str) -> set[str]:
     """Every option the page's program accepts, as its own usage text lists them."""
-    from stunnel3 import makesock, setup_service, warm
+    from stunnel3 import makesock
+    from stunnel3.setup import service as setup_service
+    from stunnel3.warm import helper as warm
 
     usage = {"makesock.1": makesock.HELP, "stunnel3-setup.8": setup_service.__doc__ or ""}
     usage["stunnel3-warm.8"] = warm.HELP
@@ -101,10 +103,10 @@ def test_stunnel_pages_synopsis_has_every_option():
 
 def test_stunnel_page_documents_every_environment_variable():
     """Each STUNNEL3_ name the programs read (code and sh fronts) is in ENVIRONMENT."""
-    sources = list((ROOT / "stunnel3").glob("*.py")) + [ROOT / "bin" / "stunnel"]
+    sources = list((ROOT / "stunnel3").rglob("*.py")) + [ROOT / "bin" / "stunnel"]
     names = set()
     for source in sources:
-        if source.name != "setup_service.py":
+        if source != ROOT / "stunnel3" / "setup" / "service.py":
             names |= set(re.findall(r"STUNNEL3_[A-Z_]+", source.read_text()))
     assert "STUNNEL3_MEMORY_FLOOR" in names
     environment = render("stunnel.8").stdout.split("\nENVIRONMENT\n", 1)[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stunnel3.context import NO_TLS
+from stunnel3.engine.context import NO_TLS
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("STUNNEL3_UPDATE_GOLDEN") == "1"  # rewrite the golden files
@@ -241,8 +241,8 @@ def missing_from(synopsis: str, letters: set[str]) -> set[str]:
 
 def test_every_option_of_help_is_in_its_synopsis(stunnel_bin):
     """-h once left -W out of its synopsis (issue #16); stunnel(8)'s is checked too."""
+    from stunnel3.engine.usage import OPTION_LINES, SYNOPSIS
     from stunnel3.options import OPTSTRING
-    from stunnel3.usage import OPTION_LINES, SYNOPSIS
 
     listed = set(re.findall(r"^  -(\S)", OPTION_LINES, re.M))
     assert listed == set(OPTSTRING) - {":"}

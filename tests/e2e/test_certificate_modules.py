@@ -31,10 +31,11 @@ pytestmark = pytest.mark.usefixtures("no_leftovers")
 
 LOADED = """
 import sys
-from stunnel3 import on_demand, stunnel
+from stunnel3.support import on_demand
+from stunnel3 import stunnel
 from stunnel3.options import parse
 stunnel.defer_unused(parse(sys.argv[1:]))
-from stunnel3 import service  # what the session imports
+from stunnel3.engine import service  # what the session imports
 print(*(on_demand.deferred(name) for name in on_demand.CERTIFICATE_MODULES))
 print(on_demand.deferred("typing_extensions"), "inspect" in sys.modules)
 """

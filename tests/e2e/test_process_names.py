@@ -120,7 +120,7 @@ def test_a_title_is_cut_to_the_memory_argv_had(tmp_path):
     """The words go where the kernel put argv: a longer title is cut, never spilled."""
     script = (
         "import sys\n"
-        "from stunnel3.proctitle import set_title\n"
+        "from stunnel3.support.proctitle import set_title\n"
         "set_title(['stunnel-with-a-long-name', *['x' * 50] * 4, 'caf\\xe9'])\n"
         "sys.stdout.buffer.write(open('/proc/self/cmdline', 'rb').read())\n"
         "sys.stdout.write('|' + open('/proc/self/comm').read())\n"

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from helpers import accounts_lock, install_on_a_closed_python  # noqa: F401, F811  (a fixture)
 
-from stunnel3 import setup_scripts
-from stunnel3.setup_scripts import RUN_SCRIPT, RUN_VARIABLES, WARM_RUN_SCRIPT
+from stunnel3.setup import scripts as setup_scripts
+from stunnel3.setup.scripts import RUN_SCRIPT, RUN_VARIABLES, WARM_RUN_SCRIPT
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = str(Path(sysconfig.get_path("scripts")) / "stunnel3-setup")

@@ -26,7 +26,7 @@ from helpers import (  # noqa: F401  (no_leftovers is a fixture)
     tls_exchange,
 )
 
-from stunnel3 import limits
+from stunnel3.support import limits
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 

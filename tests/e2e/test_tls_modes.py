@@ -379,7 +379,8 @@ def test_sigterm_ends_a_session_with_status_3(stunnel_bin, pki):
 
 JAIL_PROBE = r"""
 import sys
-from stunnel3 import chroot, service, stunnel
+from stunnel3 import chroot, stunnel
+from stunnel3.engine import service
 
 class NoMoreImports:
     def find_spec(self, name, path=None, target=None):

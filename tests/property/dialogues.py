@@ -8,7 +8,7 @@ can be compared whatever the chunking.
 
 from itertools import pairwise
 
-from stunnel3.protocol import Close, Log, StartTls, TlsInfo, ToBackend, ToClient
+from stunnel3.layers.protocol import Close, Log, StartTls, TlsInfo, ToBackend, ToClient
 
 TLS = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256)
 

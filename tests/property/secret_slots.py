@@ -9,7 +9,7 @@ import base64
 
 from hypothesis import strategies as st
 
-from stunnel3.protocol import Log, StartTls, TlsInfo, ToBackend
+from stunnel3.layers.protocol import Log, StartTls, TlsInfo, ToBackend
 
 TLS = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256)
 

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from secret_slots import BLANKS, MAYBE_BLANKS, Size, cases, play, secret_slot
 
-from stunnel3.imap import ImapProxy
-from stunnel3.pop3 import Pop3Proxy
+from stunnel3.layers.imap import ImapProxy
+from stunnel3.layers.pop3 import Pop3Proxy
 from stunnel3.smtp import SmtpProxy
 
 MECHANISMS = cases(b"PLAIN", b"LOGIN", b"CRAM-MD5", b"X-UNKNOWN")

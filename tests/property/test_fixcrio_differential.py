@@ -30,7 +30,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stunnel3.line_ends import add_cr
+from stunnel3.engine.line_ends import add_cr
 
 DEBIAN_FIXCRIO = "/usr/bin/fixcrio"
 CASES_PER_RUN = 4

@@ -13,9 +13,9 @@ from dialogues import replay
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stunnel3.imap import ImapProxy
-from stunnel3.pop3 import Pop3Proxy
-from stunnel3.protocol import Close, StartTls, ToBackend
+from stunnel3.layers.imap import ImapProxy
+from stunnel3.layers.pop3 import Pop3Proxy
+from stunnel3.layers.protocol import Close, StartTls, ToBackend
 
 # (side, bytes): "C" client, "B" backend, "T" the handshake is done.
 IMAP_DIALOGUE = [

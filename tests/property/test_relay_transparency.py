@@ -16,9 +16,9 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stunnel3.endpoints import Endpoint
+from stunnel3.engine.endpoints import Endpoint
+from stunnel3.layers.protocol import Passthrough
 from stunnel3.options import Options
-from stunnel3.protocol import Passthrough
 from stunnel3.relay import Relay
 from stunnel3.tls import TlsSession, make_context
 

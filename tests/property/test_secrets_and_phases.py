@@ -21,9 +21,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from secret_slots import BLANKS, MAYBE_BLANKS, cases, play, secret_slot
 
-from stunnel3.imap import ImapProxy
-from stunnel3.pop3 import Pop3Proxy
-from stunnel3.protocol import Log, StartTls, TlsInfo, ToBackend
+from stunnel3.layers.imap import ImapProxy
+from stunnel3.layers.pop3 import Pop3Proxy
+from stunnel3.layers.protocol import Log, StartTls, TlsInfo, ToBackend
 from stunnel3.smtp import SmtpProxy, State
 
 TLS = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256)

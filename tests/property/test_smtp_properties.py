@@ -13,7 +13,7 @@ from dialogues import TLS, replay
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stunnel3.protocol import Log, StartTls, ToBackend
+from stunnel3.layers.protocol import Log, StartTls, ToBackend
 from stunnel3.smtp import SmtpProxy
 
 # (side, bytes): "C" client, "B" backend, "T" the handshake is done.

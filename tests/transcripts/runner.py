@@ -30,9 +30,9 @@ compares: a transcript is its own expected output.
 
 import re
 
-from stunnel3.imap import ImapProxy
-from stunnel3.pop3 import Pop3Proxy
-from stunnel3.protocol import Close, Log, StartTls, TlsInfo, ToBackend, ToClient
+from stunnel3.layers.imap import ImapProxy
+from stunnel3.layers.pop3 import Pop3Proxy
+from stunnel3.layers.protocol import Close, Log, StartTls, TlsInfo, ToBackend, ToClient
 from stunnel3.smtp import SmtpProxy
 
 LAYERS = {

@@ -1,8 +1,8 @@
-"""stunnel3.bounds: every STUNNEL3_ bound read once, a bad value one clear line (issue #18)."""
+"""engine/bounds.py: every STUNNEL3_ bound read once, a bad value one clear line (issue #18)."""
 
 import pytest
 
-from stunnel3.bounds import SETTINGS, Bounds, Exchanges, SettingError, backend_exit, value
+from stunnel3.engine.bounds import SETTINGS, Bounds, Exchanges, SettingError, backend_exit, value
 
 
 def test_the_defaults():

@@ -7,7 +7,7 @@ errors, never a bad -C or -A (those are no broken certificate).
 import pytest
 from conftest import RecordingLog
 
-from stunnel3 import context
+from stunnel3.engine import context
 from stunnel3.options import parse
 from stunnel3.tls import ContextError, PemError
 

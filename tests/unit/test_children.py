@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from stunnel3 import children
+from stunnel3.engine import children
 
 IGNORES_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
 

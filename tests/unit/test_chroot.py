@@ -19,7 +19,7 @@ from conftest import RecordingLog
 
 from stunnel3 import chroot
 from stunnel3.chroot import Ids
-from stunnel3.errors import SetupError
+from stunnel3.engine.errors import SetupError
 from stunnel3.options import Address, Options
 
 
@@ -541,8 +541,8 @@ def test_stunnel3_setup_never_writes_s_or_g_without_i():
     """Item 12 of issue #18: the run files stunnel3-setup writes switch ids at once."""
     import shlex
 
-    from stunnel3 import setup_scripts
     from stunnel3.options import parse
+    from stunnel3.setup import scripts as setup_scripts
 
     variables = {"PATH": "/opt/x/bin:/usr/bin:/bin", "IP": "127.0.0.1", "PORT": "2525"}
     text = setup_scripts.render_run(variables)

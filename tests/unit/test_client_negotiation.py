@@ -2,8 +2,8 @@
 
 import pytest
 
-from stunnel3.client_negotiation import client_layer
-from stunnel3.protocol import Close, StartTls, ToBackend, ToClient
+from stunnel3.layers.client_negotiation import client_layer
+from stunnel3.layers.protocol import Close, StartTls, ToBackend, ToClient
 
 SMTP_SERVER = [b"220-hi\r\n220 ready\r\n", b"250-x\r\n250 STARTTLS\r\n", b"220 go\r\n"]
 

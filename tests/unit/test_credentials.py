@@ -5,12 +5,12 @@ edges the transcripts do not show."""
 
 import pytest
 
-from stunnel3 import imap, pop3, smtp_text
-from stunnel3.imap import ImapProxy, rewrite_capabilities
-from stunnel3.pop3 import Pop3Proxy
-from stunnel3.protocol import Close, StartTls, TlsInfo, ToBackend, ToClient
+from stunnel3.layers import imap, pop3, smtp_text
+from stunnel3.layers.imap import ImapProxy, rewrite_capabilities
+from stunnel3.layers.pop3 import Pop3Proxy
+from stunnel3.layers.protocol import Close, StartTls, TlsInfo, ToBackend, ToClient
+from stunnel3.layers.smtp_reply import Reply, rewrite_ehlo
 from stunnel3.smtp import SmtpProxy
-from stunnel3.smtp_reply import Reply, rewrite_ehlo
 
 TLS = TlsInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", 128)
 

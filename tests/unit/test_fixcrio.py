@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stunnel3 import fixcrio, limits, unix
-from stunnel3.line_ends import add_cr
+from stunnel3 import fixcrio, unix
+from stunnel3.engine.line_ends import add_cr
+from stunnel3.support import limits
 
 
 def reference(data: bytes, after_cr: bool = False) -> bytes:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from stunnel3 import fronts, warm_worker
+from stunnel3.support import fronts
+from stunnel3.warm import worker as warm_worker
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
 FRONTS = ("stunnel", "makesock", "fixcrio", "stunnel3-warm")

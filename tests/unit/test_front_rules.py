@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stunnel3 import fronts
+from stunnel3.support import fronts
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,10 +1,10 @@
-"""Unit tests of ImapProxy: one test per rule of stunnel3/imap.py."""
+"""Unit tests of ImapProxy: one test per rule of stunnel3/layers/imap.py."""
 
 import pytest
 
-from stunnel3 import imap
-from stunnel3.imap import ImapProxy, literal, rewrite_line
-from stunnel3.protocol import Close, Log, StartTls, TlsInfo, ToBackend, ToClient
+from stunnel3.layers import imap
+from stunnel3.layers.imap import ImapProxy, literal, rewrite_line
+from stunnel3.layers.protocol import Close, Log, StartTls, TlsInfo, ToBackend, ToClient
 
 TLS = TlsInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", 128)
 GREETING = b"* OK [CAPABILITY IMAP4rev1 STARTTLS LITERAL+ COMPRESS=DEFLATE] ready\r\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from stunnel3 import makesock
-from stunnel3.line_ends import CrAdder, add_cr
+from stunnel3.engine.line_ends import CrAdder, add_cr
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ def test_stunnel_takes_fixcrios_rule_only_for_its_plaintext_descriptor():
     """The hand-over (stunnel.main's fixcrio_fd) gives the relay fixcrio's rule for -F's
     descriptor in inetd mode, and for nothing else."""
     from stunnel3 import stunnel
-    from stunnel3.line_ends import FixcrioRule
+    from stunnel3.engine.line_ends import FixcrioRule
     from stunnel3.options import parse
 
     assert isinstance(stunnel._line_ends(parse(STUNNEL), 3), FixcrioRule)

@@ -5,7 +5,7 @@ import sys
 
 CODE = """
 import sys
-from stunnel3 import on_demand
+from stunnel3.support import on_demand
 on_demand.defer("xml.dom.minidom")
 import xml.dom.minidom as early  # binds the stand-in: nothing is executed yet
 from xml.dom import minidom

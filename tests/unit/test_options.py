@@ -358,8 +358,8 @@ def test_version_shows_what_came_before_it():
 
 def test_help_documents_every_option_as_getopt_reads_it():
     """docopt-ng reads -h's option lines; they must match OPTSTRING letter for letter."""
+    from stunnel3.engine.usage import documented_options
     from stunnel3.options import OPTSTRING
-    from stunnel3.usage import documented_options
 
     letters = [c for c in OPTSTRING if c != ":"]
     expected = {c: int(f"{c}:" in OPTSTRING) for c in letters}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from stunnel3.policy import AUTH, STARTTLS, Starttls, read
+from stunnel3.layers.policy import AUTH, STARTTLS, Starttls, read
 
 
 @pytest.mark.parametrize(

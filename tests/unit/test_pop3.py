@@ -1,10 +1,10 @@
-"""Unit tests of Pop3Proxy: one test per rule of stunnel3/pop3.py."""
+"""Unit tests of Pop3Proxy: one test per rule of stunnel3/layers/pop3.py."""
 
 import pytest
 
-from stunnel3 import pop3
-from stunnel3.pop3 import Body, Pop3Proxy
-from stunnel3.protocol import Close, Log, StartTls, TlsInfo, ToBackend, ToClient
+from stunnel3.layers import pop3
+from stunnel3.layers.pop3 import Body, Pop3Proxy
+from stunnel3.layers.protocol import Close, Log, StartTls, TlsInfo, ToBackend, ToClient
 
 TLS = TlsInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", 128)
 CAPA = b"+OK Capability list follows\r\nTOP\r\nUSER\r\nSASL PLAIN\r\nSTLS\r\nX-WEIRD\r\n.\r\n"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from stunnel3.record import FrozenInstanceError, record, replace
+from stunnel3.support.record import FrozenInstanceError, record, replace
 
 
 @record(frozen=True)

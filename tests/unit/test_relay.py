@@ -13,9 +13,9 @@ import time
 import pytest
 import trustme
 
-from stunnel3.endpoints import ByteQueue, Endpoint
+from stunnel3.engine.endpoints import ByteQueue, Endpoint
+from stunnel3.layers.protocol import Close, Passthrough, StartTls, ToBackend, ToClient
 from stunnel3.options import Options
-from stunnel3.protocol import Close, Passthrough, StartTls, ToBackend, ToClient
 from stunnel3.relay import BUFFER, READ_SIZE, Relay
 from stunnel3.tls import TlsSession, make_context
 

@@ -12,9 +12,9 @@ import pytest
 from conftest import RecordingLog
 
 from stunnel3 import relay as relay_module
-from stunnel3.bounds import Bounds
-from stunnel3.endpoints import Endpoint
-from stunnel3.protocol import Log, ToBackend, ToClient
+from stunnel3.engine.bounds import Bounds
+from stunnel3.engine.endpoints import Endpoint
+from stunnel3.layers.protocol import Log, ToBackend, ToClient
 from stunnel3.relay import Relay
 
 EXCHANGE = "Command/reply exchange timed out (0.6 s, STUNNEL3_EXCHANGE_TIMEOUT)"

@@ -31,12 +31,12 @@ import pytest
 import trustme
 from scripted_backends import ImapBackend, Pop3Backend, SmtpBackend
 
-from stunnel3 import imap, pop3, smtp_text
-from stunnel3.endpoints import Endpoint
-from stunnel3.imap import ImapProxy
+from stunnel3.engine.endpoints import Endpoint
+from stunnel3.layers import imap, pop3, smtp_text
+from stunnel3.layers.imap import ImapProxy
+from stunnel3.layers.pop3 import Pop3Proxy
+from stunnel3.layers.protocol import Close, StartTls, TlsInfo, ToBackend, ToClient
 from stunnel3.options import Options
-from stunnel3.pop3 import Pop3Proxy
-from stunnel3.protocol import Close, StartTls, TlsInfo, ToBackend, ToClient
 from stunnel3.relay import Relay
 from stunnel3.smtp import SmtpProxy
 from stunnel3.tls import TlsSession, make_context

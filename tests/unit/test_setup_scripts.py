@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stunnel3 import setup_scripts
-from stunnel3.setup_scripts import (
+from stunnel3.setup import scripts as setup_scripts
+from stunnel3.setup.scripts import (
     LOG_RUN,
     RUN_SCRIPT,
     RUN_VARIABLES,

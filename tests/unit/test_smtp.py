@@ -2,8 +2,8 @@
 
 import pytest
 
-from stunnel3 import smtp_text as text
-from stunnel3.protocol import Close, StartTls, TlsInfo, ToBackend, ToClient
+from stunnel3.layers import smtp_text as text
+from stunnel3.layers.protocol import Close, StartTls, TlsInfo, ToBackend, ToClient
 from stunnel3.smtp import BackendError, ClientError, SmtpError, SmtpProxy
 
 TLS = TlsInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", 128)

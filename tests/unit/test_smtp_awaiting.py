@@ -1,8 +1,8 @@
 """SmtpProxy.awaiting (protocol.py): when an SMTP command/reply exchange is under way,
 which the relay bounds (STUNNEL3_EXCHANGE_TIMEOUT, issue #18). Message data is none."""
 
-from stunnel3 import smtp_text as text
-from stunnel3.protocol import TlsInfo
+from stunnel3.layers import smtp_text as text
+from stunnel3.layers.protocol import TlsInfo
 from stunnel3.smtp import SmtpProxy
 
 TLS = TlsInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", 128)

@@ -3,12 +3,12 @@ scanner, command splitting, log redaction and the Received: line."""
 
 import pytest
 
-from stunnel3.protocol import Close, TlsInfo, ToClient
+from stunnel3.layers.protocol import Close, TlsInfo, ToClient
+from stunnel3.layers.smtp_command import received_line, shown, split_command
+from stunnel3.layers.smtp_data import MessageData
+from stunnel3.layers.smtp_reply import Reply, ReplyReader, keyword, rewrite_ehlo
+from stunnel3.layers.smtp_text import BACKEND_LINE_TOO_LONG, MAX_LINE
 from stunnel3.smtp import SmtpProxy
-from stunnel3.smtp_command import received_line, shown, split_command
-from stunnel3.smtp_data import MessageData
-from stunnel3.smtp_reply import Reply, ReplyReader, keyword, rewrite_ehlo
-from stunnel3.smtp_text import BACKEND_LINE_TOO_LONG, MAX_LINE
 
 
 def reply(*lines: str) -> Reply:
@@ -16,7 +16,7 @@ def reply(*lines: str) -> Reply:
 
 
 def framed(*chunks: bytes) -> list[bytes]:
-    """The replies SmtpProxy frames from the backend's bytes (layer.LineProxy splits
+    """The replies SmtpProxy frames from the backend's bytes (line_proxy.LineProxy splits
     and bounds the lines, ReplyReader makes replies of them): each reaches the
     client as one ToClient (the greeting, then unsolicited ones)."""
     proxy = SmtpProxy()

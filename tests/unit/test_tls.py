@@ -276,7 +276,7 @@ def test_want_read_is_remembered_until_bytes_arrive(certs):
 
 
 def test_warm_up_alone_handshakes_with_throwaway_rsa_and_ec_keys(monkeypatch):
-    from stunnel3 import tls_warmup
+    from stunnel3.engine import tls_warmup
 
     made = []
     real = tls_warmup._throwaway_pem
@@ -302,7 +302,7 @@ def test_warm_up_on_the_real_context_logs_nothing_and_imports_nothing(certs, cli
         "import sys\n"
         f"sys.path[:0] = {sys.path!r}\n"
         "from conftest import RecordingLog\n"
-        "from stunnel3 import tls, tls_warmup\n"
+        "from stunnel3 import tls\nfrom stunnel3.engine import tls_warmup\n"
         "from stunnel3.options import Options\n"
         f"log = RecordingLog(); ctx = tls.make_context({options!r}, log); log.lines.clear()\n"
         "sys.meta_path.clear()  # from here on, any import fails\n"
@@ -317,7 +317,7 @@ def test_warm_up_on_the_real_context_logs_nothing_and_imports_nothing(certs, cli
 
 
 def test_a_failed_warm_up_is_one_warning_never_an_exception():
-    from stunnel3 import tls_warmup
+    from stunnel3.engine import tls_warmup
 
     keyless = make_context(Options(client=True), RecordingLog())  # a "server" with no key
     warned: list[str] = []
@@ -329,7 +329,8 @@ def test_a_failed_warm_up_is_one_warning_never_an_exception():
 def test_warm_up_without_x509_makes_its_pems_in_a_child(monkeypatch):
     """The warm helper leaves cryptography.x509 unloaded: the throwaway pems come from a
     forked child, and nothing here uses x509."""
-    from stunnel3 import on_demand, tls_warmup
+    from stunnel3.engine import tls_warmup
+    from stunnel3.support import on_demand
 
     monkeypatch.setattr(on_demand, "deferred", lambda name: name == "cryptography.x509")
 

@@ -17,7 +17,7 @@ from conftest import RecordingLog
 from cryptography import x509
 from OpenSSL import SSL
 
-from stunnel3 import tls_library
+from stunnel3.engine import tls_library
 from stunnel3.options import Options
 from stunnel3.tls import TlsSession, make_context
 
@@ -98,7 +98,7 @@ def test_no_certificate_is_a_value_error_either_way(monkeypatch):
 
 
 def origin_in_a_fresh_process(prelude: str = "") -> str:
-    code = f"{prelude}\nfrom stunnel3 import tls_library\nprint(tls_library.openssl_text())"
+    code = f"{prelude}\nfrom stunnel3.engine import tls_library\nprint(tls_library.openssl_text())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
@@ -152,7 +152,7 @@ def test_without_clear_mode_partial_writes_stay_on_and_the_bytes_are_the_same(mo
 
 
 def test_stunnel3_setup_refuses_before_making_anything(monkeypatch, tmp_path, capsys):
-    from stunnel3 import setup_service
+    from stunnel3.setup import service as setup_service
 
     monkeypatch.setattr(cryptography, "__version__", "37.0.0")
     assert setup_service.main([str(tmp_path / "smtp-tls")]) == 111

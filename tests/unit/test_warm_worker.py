@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stunnel3 import warm_worker
+from stunnel3.warm import worker as warm_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 

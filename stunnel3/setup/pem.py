@@ -8,7 +8,8 @@ refused here, before the service is made, rather than at the first client.
 import socket
 from pathlib import Path
 
-from stunnel3 import tls_library
+from stunnel3.engine import tls_library
+from stunnel3.support.self_signed import pem as self_signed_pem
 
 
 class Unusable(Exception):
@@ -34,36 +35,15 @@ def self_signed(hostname: str, key_type: str) -> bytes:
     import datetime
 
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-    if key_type == "rsa":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    else:
-        key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),  # stunnel starts unattended: no passphrase
-    )
-    return key_pem + cert.public_bytes(serialization.Encoding.PEM)
+    extensions = [
+        (x509.SubjectAlternativeName([x509.DNSName(hostname)]), False),
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+    ]
+    valid_for = datetime.timedelta(days=VALID_DAYS)
+    return self_signed_pem(hostname, key_type, valid_for, extensions=extensions)
 
 
 def check_pem(data: bytes) -> str | None:

@@ -5,7 +5,7 @@ Codes and wording follow RFC 5321 (basic codes), RFC 3463 (enhanced codes),
 RFC 3207 (STARTTLS) and RFC 3030 (BDAT). Each reply is a whole CRLF line.
 """
 
-from stunnel3.layer import ProxyError
+from stunnel3.layers.line_proxy import ProxyError
 
 # RFC 3207 section 4: the only positive answer to STARTTLS.
 READY_TO_START_TLS = b"220 2.0.0 Ready to start TLS\r\n"
@@ -107,7 +107,7 @@ KEPT_EXTENSIONS = frozenset(
 
 
 class SmtpError(ProxyError):
-    """The SMTP layer's error family (layer.ProxyError): the reply ends the session."""
+    """The SMTP layer's error family (line_proxy.ProxyError): the reply ends the session."""
 
 
 class ClientError(SmtpError):

@@ -14,8 +14,8 @@ plaintext). Bytes the server sent after its last negotiation reply belong to
 TLS and are handed over in StartTls.early. No sockets here (STYLE item 1).
 """
 
-from stunnel3.protocol import Action, Close, Log, StartTls, TlsInfo, ToBackend, ToClient
-from stunnel3.record import record
+from stunnel3.layers.protocol import Action, Close, Log, StartTls, TlsInfo, ToBackend, ToClient
+from stunnel3.support.record import record
 
 MAX_LINE = 8192
 

@@ -12,7 +12,7 @@ wrote (then it may be rewritten with new values; an edited one needs --force).
 import re
 import shlex
 
-from stunnel3.cgetopt import OptionError, getopt
+from stunnel3.support.cgetopt import OptionError, getopt
 
 SEPARATOR = "-makesock_connect_to"  # makesock's: what follows is not stunnel's
 

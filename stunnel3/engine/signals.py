@@ -15,7 +15,7 @@
 import os
 import signal
 
-from stunnel3 import limits
+from stunnel3.support import limits
 
 TERMINATING = (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP)
 

@@ -2,7 +2,7 @@
 
 Bytes from the client and from the backend go in; actions come out (protocol.py).
 The relay's calls, both buffers, the FIFO of responses, local answers, the STLS
-decision and EOF are layer.LineProxy's; this file is POP3's tables and rules,
+decision and EOF are line_proxy.LineProxy's; this file is POP3's tables and rules,
 each kept in one place (docs/imap-pop3.md has the reasons):
 
   greeting    the backend's greeting passes unchanged; no command is parsed before it.
@@ -42,21 +42,10 @@ import enum
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
-from stunnel3.layer import (
-    Command,
-    Event,
-    Limits,
-    LineProxy,
-    Local,
-    Pending,
-    PolicyReplies,
-    ProxyError,
-    StartTlsReplies,
-    State,
-)
-from stunnel3.lines import first_word, log_text, loggable
-from stunnel3.protocol import ToBackend, ToClient
-from stunnel3.runs import Scan
+from stunnel3.layers import line_proxy
+from stunnel3.layers.lines import first_word, log_text, loggable
+from stunnel3.layers.protocol import ToBackend, ToClient
+from stunnel3.layers.runs import Scan
 
 # RFC 2595 section 4: the positive answer to STLS; refusals as its examples word them.
 BEGIN_TLS = b"+OK Begin TLS negotiation\r\n"
@@ -89,10 +78,10 @@ MAX_PENDING = 1000
 MAX_HELD = 1 << 20
 MAX_CAPABILITIES = 1000
 
-LIMITS = Limits(
+LIMITS = line_proxy.Limits(
     MAX_LINE, MAX_PENDING, MAX_HELD, LINE_TOO_LONG, TOO_MUCH_PIPELINING, BACKEND_LINE_TOO_LONG
 )
-STARTTLS_REPLIES = StartTlsReplies(
+STARTTLS_REPLIES = line_proxy.StartTlsReplies(
     BEGIN_TLS,
     not_offered=STLS_NOT_OFFERED,
     twice=STLS_TWICE,
@@ -104,7 +93,7 @@ STARTTLS_REPLIES = StartTlsReplies(
 MULTILINE = frozenset({b"RETR", b"TOP", b"CAPA"})
 MULTILINE_WITHOUT_ARGUMENT = frozenset({b"LIST", b"UIDL", b"LANG", b"AUTH"})
 ALLOWED_BEFORE_TLS = frozenset({b"CAPA", b"STLS", b"QUIT"})
-POLICY_REPLIES = PolicyReplies(
+POLICY_REPLIES = line_proxy.PolicyReplies(
     ALLOWED_BEFORE_TLS,
     MUST_STLS,
     unavailable=TLS_REQUIRED_UNAVAILABLE,
@@ -139,8 +128,8 @@ KEPT_CAPABILITIES = frozenset(
 )
 
 
-class Pop3Error(ProxyError):
-    """The POP3 layer's error family (layer.ProxyError): the reply ends the session."""
+class Pop3Error(line_proxy.ProxyError):
+    """The POP3 layer's error family (line_proxy.ProxyError): the reply ends the session."""
 
 
 class Phase(enum.Enum):
@@ -234,9 +223,9 @@ class Body(Scan):
         return data
 
 
-class Pop3Proxy(LineProxy):
+class Pop3Proxy(line_proxy.LineProxy):
     """require_tls: -n pop3 (STLS first); False for -n pop3- (plaintext fallback).
-    offer_tls, plaintext_auth, log_dialogue: layer.LineProxy's (the client's policy)."""
+    offer_tls, plaintext_auth, log_dialogue: line_proxy.LineProxy's (the client's policy)."""
 
     ClientError = BackendError = Pop3Error
     LIMITS, STARTTLS_REPLIES, POLICY_REPLIES = LIMITS, STARTTLS_REPLIES, POLICY_REPLIES
@@ -246,7 +235,7 @@ class Pop3Proxy(LineProxy):
         super().__init__(**options)
         self.phase = Phase.AUTHORIZATION
         self._capabilities: list[bytes] | None = None  # a CAPA body being collected
-        self._pending.append(Pending(Expect.GREETING))
+        self._pending.append(line_proxy.Pending(Expect.GREETING))
 
     def _authenticated(self) -> bool:
         return self.phase is Phase.TRANSACTION
@@ -256,17 +245,17 @@ class Pop3Proxy(LineProxy):
     def _command_line(self, line: bytes) -> None:
         verb, argument = split_command(line)
         self._log("C: " + shown(verb, argument, line))
-        self._command(Command(verb, argument, line))
+        self._command(line_proxy.Command(verb, argument, line))
 
-    def _forward(self, command: Command) -> None:
+    def _forward(self, command: line_proxy.Command) -> None:
         self._emit(ToBackend(command.line))
-        self._queue(Pending(expectation(command.verb, command.argument)))
+        self._queue(line_proxy.Pending(expectation(command.verb, command.argument)))
 
-    def _is_command(self, command: Command) -> bool:
+    def _is_command(self, command: line_proxy.Command) -> bool:
         return command.verb in KNOWN
 
-    def _stls_command(self, command: Command) -> None:
-        self._queue(Pending(Local.STARTTLS, argument=command.argument))
+    def _stls_command(self, command: line_proxy.Command) -> None:
+        self._queue(line_proxy.Pending(line_proxy.Local.STARTTLS, argument=command.argument))
 
     # -- the answers, in FIFO order -----------------------------------------------
 
@@ -306,8 +295,8 @@ class Pop3Proxy(LineProxy):
         """AUTH, or a command the proxy does not know: the backend decides."""
         if line[:1] == b"+" and line[:3] != b"+OK":
             self._emit(ToClient(line))  # a SASL challenge: the client's next line answers it
-            if self.state is State.COMMAND:
-                self._move(Event.CHALLENGE)
+            if self.state is line_proxy.State.COMMAND:
+                self._move(line_proxy.Event.CHALLENGE)
         elif self._pending[0].kind is Expect.AUTH_LIST:
             self._multi(line)
         else:
@@ -316,8 +305,8 @@ class Pop3Proxy(LineProxy):
     def _done(self) -> None:
         """A response is complete: answer what waited for it, parse what it held up."""
         self._pending.popleft()
-        if self.state is State.CONTINUATION:
-            self._move(Event.ANSWER)
+        if self.state is line_proxy.State.CONTINUATION:
+            self._move(line_proxy.Event.ANSWER)
         self._answer_local()
         self._pump()
 
@@ -356,7 +345,7 @@ class Pop3Proxy(LineProxy):
     # -- the tables -------------------------------------------------------------
 
     # The commands the proxy answers itself (the rest: LineProxy._command).
-    COMMANDS: ClassVar[Mapping[bytes, Callable[["Pop3Proxy", Command], None]]] = {
+    COMMANDS: ClassVar[Mapping[bytes, Callable[["Pop3Proxy", line_proxy.Command], None]]] = {
         b"STLS": _stls_command,
     }
     # What a response's first line does, by what it answers; else _single.

@@ -1,5 +1,5 @@
 """How a dialogue line reads, for every layer: where words end, and what the debug
-log may show of it. Sans-I/O, like the layers (layer.py).
+log may show of it. Sans-I/O, like the layers (line_proxy.py).
 
 The proxy's idea of a command must be the backend's: a verb ends at any blank
 some backend ends it at, and a line the proxy does not know may be anything (a

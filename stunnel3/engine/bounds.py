@@ -36,7 +36,7 @@ backend's grace here.
 import math
 import os
 
-from stunnel3.errors import SetupError
+from stunnel3.engine.errors import SetupError
 
 # name: (what it bounds, its unit, the default)
 SETTINGS = {

@@ -6,8 +6,8 @@ tells the backend (and the mailbox) that TLS was used, README bug 4.
 
 import time
 
-from stunnel3.lines import first_word, loggable
-from stunnel3.protocol import TlsInfo
+from stunnel3.layers.lines import first_word, loggable
+from stunnel3.layers.protocol import TlsInfo
 
 # -n smtp: what a client may say before STARTTLS (RFC 3207 section 4: 530 to the rest).
 ALLOWED_BEFORE_TLS = frozenset({b"EHLO", b"HELO", b"NOOP", b"RSET", b"QUIT", b"STARTTLS"})

@@ -1,4 +1,4 @@
-"""Runs: bytes in a dialogue that are not lines, for every layer (layer.py).
+"""Runs: bytes in a dialogue that are not lines, for every layer (line_proxy.py).
 
 Message data after a 354, an IMAP literal, a refused BDAT chunk, the rest of a
 line too long to take; from the backend a literal or a POP3 body. A run takes

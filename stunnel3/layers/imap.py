@@ -2,7 +2,7 @@
 
 Bytes from the client and from the backend go in; actions come out (protocol.py).
 The relay's calls, both buffers, the list of pending commands, local answers, the
-STARTTLS decision and EOF are layer.LineProxy's; this file is IMAP's tables and
+STARTTLS decision and EOF are line_proxy.LineProxy's; this file is IMAP's tables and
 rules, each kept in one place (docs/imap-pop3.md has the reasons):
 
   framing     a line ends at LF. A line ending in `{n}` or `{n+}` (also `~{n}`,
@@ -10,7 +10,7 @@ rules, each kept in one place (docs/imap-pop3.md has the reasons):
               interpreted, then the line goes on. That holds both ways, so a mail
               that reads `a1 OK` or `* CAPABILITY` is data. A synchronising `{n}`
               from the client waits for the server's `+` (or the command's end).
-  commands    each tagged command forwarded goes on the list (layer.Pending, by
+  commands    each tagged command forwarded goes on the list (line_proxy.Pending, by
               tag); its tagged completion takes it off (REPLIES: what it does then).
               The greeting comes first: nothing is parsed before it.
   Phase       NOT_AUTHENTICATED -> AUTHENTICATED (RFC 9051 section 3): a PREAUTH
@@ -55,21 +55,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
-from stunnel3.layer import (
-    Command,
-    Event,
-    Limits,
-    LineProxy,
-    Local,
-    Pending,
-    PolicyReplies,
-    ProxyError,
-    StartTlsReplies,
-    State,
-)
-from stunnel3.lines import first_word, log_text, loggable
-from stunnel3.protocol import ToBackend, ToClient
-from stunnel3.runs import Count
+from stunnel3.layers import line_proxy
+from stunnel3.layers.lines import first_word, log_text, loggable
+from stunnel3.layers.protocol import ToBackend, ToClient
+from stunnel3.layers.runs import Count
 
 # RFC 2595 section 3.1 and RFC 9051 section 6.2.1 wording.
 BEGIN_TLS = b"OK Begin TLS negotiation now\r\n"
@@ -105,10 +94,10 @@ MAX_LINE = 1 << 20
 MAX_PENDING = 1000
 MAX_HELD = 2 << 20
 
-LIMITS = Limits(
+LIMITS = line_proxy.Limits(
     MAX_LINE, MAX_PENDING, MAX_HELD, LINE_TOO_LONG, TOO_MUCH_PIPELINING, BACKEND_LINE_TOO_LONG
 )
-STARTTLS_REPLIES = StartTlsReplies(
+STARTTLS_REPLIES = line_proxy.StartTlsReplies(
     BEGIN_TLS,
     not_offered=STARTTLS_NOT_OFFERED,
     twice=STARTTLS_TWICE,
@@ -118,7 +107,7 @@ STARTTLS_REPLIES = StartTlsReplies(
     injection_answer=STARTTLS_INJECTION,
 )
 ALLOWED_BEFORE_TLS = frozenset({b"CAPABILITY", b"NOOP", b"LOGOUT", b"STARTTLS", b"ID"})
-POLICY_REPLIES = PolicyReplies(
+POLICY_REPLIES = line_proxy.PolicyReplies(
     ALLOWED_BEFORE_TLS,
     MUST_STARTTLS,
     unavailable=TLS_REQUIRED_UNAVAILABLE,
@@ -133,8 +122,8 @@ OK = re.compile(rb"OK\b")
 CAPABILITY_CODE = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 
 
-class ImapError(ProxyError):
-    """The IMAP layer's error family (layer.ProxyError): the reply ends the session."""
+class ImapError(line_proxy.ProxyError):
+    """The IMAP layer's error family (line_proxy.ProxyError): the reply ends the session."""
 
 
 class Phase(enum.Enum):
@@ -215,21 +204,21 @@ def rewrite_line(line: bytes, offer_starttls: bool, login_disabled: bool = False
     )
 
 
-class ImapProxy(LineProxy):
+class ImapProxy(line_proxy.LineProxy):
     ClientError = BackendError = ImapError
     LIMITS, STARTTLS_REPLIES, POLICY_REPLIES = LIMITS, STARTTLS_REPLIES, POLICY_REPLIES
     STOP_POINTS = STOP_POINTS
 
-    """require_tls, offer_tls, plaintext_auth, log_dialogue: layer.LineProxy's (the
+    """require_tls, offer_tls, plaintext_auth, log_dialogue: line_proxy.LineProxy's (the
     client's policy; sg2 had no -n imap, so TLS is required only by a policy)."""
 
     def __init__(self, **options: bool):
         super().__init__(**options)
         self.phase = Phase.NOT_AUTHENTICATED
-        self._pending.append(Pending(Kind.GREETING, tag=b"*"))
+        self._pending.append(line_proxy.Pending(Kind.GREETING, tag=b"*"))
         # A synchronising literal announced by the client, awaiting the server's `+`.
-        self._literal_wait: tuple[Pending, int] | None = None
-        self._continuing: Pending | None = None  # the command a next line continues
+        self._literal_wait: tuple[line_proxy.Pending, int] | None = None
+        self._continuing: line_proxy.Pending | None = None  # the command a next line continues
         self._in_response = False  # the server's next line continues a response
 
     def _authenticated(self) -> bool:
@@ -244,7 +233,7 @@ class ImapProxy(LineProxy):
         if self._literal_wait is not None:
             return True
         if self._pending and self._pending[-1].kind in CONTINUED:
-            return self.state is not State.CONTINUATION
+            return self.state is not line_proxy.State.CONTINUATION
         if self._continuing is not None:
             return False  # the rest of a command already forwarded
         return super()._stopped()
@@ -258,7 +247,7 @@ class ImapProxy(LineProxy):
     def _command_line(self, line: bytes) -> None:
         command = self._continuing
         if command is not None:  # the rest of a command, after its literal
-            refused = command.kind is Local.REPLY  # the proxy answered it: dropped
+            refused = command.kind is line_proxy.Local.REPLY  # the proxy answered it: dropped
             secret = command.kind in SECRET_KINDS or refused
             self._log("C: " + ("***" if secret else log_text(line)))
             if not refused:
@@ -269,21 +258,23 @@ class ImapProxy(LineProxy):
         verb, argument = first_word(rest)
         verb = verb.upper()
         self._log("C: " + loggable(verb, argument, line, KNOWN, {b"LOGIN"}, {b"AUTHENTICATE"}, tag))
-        self._command(Command(verb, argument, line, tag))
+        self._command(line_proxy.Command(verb, argument, line, tag))
 
-    def _forward(self, command: Command) -> None:
+    def _forward(self, command: line_proxy.Command) -> None:
         self._emit(ToBackend(command.line))
         verb = command.verb
-        entry = Pending(KINDS.get(verb, Kind.OTHER if verb in KNOWN else Kind.UNKNOWN), command.tag)
+        entry = line_proxy.Pending(
+            KINDS.get(verb, Kind.OTHER if verb in KNOWN else Kind.UNKNOWN), command.tag
+        )
         if command.tag and verb:  # else the backend answers `* BAD`: no completion to wait for
             self._pending.append(entry)
         self._announce(entry, literal(command.line))
 
-    def _announce(self, command: Pending, announced: tuple[int, bool] | None) -> None:
+    def _announce(self, command: line_proxy.Pending, announced: tuple[int, bool] | None) -> None:
         """What follows a line: a literal (now, or after `+`), or a new command. Of a
         command the proxy refused (Local.REPLY), a literal is dropped; a synchronising
         one is never sent (the client waits for `+` and gets the refusal)."""
-        refused = command.kind is Local.REPLY
+        refused = command.kind is line_proxy.Local.REPLY
         if announced is None or (refused and announced[1]):
             self._continuing = None
             return
@@ -296,19 +287,25 @@ class ImapProxy(LineProxy):
         elif size:
             self._client_run.start(Count(size, keep=not refused))
 
-    def _refuse(self, command: Command, reply: bytes) -> None:
+    def _refuse(self, command: line_proxy.Command, reply: bytes) -> None:
         super()._refuse(command, reply)
-        self._announce(Pending(Local.REPLY, tag=command.tag), literal(command.line))
+        self._announce(
+            line_proxy.Pending(line_proxy.Local.REPLY, tag=command.tag), literal(command.line)
+        )
 
-    def _is_command(self, command: Command) -> bool:
+    def _is_command(self, command: line_proxy.Command) -> bool:
         return bool(command.verb)  # a SASL response is one bare word
 
-    def _starttls_command(self, command: Command) -> None:
+    def _starttls_command(self, command: line_proxy.Command) -> None:
         if literal(command.line) is not None:
             raise ImapError(LOCAL_WITH_LITERAL)
-        self._queue(Pending(Local.STARTTLS, tag=command.tag, argument=command.argument))
+        self._queue(
+            line_proxy.Pending(
+                line_proxy.Local.STARTTLS, tag=command.tag, argument=command.argument
+            )
+        )
 
-    def _compress(self, command: Command) -> None:
+    def _compress(self, command: line_proxy.Command) -> None:
         if literal(command.line) is not None:
             raise ImapError(LOCAL_WITH_LITERAL)
         self._local(COMPRESS_REFUSED, tag=command.tag)
@@ -348,8 +345,8 @@ class ImapProxy(LineProxy):
             if size:
                 self._client_run.start(Count(size))
         elif self._pending and self._pending[-1].kind in ASKS_A_LINE:
-            if self.state is State.COMMAND:  # the server decides: the next line is data
-                self._move(Event.CHALLENGE)
+            if self.state is line_proxy.State.COMMAND:  # the server decides: the next line is data
+                self._move(line_proxy.Event.CHALLENGE)
 
     def _response_start(self, line: bytes) -> None:
         tag, _, rest = line.partition(b" ")
@@ -359,23 +356,23 @@ class ImapProxy(LineProxy):
                 self._greeting(self._pending.popleft(), status)
             return
         for index, entry in enumerate(self._pending):
-            if entry.tag == tag and not isinstance(entry.kind, Local):
+            if entry.tag == tag and not isinstance(entry.kind, line_proxy.Local):
                 del self._pending[index]
                 self.REPLIES.get(entry.kind, ImapProxy._done)(self, entry, status)
                 return
 
-    def _greeting(self, entry: Pending, status: bytes) -> None:
+    def _greeting(self, entry: line_proxy.Pending, status: bytes) -> None:
         if status.startswith(b"PREAUTH"):
             self.phase = Phase.AUTHENTICATED
 
-    def _login_done(self, entry: Pending, status: bytes) -> None:
+    def _login_done(self, entry: line_proxy.Pending, status: bytes) -> None:
         if OK.match(status):
             self.phase = Phase.AUTHENTICATED
         self._done(entry, status)
 
-    def _done(self, entry: Pending, status: bytes) -> None:
-        if entry.kind in ASKS_A_LINE and self.state is State.CONTINUATION:
-            self._move(Event.ANSWER)
+    def _done(self, entry: line_proxy.Pending, status: bytes) -> None:
+        if entry.kind in ASKS_A_LINE and self.state is line_proxy.State.CONTINUATION:
+            self._move(line_proxy.Event.ANSWER)
         if self._literal_wait is not None and self._literal_wait[0] is entry:
             # RFC 9051 section 7.5: a literal the server refused is not sent.
             self._literal_wait = None
@@ -384,12 +381,14 @@ class ImapProxy(LineProxy):
     # -- the tables -------------------------------------------------------------
 
     # The commands the proxy answers itself (the rest: LineProxy._command).
-    COMMANDS: ClassVar[Mapping[bytes, Callable[["ImapProxy", Command], None]]] = {
+    COMMANDS: ClassVar[Mapping[bytes, Callable[["ImapProxy", line_proxy.Command], None]]] = {
         b"STARTTLS": _starttls_command,
         b"COMPRESS": _compress,
     }
     # What a tagged completion (or the greeting) does, by the command's Kind; else _done.
-    REPLIES: ClassVar[Mapping[enum.Enum, Callable[["ImapProxy", Pending, bytes], None]]] = {
+    REPLIES: ClassVar[
+        Mapping[enum.Enum, Callable[["ImapProxy", line_proxy.Pending, bytes], None]]
+    ] = {
         Kind.GREETING: _greeting,
         Kind.LOGIN: _login_done,
         Kind.AUTHENTICATE: _login_done,

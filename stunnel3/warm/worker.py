@@ -1,7 +1,8 @@
 """The warm helper's side of a handoff: who is asking, what it is, and becoming it.
 
 A front (bin/, makesock or stunnel, a root `sh` under tcpserver) announces
-`<pid> <reply fd>` to the helper (through its one child, the watcher) (warm.py, docs/warm.md). Here:
+`<pid> <reply fd>` to the helper (through its one child, the watcher) (helper.py,
+docs/warm.md). Here:
 
 - `identify`: is that process waiting for us? uid 0 (the helper's own uid)
   for all four ids, and one child, the watcher; if not, it is refused without
@@ -43,7 +44,7 @@ import stat
 import sys
 import time
 
-from stunnel3 import fronts
+from stunnel3.support import fronts
 
 PROGRAMS = (b"makesock", b"stunnel")
 DEFAULT_FLOOR = 100_000_000  # bin/'s STUNNEL3_MEMORY_FLOOR

@@ -7,7 +7,7 @@ handshake. A child forked before that pays it again on every connection (about
 3 ms of CPU here: a fork of a loaded process that makes a context from an RSA
 pem and does one handshake, 8 ms cold, 5 ms after a warm-up in its parent); a
 child forked after it shares the result, copy-on-write. The daemon's parent
-(daemon.py) and the warm helper (warm.py) call warm_up() before they fork.
+(daemon.py) and the warm helper (warm/helper.py) call warm_up() before they fork.
 """
 
 import os
@@ -19,8 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
-from stunnel3 import on_demand
 from stunnel3.options import Options
+from stunnel3.support import on_demand, self_signed
 from stunnel3.tls import RECORD, TlsError, make_context
 
 _DRAIN = 65536  # a handshake flight fits in one read
@@ -108,34 +108,11 @@ def _load_throwaway(ctx: SSL.Context, pem: bytes) -> None:
 def _throwaway_pem(key_type: str) -> bytes:
     """A key and a self-signed certificate no one will ever see.
 
-    Not setup_pem.self_signed: the daemon warms up inside its jail, where
-    nothing may be imported; every module used here is loaded with x509 already."""
+    The daemon warms up inside its jail, where nothing may be imported: every
+    module support/self_signed.py uses is loaded with x509 already."""
     import datetime
 
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-    if key_type == "rsa":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    else:
-        key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "warm-up.invalid")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return key_pem + cert.public_bytes(serialization.Encoding.PEM)
+    return self_signed.pem("warm-up.invalid", key_type, datetime.timedelta(hours=1), serial=1)
 
 
 def _handshake(server_ctx: SSL.Context, client_ctx: SSL.Context, quiet=None) -> None:

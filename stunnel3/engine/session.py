@@ -25,18 +25,20 @@ import signal
 import socket
 from typing import TYPE_CHECKING
 
-from stunnel3 import children, libwrap, limits, policy
-from stunnel3.bounds import Bounds
-from stunnel3.endpoints import Endpoint, apply_socket_options, peer_address, set_nodelay
-from stunnel3.errors import SetupError
+from stunnel3.engine import children, libwrap
+from stunnel3.engine.bounds import Bounds
+from stunnel3.engine.endpoints import Endpoint, apply_socket_options, peer_address, set_nodelay
+from stunnel3.engine.errors import SetupError
+from stunnel3.engine.signals import TERMINATING
+from stunnel3.layers import policy
+from stunnel3.layers.protocol import Passthrough
 from stunnel3.options import Options, program_argv, service_name
-from stunnel3.protocol import Passthrough
 from stunnel3.relay import Relay
-from stunnel3.signals import TERMINATING
+from stunnel3.support import limits
 from stunnel3.tls import TlsSession
 
 if TYPE_CHECKING:  # only makesock's hand-over loads it (stunnel._line_ends)
-    from stunnel3.line_ends import FixcrioRule
+    from stunnel3.engine.line_ends import FixcrioRule
 
 CONNECT_TIMEOUT = 60.0
 SERVER_PROTOCOLS = ("smtp", "smtp-", "pop3", "pop3-", "imap-")
@@ -66,7 +68,7 @@ def make_layer(options: Options, log, tls_available: bool = True):
         what = "Protocol not supported" + (" in server mode" if protocol == "nntp" else "")
         raise SessionError(what, "Protocol negotiations failed")
     if options.client:
-        from stunnel3.client_negotiation import client_layer
+        from stunnel3.layers.client_negotiation import client_layer
 
         try:
             return client_layer(protocol)
@@ -88,11 +90,11 @@ def _server_layer(protocol: str, log, tls_available: bool):
     if layer_options["require_tls"] and not layer_options["offer_tls"]:
         log.err("TLS is required and not available: the client is turned away")
     if protocol.startswith("pop3"):
-        from stunnel3 import pop3
+        from stunnel3.layers import pop3
 
         return pop3.Pop3Proxy(**layer_options, log_dialogue=log.level >= 7)
     if protocol == "imap-":
-        from stunnel3 import imap
+        from stunnel3.layers import imap
 
         return imap.ImapProxy(**layer_options, log_dialogue=log.level >= 7)
     from stunnel3 import smtp
@@ -193,7 +195,7 @@ def _greet(options: Options, log, local: Endpoint, allowed: bool | None) -> None
             log.log(level, text)
         raise SessionError()
     if options.ident_user is not None:
-        from stunnel3 import ident
+        from stunnel3.engine import ident
 
         if not ident.check(local.rfd, options.ident_user, log):
             raise SessionError()

@@ -110,7 +110,7 @@ def runtime() -> str:
     """What really runs: Python, pyOpenSSL, cryptography, and whose OpenSSL (tls_library)."""
     python = ".".join(str(part) for part in sys.version_info[:3])
     try:
-        from stunnel3 import tls_library
+        from stunnel3.engine import tls_library
 
         return f"Python {python}, {tls_library.versions()}"
     except Exception as error:  # -V must still answer when the engine cannot load
@@ -122,7 +122,7 @@ def stunnel_info() -> str:
 
     3.22 said how it ran clients (PTHREAD, or FORK) and +LIBWRAP when it had TCP
     wrappers; we fork, and have them when the system's libwrap is there."""
-    from stunnel3 import libwrap
+    from stunnel3.engine import libwrap
 
     model = "FORK+LIBWRAP" if libwrap.available() else "FORK"
     return f"stunnel 3.22 on {platform()} {model} (stunnel3 {__version__}) with {runtime()}"
@@ -131,7 +131,7 @@ def stunnel_info() -> str:
 def _too_old() -> str:
     """What a session would refuse to start with (tls_library.problem), as a line of -V."""
     try:
-        from stunnel3.tls_library import problem
+        from stunnel3.engine.tls_library import problem
 
         too_old = problem()
     except Exception:  # noqa: BLE001 - the first line already says what could not load

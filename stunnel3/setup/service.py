@@ -52,23 +52,24 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from stunnel3 import setup_scripts, tls_library
-from stunnel3.fronts import FRONT_MARK
-from stunnel3.setup_host import (
+from stunnel3.engine import tls_library
+from stunnel3.setup import scripts as setup_scripts
+from stunnel3.setup.host import (
     NO_SCAN_DIRECTORY,
     Refusal,
     check_backend_account,
     how_to_start,
     scan_directory,
 )
-from stunnel3.setup_pem import KEY_TYPES, Unusable, default_hostname, read_pem, self_signed
-from stunnel3.setup_scripts import (
+from stunnel3.setup.pem import KEY_TYPES, Unusable, default_hostname, read_pem, self_signed
+from stunnel3.setup.scripts import (
     LOG_RUN,
     RUN_SCRIPT,
     RUN_VARIABLES,
     WARM_RUN_SCRIPT,
     WARM_RUN_VARIABLES,
 )
+from stunnel3.support.fronts import FRONT_MARK
 
 PROG = "stunnel3-setup"
 USAGE = f"{PROG}: usage: {PROG} [options] SERVICE_DIR (try {PROG} --help)"

@@ -21,7 +21,7 @@ line is preceded by CRLF or by a bare LF crosses feed boundaries; a "." or ".\\r
 at the very end of a feed is held back until the next byte decides it.
 """
 
-from stunnel3.runs import Scan
+from stunnel3.layers.runs import Scan
 
 CRLF = b"\r\n"
 

@@ -17,7 +17,7 @@ started; see docs/warm.md and the front's own comment. In the directory:
               its watcher child
     lifeline  the FIFO above (0600)
 
-For each announcement (warm_worker.py has the checks): is it one of our
+For each announcement (worker.py has the checks): is it one of our
 fronts, waiting (else: not a word to it)? Can it be served (else "N" on its
 reply pipe)? Then its descriptors are copied (pidfd_getfd), a worker is
 forked, and the watcher is killed so that the front reads its reply pipe:
@@ -53,7 +53,10 @@ import stat
 import sys
 import time
 
-from stunnel3 import children, chroot, makesock, proctitle, unix, warm_worker
+from stunnel3 import chroot, makesock, unix
+from stunnel3.engine import children
+from stunnel3.support import proctitle
+from stunnel3.warm import worker as warm_worker
 
 PROG = "stunnel3-warm"
 USAGE = "stunnel3-warm [ -d directory ] [ -c limit ]"
@@ -152,7 +155,8 @@ def _preload() -> None:
                 importlib.import_module(name)
             except Exception as error:  # noqa: BLE001 - the worker meets it as stunnel would
                 say(f"warning: unable to load {name}: {error}")
-    from stunnel3 import tls, tls_library, tls_warmup
+    from stunnel3 import tls
+    from stunnel3.engine import tls_library, tls_warmup
 
     tls_warmup.warm_up(lambda text: say(f"warning: {text}"))  # OpenSSL's first-use work, shared
     tls.prepare_context()  # each worker's: one session-ticket key for all of them
@@ -636,7 +640,7 @@ def _run(front: warm_worker.Front, channel: int) -> int:
 def _hand_over(channel: int, pid: int, pidfd: int, name: str) -> int:
     """In the worker: PROG2's pidfd and our stderr (the front's) to the helper, with its
     pid, its grace and its name; the channel is the lifeline makesock closes at the end."""
-    from stunnel3 import bounds
+    from stunnel3.engine import bounds
 
     words = b"%d %r " % (pid, bounds.backend_exit()) + os.fsencode(name)
     sock = socket.socket(fileno=channel)

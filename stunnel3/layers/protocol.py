@@ -30,7 +30,7 @@ to decrypted client bytes leaves at once, with no further byte from anyone.
 Without -n, `Passthrough` is the layer: every byte goes straight across.
 """
 
-from stunnel3.record import record
+from stunnel3.support.record import record
 
 
 @record(frozen=True)

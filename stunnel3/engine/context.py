@@ -13,10 +13,10 @@ TLS (tls_unavailable).
 import socket
 
 from stunnel3 import chroot, tls
-from stunnel3.errors import SetupError
+from stunnel3.engine.errors import SetupError
+from stunnel3.engine.session import SERVER_PROTOCOLS
+from stunnel3.engine.usage import stunnel_info
 from stunnel3.options import Options
-from stunnel3.session import SERVER_PROTOCOLS
-from stunnel3.usage import stunnel_info
 
 # Said once as the process starts (inetd mode: once a session), after the pem's own line.
 NO_TLS = "TLS is not available (the certificate above cannot be used): STARTTLS is not offered"

@@ -3,12 +3,12 @@
 A reply is one or more lines `ddd-text` ending with a line `ddd text` (or `ddd`).
 The reader is lenient the way clients are: a line that is not `ddd-...` ends the
 reply, so a broken backend cannot make the proxy wait forever for a last line.
-Lines are split at LF, CR optional (by layer.LineProxy, which also bounds them),
+Lines are split at LF, CR optional (by line_proxy.LineProxy, which also bounds them),
 and kept byte for byte: what is not rewritten reaches the client unchanged.
 """
 
-from stunnel3.record import record
-from stunnel3.smtp_text import KEPT_EXTENSIONS, STARTTLS_CAPABILITY
+from stunnel3.layers.smtp_text import KEPT_EXTENSIONS, STARTTLS_CAPABILITY
+from stunnel3.support.record import record
 
 
 @record(frozen=True)
@@ -29,7 +29,7 @@ class Reply:
 
 
 class ReplyReader:
-    """Backend lines in (layer.LineProxy splits them at LF and bounds them), whole
+    """Backend lines in (line_proxy.LineProxy splits them at LF and bounds them), whole
     replies out."""
 
     def __init__(self) -> None:

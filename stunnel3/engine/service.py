@@ -24,17 +24,18 @@ status 1; a terminating signal is `Received signal <n>; terminating`, status 3.
 
 from typing import TYPE_CHECKING
 
-from stunnel3 import chroot, libwrap, signals, tls
-from stunnel3.bounds import Bounds
-from stunnel3.context import jail_then_context, make_context
-from stunnel3.endpoints import peer_address
-from stunnel3.errors import SetupError
+from stunnel3 import chroot, tls
+from stunnel3.engine import libwrap, signals
+from stunnel3.engine.bounds import Bounds
+from stunnel3.engine.context import jail_then_context, make_context
+from stunnel3.engine.endpoints import peer_address
+from stunnel3.engine.errors import SetupError
+from stunnel3.engine.session import SERVER_PROTOCOLS, session
+from stunnel3.engine.signals import Terminated
 from stunnel3.options import Options, service_name
-from stunnel3.session import SERVER_PROTOCOLS, session
-from stunnel3.signals import Terminated
 
 if TYPE_CHECKING:  # only makesock's hand-over loads it (stunnel._line_ends)
-    from stunnel3.line_ends import FixcrioRule
+    from stunnel3.engine.line_ends import FixcrioRule
 
 
 def serve(options: Options, log, line_ends: "FixcrioRule | None" = None) -> int:
@@ -48,7 +49,7 @@ def serve(options: Options, log, line_ends: "FixcrioRule | None" = None) -> int:
         chroot.close_inherited(options, log)
         _load_modules(options)
         if options.daemon is not None:
-            from stunnel3 import daemon
+            from stunnel3.engine import daemon
 
             return daemon.serve(
                 options,
@@ -84,10 +85,11 @@ def _load_modules(options: Options) -> None:
         import fcntl  # noqa: F401  -L: the pty's controlling terminal
         import termios  # noqa: F401
     if options.ident_user is not None:
-        from stunnel3 import ident  # noqa: F401
+        from stunnel3.engine import ident  # noqa: F401
     if options.local_program is not None and not options.local_pty:
         import subprocess  # noqa: F401  -l: started by it (session._spawn_program)
-    from stunnel3 import on_demand, tls_library
+    from stunnel3.engine import tls_library
+    from stunnel3.support import on_demand
 
     if on_demand.uses_certificates(options):  # the warm helper may have left them deferred
         for name in on_demand.CERTIFICATE_MODULES:
@@ -95,11 +97,11 @@ def _load_modules(options: Options) -> None:
     tls_library.openssl_text()  # whose OpenSSL, from /proc: the jail has none (STUNNEL_INFO)
 
     if options.client:
-        from stunnel3 import client_negotiation  # noqa: F401
+        from stunnel3.layers import client_negotiation  # noqa: F401
     elif options.protocol in SERVER_PROTOCOLS:
         _load_layer(options.protocol)
     if options.daemon is not None:
-        from stunnel3 import daemon  # noqa: F401
+        from stunnel3.engine import daemon  # noqa: F401
     # OpenSSL reads its configuration on first use: let that happen out here, with the
     # context make_context will configure (one the warm helper made is kept).
     tls.prepare_context()
@@ -108,9 +110,9 @@ def _load_modules(options: Options) -> None:
 def _load_layer(protocol: str) -> None:
     """The one protocol module session.make_layer will use."""
     if protocol.startswith("pop3"):
-        from stunnel3 import pop3  # noqa: F401
+        from stunnel3.layers import pop3  # noqa: F401
     elif protocol == "imap-":
-        from stunnel3 import imap  # noqa: F401
+        from stunnel3.layers import imap  # noqa: F401
     else:
         from stunnel3 import smtp  # noqa: F401
 

@@ -62,10 +62,10 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
-from stunnel3.lines import log_text
-from stunnel3.protocol import Action, Close, Log, StartTls, TlsInfo, ToBackend, ToClient
-from stunnel3.record import record, replace
-from stunnel3.runs import RestOfLine, RunSlot
+from stunnel3.layers.lines import log_text
+from stunnel3.layers.protocol import Action, Close, Log, StartTls, TlsInfo, ToBackend, ToClient
+from stunnel3.layers.runs import RestOfLine, RunSlot
+from stunnel3.support.record import record, replace
 
 
 class ProxyError(Exception):

@@ -23,7 +23,7 @@ Sans-I/O: the caller passes the environment.
 import enum
 from collections.abc import Mapping
 
-from stunnel3.record import record
+from stunnel3.support.record import record
 
 AUTH = "STUNNEL3_AUTH"
 STARTTLS = "STUNNEL3_STARTTLS"
@@ -50,7 +50,7 @@ class Policy:
     auth_source: str
 
     def layer_options(self, tls_available: bool = True) -> dict[str, bool]:
-        """The layer's keyword arguments (layer.LineProxy). tls_available: False when
+        """The layer's keyword arguments (line_proxy.LineProxy). tls_available: False when
         the certificate cannot be used, which offers no STARTTLS, as `off` does."""
         return {
             "require_tls": self.starttls is Starttls.REQUIRED,

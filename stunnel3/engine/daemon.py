@@ -39,13 +39,14 @@ import socket
 import stat
 import time
 
-from stunnel3 import chroot, tls_warmup
-from stunnel3.context import jail_then_context, make_context
-from stunnel3.endpoints import apply_socket_options
-from stunnel3.errors import SetupError, os_error
+from stunnel3 import chroot
+from stunnel3.engine import tls_warmup
+from stunnel3.engine.context import jail_then_context, make_context
+from stunnel3.engine.endpoints import apply_socket_options
+from stunnel3.engine.errors import SetupError, os_error
+from stunnel3.engine.signals import TERMINATING, Terminated, reap_children
 from stunnel3.options import DEFAULT_PID_DIR, Options, SocketOption, service_name
-from stunnel3.record import record, replace
-from stunnel3.signals import TERMINATING, Terminated, reap_children
+from stunnel3.support.record import record, replace
 
 STOP_WAIT = 5.0  # seconds the workers get to finish after SIGTERM
 FD_SETSIZE = 1024  # 3.22 select()ed: its bound on descriptors, and so on clients
@@ -215,7 +216,7 @@ def bind(options: Options, log) -> socket.socket:
         address: tuple = ("0.0.0.0", port)
         family = socket.AF_INET
     else:
-        from stunnel3.session import resolve
+        from stunnel3.engine.session import resolve
 
         family, address = resolve(host, port, options.daemon.resolved)[0]  # 3.22: the first
     try:
