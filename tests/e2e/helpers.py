@@ -212,12 +212,15 @@ def tls_exchange(
 def accounts_lock():
     """One module at a time, across pytest runs, makes and removes `stunnel` and `qmaild`.
 
-    Several people may run the suite at once on one machine: without this, one run
-    would remove the accounts another run's chain is using. A module that makes those
-    accounts imports this fixture and says `pytestmark = pytest.mark.usefixtures(...)`.
+    Several people may run the suite at once on one machine, from one checkout or from
+    several: without this, one run would remove the accounts another run's chain is
+    using. A module that makes those accounts imports this fixture and says
+    `pytestmark = pytest.mark.usefixtures(...)`.
     """
-    # The lock is on this directory (an flock on a directory works and leaves no file).
-    fd = os.open(Path(__file__).parent, os.O_RDONLY | os.O_DIRECTORY)
+    # The lock is on the accounts file itself, opened to read: one lock for every checkout
+    # on the machine (a worktree's suite and another's), and no file of ours left behind.
+    # useradd and userdel take their own lock (lckpwdf), which an flock does not touch.
+    fd = os.open("/etc/passwd", os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # the holder's module ends within a minute
         yield
