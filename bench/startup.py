@@ -19,14 +19,14 @@ from pathlib import Path
 
 SCRIPTS = Path(sysconfig.get_path("scripts"))
 # What a session of `stunnel -n smtp- -F 3` loads (those that exist yet), after what its
-# options let it leave unloaded (stunnel._defer_unused: cryptography.x509 and the like).
+# options let it leave unloaded (stunnel.defer_unused: cryptography.x509 and the like).
 SESSION_MODULES = ["stunnel3.stunnel", "stunnel3.engine.service", "stunnel3.relay", "stunnel3.smtp",
                    "stunnel3.tls", "OpenSSL.SSL"]  # fmt: skip
 SESSION_ARGS = ["-p", "stunnel.pem", "-n", "smtp-", "-f", "-F", "3"]
 DEFERRAL = f"""try:
     from stunnel3 import stunnel
     from stunnel3.options import parse
-    stunnel._defer_unused(parse({SESSION_ARGS!r}))
+    stunnel.defer_unused(parse({SESSION_ARGS!r}))
 except (ImportError, AttributeError):  # an older stunnel3: it loads them all
     pass
 """

@@ -154,7 +154,7 @@ the CPU of the process and its children; these run before the load, on a quiet m
 Every connection of the users' chain starts Python once: makesock, which then runs stunnel in
 its own process and leaves fixcrio out of PROG2 (stunnel adds its CRs; the fixcrio row says
 what a fixcrio of its own would cost). The session's imports leave out what its options never
-use (cryptography.x509 and serialization: `stunnel._defer_unused`, `stunnel3/support/on_demand.py`),
+use (cryptography.x509 and serialization: `stunnel.defer_unused`, `stunnel3/support/on_demand.py`),
 and of typing_extensions all but the one decorator pyOpenSSL takes from it.
 
 | piece | wall ms | CPU ms |

@@ -329,42 +329,41 @@ _kept: dict[tuple, SSL.Context] = {}
 _KEPT_AT_MOST = 16  # pems in one helper: one a service directory, and a few renewed
 
 
-def _kept_key(options: Options, pem: bytes) -> tuple | None:
-    """What a kept context stands for; None where make_context reads more than the pem
-    (-v's files and callbacks) or where there is no pem (client mode)."""
-    if options.client or options.verify_level is not None:
-        return None
+def _keepable(options: Options) -> bool:
+    """Whether make_context reads nothing but the pem: not with -v's files and callbacks,
+    nor in client mode (no pem)."""
+    return not options.client and options.verify_level is None
+
+
+def _kept_key(options: Options, pem: bytes) -> tuple:
+    """What a kept context stands for."""
     return (options.pem or "stunnel.pem", pem, options.cipher_list, options.session_timeout)
 
 
-def keep_context(options: Options, path: str) -> SSL.Context | None:
+def keep_context(options: Options, path: str) -> None:
     """In the warm helper, before a fork: configure the context these options will make
-    from the pem at `path` (where the helper sees the worker's pem), unless one is kept;
-    the context made now, or None. Whatever fails here is left for the worker to meet,
-    and say, as it would have."""
+    from the pem at `path` (where the helper sees the worker's pem), unless one is kept.
+    Whatever fails here is left for the worker to meet, and say, as it would have."""
+    if not _keepable(options):
+        return
     try:
         with open(path, "rb") as pem:
             data = pem.read()
     except OSError:
-        return None
+        return
     key = _kept_key(options, data)
-    if key is None or key in _kept:
-        return None
-    global _spare
-    spare, _spare = _spare, None  # the workers' spare keeps its ticket key; this gets its own
-    try:
-        ctx = make_context(replace(options, pem=path), _Silent())
+    if key in _kept:
+        return
+    try:  # a context of its own: the workers' spare (prepare_context) keeps its ticket key
+        ctx = _configure(SSL.Context(SSL.TLS_METHOD), replace(options, pem=path), Quiet())
         with open(path, "rb") as pem:
             if pem.read() != data:  # changed while OpenSSL read it: keep nothing
-                return None
+                return
     except (ContextError, OSError, SSL.Error):
-        return None
-    finally:
-        _spare = spare
+        return
     if len(_kept) >= _KEPT_AT_MOST:
         _kept.clear()
     _kept[key] = ctx
-    return ctx
 
 
 def forget_contexts() -> None:
@@ -372,8 +371,9 @@ def forget_contexts() -> None:
     _kept.clear()
 
 
-class _Silent:
-    """A log that keeps nothing: the helper's own context making is no session's."""
+class Quiet:
+    """A log that keeps nothing: for contexts that are ours, not the administrator's
+    (the helper's kept ones, the warm-up's)."""
 
     def __getattr__(self, name):
         return lambda *args: None
@@ -381,13 +381,14 @@ class _Silent:
 
 def _kept_context(options: Options, log) -> SSL.Context | None:
     """The helper's context for this pem, read here (in the jail) byte for byte."""
+    if not _keepable(options):
+        return None
     path = options.pem or "stunnel.pem"
     try:
         with open(path, "rb") as pem:
-            key = _kept_key(options, pem.read())
+            ctx = _kept.get(_kept_key(options, pem.read()))
     except OSError:
         return None  # _load_pem says why
-    ctx = _kept.get(key) if key is not None else None
     if ctx is not None:
         log.debug(f"Certificate: {path}")  # as _load_pem says it
     return ctx
@@ -399,7 +400,10 @@ def make_context(options: Options, log) -> SSL.Context:
         kept = _kept_context(options, log)
         if kept is not None:
             return kept
-    ctx = _new_context()
+    return _configure(_new_context(), options, log)
+
+
+def _configure(ctx: SSL.Context, options: Options, log) -> SSL.Context:
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(
         SSL.OP_NO_COMPRESSION

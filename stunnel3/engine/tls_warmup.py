@@ -21,16 +21,9 @@ from OpenSSL import SSL, crypto
 
 from stunnel3.options import Options
 from stunnel3.support import on_demand, self_signed
-from stunnel3.tls import RECORD, TlsError, make_context
+from stunnel3.tls import RECORD, Quiet, TlsError, make_context
 
 _DRAIN = 65536  # a handshake flight fits in one read
-
-
-class _Quiet:
-    """A log that keeps nothing (warm-up contexts are ours, not the administrator's)."""
-
-    def __getattr__(self, name):
-        return lambda *args: None
 
 
 def warm_up(warn, ctx: SSL.Context | None = None, server: bool = True) -> None:
@@ -56,10 +49,10 @@ def warm_up(warn, ctx: SSL.Context | None = None, server: bool = True) -> None:
 
 def _throwaway_context(key_type: str | None) -> SSL.Context:
     """make_context's own work; with key_type, a server's: a pem made here, loaded from PEM."""
-    ctx = make_context(Options(client=True), _Quiet())  # no pem read from a file
     if key_type is not None and on_demand.deferred("cryptography.x509"):
-        _load_throwaway(ctx, _pem_from_a_child(key_type))  # the warm helper
-    elif key_type is not None:
+        return _context_from(_pem_from_a_child(key_type))  # the warm helper
+    ctx = make_context(Options(client=True), Quiet())  # no pem read from a file
+    if key_type is not None:
         pem = _throwaway_pem(key_type)
         cert = x509.load_pem_x509_certificate(pem)
         key = serialization.load_pem_private_key(pem, None)
@@ -91,18 +84,15 @@ def _pem_from_a_child(key_type: str) -> bytes:
     return pem
 
 
-def _load_throwaway(ctx: SSL.Context, pem: bytes) -> None:
-    """The pem loaded as make_context loads one, from a file: an anonymous one (memfd)."""
+def _context_from(pem: bytes) -> SSL.Context:
+    """A server's context from the pem, as make_context makes one from a file: an
+    anonymous one (memfd)."""
     fd = os.memfd_create("warm-up.pem")
     try:
         os.write(fd, pem)
-        path = f"/proc/self/fd/{fd}"
-        ctx.use_certificate_chain_file(path)
-        ctx.use_privatekey_file(path)
+        return make_context(Options(pem=f"/proc/self/fd/{fd}"), Quiet())
     finally:
         os.close(fd)
-    ctx.check_privatekey()
-    ctx.set_verify(SSL.VERIFY_NONE)
 
 
 def _throwaway_pem(key_type: str) -> bytes:

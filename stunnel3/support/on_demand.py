@@ -9,7 +9,7 @@ holds the stand-in holds the module from then on.
 Why: pyOpenSSL imports cryptography.x509 at its top (`python3 -X importtime`,
 pyOpenSSL 26 and cryptography 50 from pip: ~40 ms of CPU on a small machine,
 a quarter of what the direct path imports on every connection), yet only a
-session that looks into a certificate uses it (see stunnel._defer_unused).
+session that looks into a certificate uses it (see stunnel.defer_unused).
 
 pyOpenSSL 24 and later on Python before 3.13 import typing_extensions for one
 decorator, `deprecated`, on their deprecated API (which we never call); with the

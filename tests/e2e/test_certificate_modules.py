@@ -1,7 +1,7 @@
 """The certificate modules a session never uses are not imported (on_demand.py), and one
 that does use them has them inside its jail, where nothing can be imported any more.
 
-stunnel._defer_unused leaves cryptography.x509 and serialization to first use unless the
+stunnel.defer_unused leaves cryptography.x509 and serialization to first use unless the
 options can reach them (-v, -l, -c, -d), and typing_extensions always (pyOpenSSL takes only
 its `deprecated`). A mistake there shows only in a jailed session
 that inspects a certificate: -v 3 compares the client's with the -A file (serialization)
