@@ -8,6 +8,7 @@ of the pair on 0 and 1 and nothing else, and a PROG2 that cannot run is said on 
 makesock's words.
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -80,7 +81,10 @@ def the_child(parent: int) -> int:
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         for pid in descendants(parent):
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue  # a child that came and went between the listing and this read
             if argv[0].endswith(b"sleep"):
                 return pid
         time.sleep(0.01)
@@ -90,7 +94,8 @@ def the_child(parent: int) -> int:
 def stop(chain: subprocess.Popen) -> None:
     """PROG2 first (stunnel then reads EOF on 3 and ends), then whatever is left, by pid."""
     for pid in reversed(descendants(chain.pid)):
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it ended after the listing
+            os.kill(pid, signal.SIGKILL)
     try:
         chain.wait(timeout=TIMEOUT)
     finally:
