@@ -75,18 +75,27 @@ def descendants(parent: int) -> list[int]:
     return found
 
 
+def asleep(pid: int) -> bool:
+    """pid has finished its exec and waits in `sleep`'s nanosleep. Linux shows the new
+    argv (exec_mmap) before it closes the close-on-exec descriptors (do_close_on_exec),
+    so a process whose cmdline already reads `sleep` may still hold the keeper's; one that
+    sleeps (state S: an exec in progress is running) has closed them."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "S"
+
+
 def the_child(parent: int) -> int:
-    """PROG2 under parent (the keeper's child) once it runs `sleep` (prlimit, if any, has
-    exec'd it)."""
+    """PROG2 under parent (the keeper's child) once it sleeps in `sleep` (prlimit, if any,
+    has exec'd it)."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         for pid in descendants(parent):
             try:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if argv[0].endswith(b"sleep") and asleep(pid):
+                    return pid
             except OSError:
                 continue  # a child that came and went between the listing and this read
-            if argv[0].endswith(b"sleep"):
-                return pid
         time.sleep(0.01)
     raise AssertionError(f"no PROG2 under {parent}")
 
@@ -102,6 +111,9 @@ def stop(chain: subprocess.Popen) -> None:
         if chain.poll() is None:
             chain.kill()
             chain.wait()
+        for pipe in (chain.stdout, chain.stderr):  # a failing test's traceback keeps
+            if pipe:  # chain, and with it these pipes, open
+                pipe.close()
 
 
 @pytest.mark.parametrize("softlimit", [False, True], ids=["as-is", "softlimit"])
@@ -109,7 +121,8 @@ def test_the_spawned_program_gets_what_a_forked_one_got(softlimit, makesock_bin,
     prefix = ["softlimit", "-m", "5000000"] if softlimit else []
     caller = subprocess.Popen([*prefix, "sleep", "30"], env=environment())
     try:
-        while not Path(f"/proc/{caller.pid}/cmdline").read_bytes().startswith(b"sleep"):
+        while not (Path(f"/proc/{caller.pid}/cmdline").read_bytes().startswith(b"sleep")
+                   and asleep(caller.pid)):  # fmt: skip
             time.sleep(0.01)  # softlimit has not exec'd it yet
         expected = facts(caller.pid)
     finally:
