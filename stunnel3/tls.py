@@ -63,6 +63,7 @@ from __future__ import annotations  # x509 may be a stand-in until first used (o
 import os
 import stat
 import warnings
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -85,6 +86,19 @@ RECORD = 16384  # the largest TLS record's plaintext
 # and write() loops over the records one call each, slower but the same bytes.
 _PARTIAL_WRITE = 0x1
 _DRAIN_MIN = 65536  # a handshake flight, an alert, a ticket fit in one read
+# Bulk bytes cross the binding pyOpenSSL's own recv() and bio_read() call (its
+# module-level lib and ffi, in every pyOpenSSL since 0.14) into one buffer per
+# session, and are copied out once: recv() and bio_read() allocate a buffer per
+# call and copy it into a bytes, and read_many's join copied the records again.
+# Without them, the pyOpenSSL calls it is.
+try:
+    _SSL_READ = SSL._lib.SSL_read  # type: ignore[attr-defined]
+    _BIO_READ = SSL._lib.BIO_read  # type: ignore[attr-defined]
+    _ALLOCATE = SSL._ffi.new_allocator(should_clear_after_alloc=False)  # type: ignore[attr-defined]
+    _AS_BYTES = SSL._ffi.buffer  # type: ignore[attr-defined]
+    _DIRECT = True
+except AttributeError:  # pragma: no cover  (a pyOpenSSL without them)
+    _DIRECT = False
 ALERT = 0x15  # the content type of an alert record (RFC 5246 section 6.2.1)
 
 # The X509_V_ERR_* texts a mail administrator meets most (x509_vfy.h numbers).
@@ -472,9 +486,8 @@ class TlsSession:
         self._written = 0
         chunks = []
         while True:
-            try:
-                chunk = self._conn.bio_read(size)
-            except SSL.WantReadError:
+            chunk = self._drain(size)
+            if not chunk:
                 break
             chunks.append(chunk)
             if len(chunk) < size:
@@ -485,6 +498,17 @@ class TlsSession:
             if not self._done_writing:
                 self.renegotiations_refused += _alert_records(out)
         return out
+
+    def _drain(self, size: int) -> bytes:
+        """Up to size bytes of the outgoing BIO; b"" when it is empty."""
+        if not _DIRECT:
+            try:
+                return self._conn.bio_read(size)
+            except SSL.WantReadError:
+                return b""
+        buffer = self._scratch(size)
+        got = _BIO_READ(self._conn._from_ssl, buffer, size)  # type: ignore[attr-defined]
+        return _AS_BYTES(buffer, got)[:] if got > 0 else b""  # a memory BIO: <= 0 is empty
 
     def handshake(self) -> bool:
         """Advance the handshake; True once it is complete."""
@@ -530,6 +554,8 @@ class TlsSession:
             if isinstance(held, TlsError):
                 raise held
             return held
+        if _DIRECT:
+            return self._read_into_buffer(size)
         first = self.read()
         if not first:
             return first
@@ -547,6 +573,53 @@ class TlsSession:
             chunks.append(plain)
             total += len(plain)
         return first if len(chunks) == 1 else b"".join(chunks)
+
+    def _read_into_buffer(self, size: int) -> bytes | None:
+        """read_many through SSL_read into one buffer: its records, copied out once."""
+        if self._starved:
+            return None
+        buffer = self._scratch(size)
+        ssl = self._conn._ssl  # type: ignore[attr-defined]
+        self._stirred = True
+        self._read_since_drain = self._tls12
+        total = 0
+        while total < size:
+            got = _SSL_READ(ssl, buffer + total, min(RECORD, size - total))
+            if got <= 0:
+                break
+            total += got
+        else:
+            return _AS_BYTES(buffer, total)[:]
+        # Why it stopped, in pyOpenSSL's words (what recv() would have raised), as read():
+        # after some plaintext, an EOF or an error waits for the next call.
+        ending: bytes | TlsError | None
+        try:
+            self._conn._raise_ssl_error(ssl, got)  # type: ignore[attr-defined]
+            ending = None  # pragma: no cover  (SSL_read said <= 0: there is an error)
+        except SSL.WantReadError:
+            self._starved = True
+            ending = None
+        except (SSL.ZeroReturnError, SSL.SysCallError):
+            ending = b""  # close_notify, or EOF in the middle of a record
+        except SSL.Error as error:
+            self._done_writing = True
+            ending = TlsError(f"SSL_read: {_ssl_reason(error)}")
+        if total:
+            self._held = ending
+            return _AS_BYTES(buffer, total)[:]
+        if isinstance(ending, TlsError):
+            raise ending
+        return ending
+
+    def _scratch(self, size: int) -> Any:
+        """The session's buffer (cffi's char[]) of at least size bytes, made or grown at
+        the first call that needs it: a session that only ever moves a few lines
+        touches a page of it."""
+        if self._buffer is None or len(self._buffer) < size:
+            self._buffer = _ALLOCATE("char[]", size)
+        return self._buffer
+
+    _buffer: Any = None
 
     def write(self, data) -> None:
         """Encrypt all of data (bytes, bytearray or memoryview) into the outgoing BIO."""

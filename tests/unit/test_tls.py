@@ -239,6 +239,17 @@ def test_bad_ca_file_and_cipher_list(certs, tmp_path):
         make_context(Options(pem=certs["server"], cipher_list="NOTHING-AT-ALL"), RecordingLog())
 
 
+@pytest.fixture(params=[True, False], ids=["into-one-buffer", "through-pyopenssl"])
+def bulk_path(request, monkeypatch):
+    """Both ways of moving bulk bytes (tls._DIRECT): straight through pyOpenSSL's binding
+    into the session's buffer, and pyOpenSSL's recv() and bio_read() where it has none."""
+    from stunnel3 import tls
+
+    monkeypatch.setattr(tls, "_DIRECT", request.param)
+    return request.param
+
+
+@pytest.mark.usefixtures("bulk_path")
 def test_a_large_write_is_one_burst_and_read_many_batches_records(certs):
     client, server, _ = handshake(Options(pem=certs["server"]), Options(client=True))
     payload = bytes(range(256)) * 1024  # 256 KiB: 16 records
@@ -254,6 +265,7 @@ def test_a_large_write_is_one_burst_and_read_many_batches_records(certs):
     assert client.read_many(1 << 20) is None
 
 
+@pytest.mark.usefixtures("bulk_path")
 def test_read_many_gives_the_plaintext_before_the_eof(certs):
     client, server, _ = handshake(Options(pem=certs["server"]), Options(client=True))
     client.write(b"QUIT\r\n")
@@ -262,6 +274,32 @@ def test_read_many_gives_the_plaintext_before_the_eof(certs):
     assert server.read_many(1 << 20) == b"QUIT\r\n"
     assert server.read_many(1 << 20) == b""
     assert server.read_many(1 << 20) == b""  # EOF stays EOF
+
+
+@pytest.mark.usefixtures("bulk_path")
+def test_read_many_gives_the_records_before_a_bad_one_then_its_error(certs):
+    client, server, _ = handshake(Options(pem=certs["server"]), Options(client=True))
+    server.write(b"a" * 16384)
+    server.write(b"b" * 16384)
+    burst = bytearray(server.outgoing())
+    burst[-20] ^= 1  # the second record's tag no longer matches
+    client.receive(bytes(burst))
+    assert client.read_many(1 << 20) == b"a" * 16384
+    with pytest.raises(TlsError, match=r"^SSL_read: decryption failed or bad record mac"):
+        client.read_many(1 << 20)
+    assert client.outgoing()  # the bad_record_mac alert, for the relay to send
+
+
+@pytest.mark.usefixtures("bulk_path")
+def test_read_many_waits_for_the_rest_of_a_record(certs):
+    client, server, _ = handshake(Options(pem=certs["server"]), Options(client=True))
+    server.write(b"x" * 20000)  # two records
+    burst = server.outgoing()
+    client.receive(burst[:10000])
+    assert client.read_many(1 << 20) is None
+    assert client.read_many(1 << 20) is None  # no bytes since: not even asked again
+    client.receive(burst[10000:])
+    assert client.read_many(1 << 20) == b"x" * 20000
 
 
 def test_want_read_is_remembered_until_bytes_arrive(certs):
