@@ -34,7 +34,8 @@ one BIO_read for a whole burst, stopped by a short read rather than by an
 exception. Calls that cannot change anything are not made: `outgoing()` after
 no SSL call, `read()` again after "want read" with no bytes received since.
 `read()` returns what one SSL_read gives (a record at most); `read_many()`
-joins records up to a size, for a caller that wants fewer, larger pieces.
+reads records up to a size into one buffer and copies them out once, for a
+caller that wants fewer, larger pieces (the relay).
 
 EOF: close_notify makes `read()` return b"". A TCP EOF without close_notify
 (`receive(b"")`) reads the same (OP_IGNORE_UNEXPECTED_EOF): many SMTP clients

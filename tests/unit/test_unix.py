@@ -36,3 +36,45 @@ def test_move_fd_onto_itself_only_makes_it_inheritable():
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_spawn_program_searches_path_as_exec_program_and_spawns_only_what_is_there(
+    tmp_path, monkeypatch
+):
+    """djb's search (candidates) with exec_program's choice of error, and a directory
+    where the name is not costs no spawn: posix_spawn is called for what exists."""
+    import errno
+
+    from stunnel3.support import limits
+
+    spawned: list[bytes] = []
+    real = os.posix_spawn
+
+    def counted(path, *args, **kwargs):
+        spawned.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "posix_spawn", counted)
+    monkeypatch.delenv(limits.ENV, raising=False)  # no limits to give back: no prlimit
+    (tmp_path / "tool").write_text("#!/bin/sh\nexit 0\n")  # not executable: EACCES
+    (tmp_path / "file").write_text("")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tool").write_text("#!/bin/sh\nexit 7\n")
+    (bin_dir / "tool").chmod(0o755)
+    a, b, c = "/nonexistent", f"{tmp_path}/file", str(tmp_path)  # ENOENT, ENOTDIR, EACCES
+    monkeypatch.setenv("PATH", f"{a}:{a}/deeper:{c}:{b}:{bin_dir}")
+    error = unix.spawn_program(["tool"], [])  # EACCES goes on, ENOTDIR ends the search
+    assert isinstance(error, OSError) and error.errno == errno.ENOTDIR
+    assert spawned == [f"{c}/tool".encode(), f"{b}/tool".encode()]  # what exec itself refuses
+    spawned.clear()
+    monkeypatch.setenv("PATH", f"{a}:{a}/deeper:{c}:{bin_dir}")
+    pid = unix.spawn_program(["tool"], [])
+    assert isinstance(pid, int)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7
+    assert spawned == [f"{c}/tool".encode(), f"{bin_dir}/tool".encode()]
+    spawned.clear()
+    monkeypatch.setenv("PATH", f"{a}:{a}/deeper")
+    error = unix.spawn_program(["tool"], [])
+    assert isinstance(error, OSError) and error.errno == errno.ENOENT
+    assert error.strerror == "file does not exist" and spawned == []
