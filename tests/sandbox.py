@@ -10,11 +10,16 @@ Every line it receives is written with its facility and severity:
 
 so that a test checks what syslog really got (`-D ftp.7` arriving as `ftp`, not
 `daemon`). `run()` starts a program in the sandbox and returns what it wrote to
-stdout, stderr and syslog.
+stdout, stderr and syslog; whatever the program left running when it ended (3.22
+puts itself in the background where ours refuses a value: `-d -1` is port 65535
+to it) is killed then, by pid: for the run's length the test is the subreaper of
+every process the program leaves, so none escapes to init.
 """
 
 import contextlib
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -157,6 +162,8 @@ class Sandbox:
         hide: tuple[str, ...] = (),
     ) -> Run:
         self.syslog.take()  # whatever an earlier process left
+        before = _children()
+        _subreaper(True)
         try:
             done = subprocess.run(
                 self.command(argv, hide), input=stdin, capture_output=True, cwd=cwd, env=env,
@@ -166,11 +173,45 @@ class Sandbox:
             stdout, stderr = done.stdout, done.stderr
         except subprocess.TimeoutExpired as expired:
             status, stdout, stderr = "timeout", expired.stdout or b"", expired.stderr or b""
+        finally:
+            _end_what_was_left(before)
+            _subreaper(False)
         return Run(status, stdout, stderr.decode(errors="replace"), self.syslog.take())
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.syslog.stop()
+
+
+_PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _subreaper(on: bool) -> None:
+    if _libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def _children() -> set[int]:
+    found: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            found.update(int(pid) for pid in Path(f"/proc/self/task/{task}/children")
+                         .read_text().split())  # fmt: skip
+    return found
+
+
+def _end_what_was_left(before: set[int]) -> None:
+    """Kill and reap the processes the run left, theirs as they come to us in turn."""
+    for _ in range(100):
+        left = _children() - before
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
 
 
 def clean_environment(home: Path, **extra: str) -> dict[str, str]:

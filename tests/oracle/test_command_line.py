@@ -12,6 +12,8 @@ other way round: the two differ, and ours does what the table says (exit
 status and first error line), so that a difference no longer there is noticed.
 """
 
+import contextlib
+import os
 import shlex
 import socket
 
@@ -293,3 +295,19 @@ def test_same_as_322(pair, closed_port, argv, deliberate):
     assert ours.status == status, ours
     if first_error is not None:
         assert ours.first_error() == first_error, ours.log
+
+
+def test_a_daemon_that_puts_itself_in_the_background_is_not_left_running(pair):
+    """Without -f 3.22 forks into the background and its first process ends: the run
+    still leaves nothing (sandbox.py ends what a program leaves, by pid)."""
+    argv = expand("-D 7 -d 127.0.0.1:{free} -P none -r 25", 0)
+    port = int(argv[argv.index("-d") + 1].rsplit(":", 1)[1])
+    outcome = pair.run("oracle", argv)
+    assert outcome.status == 0  # its foreground part ended: the daemon was under way
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # nobody listens there any more
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                words = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+                assert not (b"-d" in words and argv[argv.index("-d") + 1].encode() in words)
