@@ -62,8 +62,10 @@ def collect(args, argv, servers, missing, results, memories, bounds) -> dict:
             "tls": runs[-1].tls,
         }
     bulk: dict = {}
+    bulk_all: dict = {}
     for (name, direction), values in results["bulks"].items():
         bulk.setdefault(name, {})[direction] = measure.median(values)
+        bulk_all.setdefault(name, {})[direction] = values
     return {
         "command": shlex.join([python_name(), "bench/run.py", *argv]),
         "machine": machine(),
@@ -77,6 +79,7 @@ def collect(args, argv, servers, missing, results, memories, bounds) -> dict:
                 "seconds",
                 "latency_n",
                 "bulk_mib",
+                "bulk_repeat",
                 "hold",
                 "keys",
             )
@@ -86,6 +89,7 @@ def collect(args, argv, servers, missing, results, memories, bounds) -> dict:
         "failures": results["failures"],
         "speed": rows,
         "bulk": bulk,
+        "bulk_all": bulk_all,
         "memory": {name: vars(mem) for name, mem in memories.items()},
         "many": results.get("many", {}),
         "limits": bounds,
@@ -155,6 +159,13 @@ def resource_table(data: dict) -> list[str]:
             f"| {cell(limit, b_lim, 'softlimit')} "
             f"| {'–' if floor is None else floor} |"
         )
+    transfers = data.get("bulk_all", {})
+    if transfers:
+        lines += ["", "Every bulk transfer of the run, MB/s in the order made:", ""]
+        for name, directions in transfers.items():
+            each = "; ".join(f"{direction} {', '.join(f'{v:.0f}' for v in values)}"
+                             for direction, values in directions.items())  # fmt: skip
+            lines.append(f"- {name}: {each}")
     return lines + [""]
 
 

@@ -49,6 +49,8 @@ def options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=5.0, help="load time per measurement")
     parser.add_argument("--latency-n", type=int, default=40, help="one-client sessions per round")
     parser.add_argument("--bulk-mib", type=int, default=1024)
+    parser.add_argument("--bulk-repeat", type=int, default=3,
+                        help="bulk transfers per server and direction in each round")  # fmt: skip
     parser.add_argument("--hold", type=int, default=10, help="sessions held open for memory")
     parser.add_argument("--keys", default="rsa,ecdsa")
     parser.add_argument("--servers", default=",".join(server.name for server in SERVERS))
@@ -58,7 +60,7 @@ def options(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.rounds, args.clients, args.max_clients, args.seconds, args.latency_n = 1, 4, 8, 1.0, 3
-        args.bulk_mib, args.hold = 4, 2
+        args.bulk_mib, args.hold, args.bulk_repeat = 4, 2, 1
     return args
 
 
@@ -121,16 +123,20 @@ def interleaved(ctx: measure.Context, servers: list, keys: list[str], args) -> d
                     continue
                 speeds.setdefault((server.name, key), []).append(result)
         ctx.setup = ctx.setups[keys[0]]
-        for server in order:
-            if server.name in ("stunnel3-jail", "stunnel3-warm", "stunnel3-warm-jail"):
-                continue  # the same relay as stunnel3 (the jail holds no bulk backend)
-            for direction in ("upload", "download"):
-                try:
-                    mbps = measure.bulk(ctx, server, direction)
-                except (OSError, client.SessionError) as error:
-                    failures.append(f"{server.name} bulk {direction}: {error}"[:300])
-                    continue
-                bulks.setdefault((server.name, direction), []).append(mbps)
+        # Servers in turn, each transfer once, --bulk-repeat times: one connection's speed
+        # on this machine swings with where the scheduler puts its three processes (the
+        # client, the relay, the backend on two cores), the median of several does not.
+        for _ in range(args.bulk_repeat):
+            for server in order:
+                if server.name in ("stunnel3-jail", "stunnel3-warm", "stunnel3-warm-jail"):
+                    continue  # the same relay as stunnel3 (the jail holds no bulk backend)
+                for direction in ("upload", "download"):
+                    try:
+                        mbps = measure.bulk(ctx, server, direction)
+                    except (OSError, client.SessionError) as error:
+                        failures.append(f"{server.name} bulk {direction}: {error}"[:300])
+                        continue
+                    bulks.setdefault((server.name, direction), []).append(mbps)
     many = {}
     for server in servers:  # the README's line with the helper, under tcpserver's -c 200
         if server.name == "stunnel3-warm-jail":

@@ -42,8 +42,9 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   {p["latency_n"]} sessions with one client, then {p["seconds"]} s of load from as many
   concurrent clients as saturate the server (from {p["clients"]}, doubling up to
   {p.get("max_clients", "?")} until {p.get("busy", 0.9):.0%} of the cores are busy, in the first
-  round; the later rounds use that number); bulk {p["bulk_mib"]} MiB each way once per round;
-  {p["hold"]} sessions held open for memory; {data.get("seconds", "?")} s in all
+  round; the later rounds use that number); bulk {p["bulk_mib"]} MiB each way
+  {bulk_times(p.get("bulk_repeat", 1), "bulk_all" in data)} per round; {p["hold"]} sessions
+  held open for memory; {data.get("seconds", "?")} s in all
 - the client's own CPU under load peaked at {client:.2f} of one core (of {m["nproc"]})
 - {warm_line(data.get("warm"))}
 - {warm_line(data.get("warm_jail"), "stunnel3-warm-jail")}
@@ -114,6 +115,11 @@ directory, so that the harness never rots; no number is ever asserted). `--help`
   `STUNNEL3_MEMORY_FLOOR`, so for it the last column bisects that floor under `softlimit -m
   5000000`, as the users run it.
 {profile_section(data.get("profile"))}"""
+
+
+def bulk_times(repeat: int, listed: bool) -> str:
+    times = "once" if repeat == 1 else "twice" if repeat == 2 else f"{repeat} times"
+    return times + (" (the table: the median of all; each transfer below it)" if listed else "")
 
 
 def warm_line(warm, name: str = "stunnel3-warm") -> str:
