@@ -12,8 +12,9 @@ plaintext byte and decides what goes where (see protocol.py).
 
 Each pass of the loop first settles: it moves everything that can move without
 waiting (handshake steps, TLS records in, the layer's answers to what they
-decrypted, queued plaintext encrypted, EOFs turned into close_notify and
-shutdowns), round after round, until a whole round moves nothing. One step can
+decrypted, queued plaintext encrypted, queued bytes written as far as each
+descriptor takes them, EOFs turned into close_notify and shutdowns), round after
+round, until a whole round moves nothing. One step can
 enable another (decrypted client bytes make the layer queue a reply, which must
 be encrypted before anything waits), so stopping earlier would leave bytes that
 no descriptor will ever wake the loop for. Only then is the poll set derived
@@ -153,9 +154,23 @@ class Relay:
         """Move everything that can move without waiting, until nothing does."""
         while True:
             moved = self._pump_tls()
+            moved |= self._write_ready()
             moved |= self._flush_closes()
             if not moved:
                 return
+
+    def _write_ready(self) -> bool:
+        """Write what is queued for either side now, as far as its socket takes it: a
+        descriptor that has room (the common case) is not first polled for it."""
+        moved = False
+        if self.client_out:
+            moved = self._write(self.client, self.client_out) > 0
+        back = self.backend
+        if back is not None and self.back_out:
+            sent = self._write(back, self.back_out)
+            self.sock_bytes += sent
+            moved |= sent > 0
+        return moved
 
     def _pump_tls(self) -> bool:
         """One round of TLS work; True if anything moved (the next round may move more)."""

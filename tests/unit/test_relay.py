@@ -283,6 +283,57 @@ def test_a_failed_handshake_sends_its_alert_before_closing(ctx):
     assert any(line.startswith("SSL_accept: ") for line in h.log.lines)
 
 
+def test_the_relay_never_waits_with_bytes_a_descriptor_would_take(ctx, monkeypatch):
+    """Settling writes what is queued as far as each socket takes it: at every wait, a
+    queue that still holds bytes belongs to a descriptor that is full (both ways, in bulk
+    and for the handshake's flights)."""
+    import select
+
+    from stunnel3 import relay as relay_module
+
+    waits: list[tuple[int, int]] = []  # (bytes queued for a writable client, ... backend)
+    real_poll = select.poll
+
+    class Watched:
+        def __init__(self):
+            self.poller = real_poll()
+
+        def register(self, *args):
+            self.poller.register(*args)
+
+        def unregister(self, fd):
+            self.poller.unregister(fd)
+
+        def poll(self, timeout):
+            relay = h.relay
+
+            def writable(fd):
+                return bool(select.select([], [fd], [], 0)[1])
+
+            waits.append((
+                len(relay.client_out) if writable(relay.client.wfd) else 0,
+                len(relay.back_out) if writable(relay.backend.wfd) else 0,
+            ))  # fmt: skip
+            return self.poller.poll(timeout)
+
+    monkeypatch.setattr(relay_module.select, "poll", Watched)
+    h = Harness(ctx)
+    client = Peer(h.net_ours)
+    h.back_ours.settimeout(10)
+    client.send(b"x" * 300_000)
+    got = 0
+    while got < 300_000:
+        data = h.back_ours.recv(1 << 20)
+        assert data, got
+        got += len(data)
+    h.back_ours.sendall(b"y" * 300_000)
+    h.back_ours.shutdown(socket.SHUT_WR)
+    assert len(client.read_to_eof()) == 300_000
+    client.close_notify()
+    assert h.finish() is True
+    assert len(waits) > 3 and set(waits) == {(0, 0)}
+
+
 def test_back_pressure_bounds_the_queues(ctx):
     h = Harness(ctx)
     client = h.tls_client()
