@@ -17,7 +17,7 @@ import base64
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from secret_slots import BLANKS, MAYBE_BLANKS, Size, cases, play, secret_slot
+from secret_slots import BLANKS, MAYBE_BLANKS, Secret, Size, cases, play, secret_slot
 
 from stunnel3.layers.imap import ImapProxy
 from stunnel3.layers.pop3 import Pop3Proxy
@@ -50,10 +50,13 @@ def sasl_lines(draw, secrets) -> list:
 
 
 def challenged(draw, secrets, command: list, challenge: bytes, final: list) -> list:
-    """A command the proxy does not know, each backend challenge answered with a secret."""
+    """A command the proxy does not know, each backend challenge answered with a secret,
+    in base64 as SASL has it: behind a refused SASL command the proxy refuses the command
+    too (it may be a SASL line) and the backend's challenge comes unasked, so the answer
+    is a line outside any exchange, where a raw one may read as a command (`STARTTLS`)."""
     steps = [("C", command)]
     for _ in range(draw(st.integers(1, 3))):
-        steps += [("B", [challenge]), ("C", [draw(secret_slot(secrets)), b"\r\n"])]
+        steps += [("B", [challenge]), ("C", [draw(secret_slot(secrets, encoded=True)), b"\r\n"])]
     return [*steps, ("B", final)]
 
 
@@ -94,6 +97,21 @@ def test_smtp_no_credential_reaches_the_backend_before_tls(data):
         dialogue += [("C", [b"EHLO x\r\n"]), SMTP_EHLO, ("C", [SMTP_LOGIN])]
     login = SMTP_LOGIN if tls else None
     assert_no_credential_before_tls(lambda: SmtpProxy(log_dialogue=True), dialogue, secrets, login)
+
+
+def test_a_raw_answer_to_a_challenge_the_backend_started_is_cancelled_whatever_it_reads():
+    """In an exchange the backend started (334 to a command the proxy forwarded) the
+    client's next line is SASL's, even when it reads as a command."""
+    dialogue = [("B", [b"220 vm\r\n"]), ("C", [b"EHLO x\r\n"]), SMTP_EHLO,
+                ("C", [b"XAUTH CRAM-MD5\r\n"]), ("B", [b"334 VXNlcm5hbWU6\r\n"]),
+                ("C", [Secret(0, encoded=False), b"\r\n"]),
+                ("B", [b"501 5.7.0 cancelled\r\n"])]  # fmt: skip
+    for secret in (b"STARTTLS", b"NOOP x", b"QUIT", b"AUTH PLAIN AGFsaWNl", b"RSET  "):
+        before, _, _ = play(SmtpProxy(log_dialogue=True), dialogue, [secret])
+        assert before == b"EHLO x\r\nXAUTH CRAM-MD5\r\n*\r\n", secret
+        assert_no_credential_before_tls(
+            lambda: SmtpProxy(log_dialogue=True), dialogue, [secret], None
+        )
 
 
 # -- IMAP -------------------------------------------------------------------------------
