@@ -1,13 +1,15 @@
 """Where a server's memory per open session goes, process by process.
 
-    python3 bench/memory_by_process.py SERVER [COUNTS]     # e.g. stunnel3-warm-jail 10,20
+    python3 bench/memory_by_process.py SERVER [COUNTS] [--each]  # e.g. stunnel3-warm-jail 10,20
 
 Starts SERVER (a name of servers.SERVERS) as run.py does, in a throwaway directory, holds
 COUNTS sessions open in turn (after the second EHLO, as run.py's memory measurement), and
 prints per kind of process (its name and executable) how many there are and each one's PSS,
 private dirty memory (`/proc/PID/smaps_rollup`) and minor faults (`/proc/PID/stat`), then
 the PSS each session added between one count and the next. The listener and the backends
-are left out, as run.py leaves them out. Memory only: run it as root, no lock needed.
+are left out, as run.py leaves them out. `--each` also lists every process of each kind in
+the order they started (a warm worker forked first has seen the helper serve every later
+front). Memory only: run it as root, no lock needed.
 """
 
 import os
@@ -21,7 +23,9 @@ import servers
 from run import throwaway_account
 
 
-def by_process(leader: int, backends: tuple[str, ...]) -> dict[str, list[int]]:
+def by_process(
+    leader: int, backends: tuple[str, ...], each: dict[str, list[str]] | None = None
+) -> dict[str, list[int]]:
     kinds: dict[str, list[int]] = {}
     for pid in servers.session_members(leader):
         try:
@@ -37,6 +41,11 @@ def by_process(leader: int, backends: tuple[str, ...]) -> dict[str, list[int]]:
         except OSError:
             continue
         kind = kinds.setdefault(f"{name} ({exe})", [0, 0, 0, 0])
+        if each is not None:
+            each.setdefault(f"{name} ({exe})", []).append(
+                f"pid {pid}: PSS {servers.kib(rollup, 'Pss:')}, private dirty "
+                f"{servers.kib(rollup, 'Private_Dirty:')} KiB, {faults} minor faults"
+            )
         kind[0] += 1
         kind[1] += servers.kib(rollup, "Pss:")
         kind[2] += servers.kib(rollup, "Private_Dirty:")
@@ -45,6 +54,8 @@ def by_process(leader: int, backends: tuple[str, ...]) -> dict[str, list[int]]:
 
 
 def main(argv: list[str]) -> int:
+    listing = "--each" in argv
+    argv = [arg for arg in argv if arg != "--each"]
     name = argv[1]
     counts = [int(n) for n in (argv[2] if len(argv) > 2 else "10,20").split(",")]
     server = next(s for s in servers.SERVERS if s.name == name)
@@ -66,7 +77,8 @@ def main(argv: list[str]) -> int:
         try:
             for count in counts:
                 held += measure.hold_sessions(port, count - len(held))
-                kinds = by_process(running.pid, backends)
+                listed: dict[str, list[str]] | None = {} if listing else None
+                kinds = by_process(running.pid, backends, listed)
                 total = sum(kind[1] for kind in kinds.values())
                 slope = "" if before is None else f", {(total - before[1]) // (count - before[0])}"
                 print(f"{name}, {count} sessions: PSS {total} KiB, {total // count} per session"
@@ -74,6 +86,10 @@ def main(argv: list[str]) -> int:
                 for what, (n, pss, dirty, faults) in sorted(kinds.items()):
                     each = f"PSS {pss // n} KiB, private dirty {dirty // n} KiB"
                     print(f"  {what:28} {n:4} processes; each: {each}, {faults // n} minor faults")
+                for what, lines in sorted((listed or {}).items()):
+                    print(f"  {what}, in the order they started (by pid):")
+                    for line in sorted(lines, key=lambda line: int(line.split()[1][:-1])):
+                        print(f"    {line}")
                 before = (count, total)
         finally:
             for tls in held:
