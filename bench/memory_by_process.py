@@ -24,8 +24,10 @@ from run import throwaway_account
 
 
 def by_process(
-    leader: int, backends: tuple[str, ...], each: dict[str, list[str]] | None = None
+    leader: int, backends: tuple[str, ...], each: dict[str, list[tuple[int, ...]]] | None = None
 ) -> dict[str, list[int]]:
+    """Per kind of process: [count, PSS, private dirty, minor faults]; each process's own
+    (pid, PSS, private dirty, faults) into `each` too, if given."""
     kinds: dict[str, list[int]] = {}
     for pid in servers.session_members(leader):
         try:
@@ -40,16 +42,13 @@ def by_process(
             faults = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
         except OSError:
             continue
+        figures = (servers.kib(rollup, "Pss:"), servers.kib(rollup, "Private_Dirty:"), faults)
         kind = kinds.setdefault(f"{name} ({exe})", [0, 0, 0, 0])
-        if each is not None:
-            each.setdefault(f"{name} ({exe})", []).append(
-                f"pid {pid}: PSS {servers.kib(rollup, 'Pss:')}, private dirty "
-                f"{servers.kib(rollup, 'Private_Dirty:')} KiB, {faults} minor faults"
-            )
         kind[0] += 1
-        kind[1] += servers.kib(rollup, "Pss:")
-        kind[2] += servers.kib(rollup, "Private_Dirty:")
-        kind[3] += faults
+        for slot, figure in enumerate(figures, 1):
+            kind[slot] += figure
+        if each is not None:
+            each.setdefault(f"{name} ({exe})", []).append((pid, *figures))
     return kinds
 
 
@@ -77,7 +76,7 @@ def main(argv: list[str]) -> int:
         try:
             for count in counts:
                 held += measure.hold_sessions(port, count - len(held))
-                listed: dict[str, list[str]] | None = {} if listing else None
+                listed: dict[str, list[tuple[int, ...]]] | None = {} if listing else None
                 kinds = by_process(running.pid, backends, listed)
                 total = sum(kind[1] for kind in kinds.values())
                 slope = "" if before is None else f", {(total - before[1]) // (count - before[0])}"
@@ -86,10 +85,11 @@ def main(argv: list[str]) -> int:
                 for what, (n, pss, dirty, faults) in sorted(kinds.items()):
                     each = f"PSS {pss // n} KiB, private dirty {dirty // n} KiB"
                     print(f"  {what:28} {n:4} processes; each: {each}, {faults // n} minor faults")
-                for what, lines in sorted((listed or {}).items()):
+                for what, processes in sorted((listed or {}).items()):
                     print(f"  {what}, in the order they started (by pid):")
-                    for line in sorted(lines, key=lambda line: int(line.split()[1][:-1])):
-                        print(f"    {line}")
+                    for pid, pss, dirty, faults in sorted(processes):
+                        print(f"    pid {pid}: PSS {pss}, private dirty {dirty} KiB,"
+                              f" {faults} minor faults")  # fmt: skip
                 before = (count, total)
         finally:
             for tls in held:

@@ -18,7 +18,8 @@ round, until a whole round moves nothing. One step can
 enable another (decrypted client bytes make the layer queue a reply, which must
 be encrypted before anything waits), so stopping earlier would leave bytes that
 no descriptor will ever wake the loop for. Only then is the poll set derived
-from the state; then the loop waits, reads and writes.
+from the state; then the loop waits and reads (a descriptor that became
+writable is written to when the next pass settles).
 
 Three byte queues (ByteQueue: chunks as they came, never copied together)
 hold what waits for a writable fd or for TLS:
@@ -392,16 +393,9 @@ class Relay:
         self._watched = wanted
 
     def _serve(self, ready: dict[int, int]) -> None:
+        """Read what is ready; what became writable is written when the next pass settles."""
         client, back = self.client, self.backend
         readable = select.POLLIN | select.POLLHUP | select.POLLERR
-        if self.client_out and ready.get(client.wfd, 0) & (select.POLLOUT | select.POLLERR):
-            self._write(client, self.client_out)
-        if (
-            back is not None
-            and self.back_out
-            and ready.get(back.wfd, 0) & (select.POLLOUT | select.POLLERR)
-        ):
-            self.sock_bytes += self._write(back, self.back_out)
         if self.client_reading and ready.get(client.rfd, 0) & readable:
             self._read_client()
         if back is not None and self.back_reading and ready.get(back.rfd, 0) & readable:

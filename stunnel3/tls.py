@@ -532,8 +532,13 @@ class TlsSession:
             return None  # it wanted bytes and none came since: it still does
         self._stirred = True
         self._read_since_drain = self._tls12
+        return self._read_outcome(lambda: self._conn.recv(RECORD))
+
+    def _read_outcome(self, read) -> bytes | None:
+        """What read() (an SSL_read, in pyOpenSSL's words) gives: its plaintext, None for
+        "want read" (remembered), b"" at EOF; a failure is TlsError."""
         try:
-            return self._conn.recv(RECORD)
+            return read()
         except SSL.WantReadError:
             self._starved = True
             return None
@@ -591,20 +596,15 @@ class TlsSession:
             total += got
         else:
             return _AS_BYTES(buffer, total)[:]
-        # Why it stopped, in pyOpenSSL's words (what recv() would have raised), as read():
+        # Why it stopped, as read() says it (what recv() would have raised for this SSL_read):
         # after some plaintext, an EOF or an error waits for the next call.
         ending: bytes | TlsError | None
         try:
-            self._conn._raise_ssl_error(ssl, got)  # type: ignore[attr-defined]
-            ending = None  # pragma: no cover  (SSL_read said <= 0: there is an error)
-        except SSL.WantReadError:
-            self._starved = True
-            ending = None
-        except (SSL.ZeroReturnError, SSL.SysCallError):
-            ending = b""  # close_notify, or EOF in the middle of a record
-        except SSL.Error as error:
-            self._done_writing = True
-            ending = TlsError(f"SSL_read: {_ssl_reason(error)}")
+            ending = self._read_outcome(
+                lambda: self._conn._raise_ssl_error(ssl, got)  # type: ignore[attr-defined]
+            )
+        except TlsError as error:
+            ending = error
         if total:
             self._held = ending
             return _AS_BYTES(buffer, total)[:]

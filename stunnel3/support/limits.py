@@ -126,7 +126,7 @@ def _missing(path: bytes) -> bool:
     except FileNotFoundError:
         return True
     except OSError:
-        return False
+        pass
     return False
 
 

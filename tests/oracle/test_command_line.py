@@ -13,9 +13,9 @@ status and first error line), so that a difference no longer there is noticed.
 """
 
 import contextlib
-import os
 import shlex
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -306,8 +306,9 @@ def test_a_daemon_that_puts_itself_in_the_background_is_not_left_running(pair):
     assert outcome.status == 0  # its foreground part ended: the daemon was under way
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0  # nobody listens there any more
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
+    address = argv[argv.index("-d") + 1].encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                words = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
-                assert not (b"-d" in words and argv[argv.index("-d") + 1].encode() in words)
+                words = (entry / "cmdline").read_bytes().split(b"\0")
+                assert not (b"-d" in words and address in words)
