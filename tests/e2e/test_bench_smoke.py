@@ -56,3 +56,19 @@ def test_bench_smoke_measures_every_server(tmp_path, stunnel_bin):
     # The helper's workers share one ticket key: every reconnection resumed (docs/warm.md).
     for warm in ("stunnel3-warm", "stunnel3-warm-jail", "stunnel3-daemon"):
         assert data["resumed"][warm] == data["resumed"]["of"], data["resumed"]
+
+
+def test_fork_pages_reports_both_sides_of_a_warm_fork():
+    """bench/fork_pages.py still loads what the helper loads, forks and reads both page maps
+    (root reads frame numbers: CI runs as root)."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fork_pages.py"), "--calls", "50"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    last = run.stdout.splitlines()[-1].split()
+    assert last[0] == "all" and int(last[2]) > 0, run.stdout  # the child wrote some pages
+    assert "[anon]" in run.stdout and "(KiB, 50 calls)" in run.stdout
