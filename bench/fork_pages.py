@@ -85,10 +85,12 @@ def main(argv: list[str]) -> int:
             function(1)
         os.kill(os.getpid(), signal.SIGSTOP)
         os._exit(0)
-    time.sleep(0.3)
-    parent, theirs = frames("self", mappings), frames(child, mappings)
-    os.kill(child, signal.SIGKILL)
-    os.waitpid(child, 0)
+    try:
+        time.sleep(0.3)
+        parent, theirs = frames("self", mappings), frames(child, mappings)
+    finally:
+        os.kill(child, signal.SIGKILL)  # stopped, or not yet: never left behind
+        os.waitpid(child, 0)
     by_name: dict[str, list[int]] = {}
     for (_, _, name), old, mine, its in zip(mappings, before, parent, theirs, strict=True):
         counts = by_name.setdefault(name, [0, 0])
